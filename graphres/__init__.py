@@ -1,0 +1,1 @@
+"""graphres: a declarative model-graph compiler for ResNet-style backbones."""

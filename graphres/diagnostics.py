@@ -1,0 +1,228 @@
+"""Diagnostics: spans, located errors and the compiler-style printer (used by every stage).
+
+Every user mistake becomes a :class:`Diagnostic` with a code from :data:`CODES`, the span of the
+value that caused it, and a hint where one exists. Stages collect diagnostics in a
+:class:`DiagnosticBag` so that one run reports all of them; :class:`SpecError` carries them out.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+# The catalogue: every code graphres emits, with a short title. docs/diagnostics.md documents each
+# one and a test keeps the two in step.
+CODES: dict[str, str] = {
+    "E001": "YAML syntax error",
+    "E002": "duplicate key",
+    "E003": "unsupported YAML tag",
+    "E004": "cannot read file",
+    "E005": "bad inheritance (_base_)",
+    "E006": "bad --set override",
+    "E010": "unknown key",
+    "E011": "wrong type",
+    "E012": "missing required key",
+    "E013": "value not allowed",
+    "E014": "value out of range",
+    "E015": "length mismatch",
+    "E016": "not supported yet",
+    "E017": "conflicting options",
+    "E020": "unknown block type",
+    "E021": "unknown op",
+    "E022": "bad expression",
+    "E023": "bad layer reference",
+    "E024": "recursive block",
+    "E030": "channel mismatch",
+    "E031": "norm does not fit the channels",
+    "E032": "spatial size reaches zero",
+    "E033": "bad out_indices",
+    "E034": "bad frozen_stages",
+    "E040": "checkpoint does not match",
+    "W001": "dilated stage also strides",
+}
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a value came from: 1-based line and column, plus its length on that line."""
+
+    file: str
+    line: int = 0
+    col: int = 0
+    length: int = 1
+    origin: str = ""  # e.g. "--set", "expanded from shorthand key 'depth'"
+
+    def __str__(self) -> str:
+        if self.line <= 0:
+            return self.file
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+UNKNOWN_SPAN = Span("<unknown>")
+
+
+@dataclass
+class Diagnostic:
+    code: str
+    message: str
+    span: Span = UNKNOWN_SPAN
+    hint: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def severity(self) -> str:
+        return "warning" if self.code.startswith("W") else "error"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    def headline(self) -> str:
+        return f"{self.span}: {self.severity}[{self.code}]: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "file": self.span.file,
+            "line": self.span.line,
+            "col": self.span.col,
+            "hint": self.hint,
+        }
+
+
+class GraphresError(Exception):
+    """Base class of every error graphres raises on purpose."""
+
+
+class SpecError(GraphresError, ValueError):
+    """The spec has errors; ``diagnostics`` lists all of them (warnings included)."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic], sources: "SourceCache | None" = None):
+        self.diagnostics = list(diagnostics)
+        self.sources = sources
+        errors = [d for d in self.diagnostics if d.is_error]
+        first = errors[0] if errors else (self.diagnostics[0] if self.diagnostics else None)
+        text = first.headline() if first else "invalid spec"
+        more = len(errors) - 1
+        if more > 0:
+            text += f" (and {more} more error{'s' if more > 1 else ''})"
+        super().__init__(text)
+
+    def render(self, color: bool = False) -> str:
+        return format_diagnostics(self.diagnostics, self.sources, color=color)
+
+
+class CheckpointError(GraphresError, ValueError):
+    """A checkpoint does not fit the model built from the spec."""
+
+
+class DotNotFoundError(GraphresError, RuntimeError):
+    """Graphviz's ``dot`` program is not installed."""
+
+
+class DiagnosticBag:
+    """Collects diagnostics across a stage so that all of them are reported at once."""
+
+    def __init__(self) -> None:
+        self.items: list[Diagnostic] = []
+
+    def add(self, code: str, message: str, span: Span = UNKNOWN_SPAN, hint: str | None = None) -> Diagnostic:
+        assert code in CODES, code
+        d = Diagnostic(code, message, span, hint)
+        self.items.append(d)
+        return d
+
+    def extend(self, items: Iterable[Diagnostic]) -> None:
+        self.items.extend(items)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.is_error for d in self.items)
+
+    def raise_if_errors(self, sources: "SourceCache | None" = None) -> None:
+        if self.has_errors:
+            raise SpecError(self.items, sources)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """A 'did you mean' hint for an unknown name, or None when nothing is close."""
+    choices = [str(c) for c in choices]
+    match = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    if not match:
+        lowered = {c.lower(): c for c in choices}
+        if str(word).lower() in lowered:
+            match = [lowered[str(word).lower()]]
+    return f"did you mean '{match[0]}'?" if match else None
+
+
+def one_of(choices: Iterable[str]) -> str:
+    return ", ".join(repr(c) if isinstance(c, str) else str(c) for c in choices)
+
+
+class SourceCache:
+    """The text of every file a spec was read from, for printing the offending line."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, str] = {}
+
+    def add(self, name: str, text: str) -> None:
+        self._texts[name] = text
+
+    def line(self, name: str, lineno: int) -> str | None:
+        text = self._texts.get(name)
+        if text is None or lineno <= 0:
+            return None
+        lines = text.splitlines()
+        return lines[lineno - 1] if lineno <= len(lines) else None
+
+
+def _paint(text: str, code: str, color: bool) -> str:
+    return f"\033[{code}m{text}\033[0m" if color else text
+
+
+def format_diagnostic(d: Diagnostic, sources: SourceCache | None = None, color: bool = False) -> str:
+    """``file:line:col: error[E012]: message``, the source line, a caret under the value, the hint."""
+    sev = _paint(f"{d.severity}[{d.code}]", "1;31" if d.is_error else "1;33", color)
+    out = [f"{_paint(str(d.span), '1', color)}: {sev}: {d.message}"]
+    src = sources.line(d.span.file, d.span.line) if sources else None
+    if src is not None:
+        gutter = str(d.span.line)
+        pad = " " * len(gutter)
+        caret = " " * (d.span.col - 1) + "^" * max(1, min(d.span.length, max(1, len(src) - d.span.col + 1)))
+        out.append(f"{pad} |")
+        out.append(f"{gutter} | {src.expandtabs(1)}")
+        out.append(f"{pad} | {_paint(caret, '1;31' if d.is_error else '1;33', color)}")
+    if d.span.origin:
+        out.append(f"  = note: {d.span.origin}")
+    for note in d.notes:
+        out.append(f"  = note: {note}")
+    if d.hint:
+        out.append(f"  = hint: {d.hint}")
+    return "\n".join(out)
+
+
+def format_diagnostics(diags: Sequence[Diagnostic], sources: SourceCache | None = None, color: bool = False) -> str:
+    parts = [format_diagnostic(d, sources, color) for d in diags]
+    n_err = sum(d.is_error for d in diags)
+    n_warn = len(diags) - n_err
+    summary = []
+    if n_err:
+        summary.append(f"{n_err} error{'s' if n_err != 1 else ''}")
+    if n_warn:
+        summary.append(f"{n_warn} warning{'s' if n_warn != 1 else ''}")
+    if summary:
+        parts.append(", ".join(summary) + " found")
+    return "\n\n".join(parts[:-1]) + ("\n\n" if len(parts) > 1 else "") + parts[-1] if parts else ""
+
+
+def use_color(stream) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty() and "NO_COLOR" not in os.environ

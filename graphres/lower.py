@@ -1,0 +1,263 @@
+"""Lowering stage: a checked :class:`~graphres.spec.model.Spec` -> the graph IR.
+
+Each stage instantiates its block type ``blocks`` times (the stride on the first block, the
+dilation on every block), evaluating the block's parameters, ``let`` values and layer attributes
+with the safe expression evaluator. Channels are tracked while lowering, so a channel mismatch
+inside a block, a group count that does not divide the channels, or a GN whose num_groups does not
+divide them is reported here, located.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from . import ir
+from .diagnostics import Diagnostic, DiagnosticBag, Span, did_you_mean
+from .ops import NORM_ABBR, OPS, REQUIRED
+from .spec.blocks import BlockDef, LayerDef, expr_span
+from .spec.expr import ExprError, evaluate
+from .spec.model import Arg, Spec
+from .spec.reader import MISSING
+
+INT_MIN = {"out": 1, "kernel": 1, "stride": 1, "dilation": 1, "groups": 1, "padding": 0}
+
+
+class _Abort(Exception):
+    """Stops lowering one block instance after an error has been recorded."""
+
+
+@dataclass
+class _Ctx:
+    spec: Spec
+    g: nx.DiGraph
+    diags: DiagnosticBag
+    reported: set
+
+
+@dataclass
+class _Instance:
+    block: BlockDef
+    scope: str  # "stem" or "layer1.0"
+    prefix: str  # module path prefix: "" for the stem, "layer1.0." for blocks
+    stage: int
+    span: Span  # the user's spec entry that asked for this block
+    env: dict[str, Any]
+    where: str  # for notes: "layer1.0 (block 'bottleneck', stages[0])"
+
+
+def lower(spec: Spec, diags: DiagnosticBag) -> nx.DiGraph:
+    """Build the IR for ``spec``; errors go to ``diags`` (the graph may then be partial)."""
+    g = ir.new_graph(
+        spec.name, input_channels=spec.input_channels, input_size=spec.input_size, norm=dict(spec.norm),
+        frozen_stages=spec.frozen_stages, norm_eval=spec.norm_eval, zero_init_residual=spec.zero_init_residual,
+        with_cp=spec.with_cp, init=spec.init, out_indices=list(spec.out_indices), stages=[], outputs=[],
+        stem={"block": spec.stem_block},
+    )
+    ctx = _Ctx(spec, g, diags, set())
+    ir.add_node(g, ir.INPUT, "input", **{ir.OUT_CH: spec.input_channels, ir.STAGE: None, ir.SCOPE: "",
+                                        ir.SPAN: spec.doc.span(("input",)), ir.DEF_SPAN: None})
+    try:
+        x, ch = _lower_instance(ctx, spec.blocks[spec.stem_block], "stem", "", -1, spec.stem_args,
+                                {}, ir.INPUT, spec.input_channels, spec.doc.span(("stem",)), "stem")
+    except _Abort:
+        return g
+    for stage in spec.stages:
+        block = spec.blocks[stage.block]
+        stage_in = x
+        for b in range(stage.blocks):
+            args = {k: v for k, v in stage.args.items()}
+            extra = {}
+            if "stride" in block.params and b > 0:
+                extra["stride"] = 1
+            if "dilation" in block.params:
+                extra["dilation"] = stage.dilations[b]
+            scope = f"{stage.name}.{b}"
+            try:
+                x, ch = _lower_instance(ctx, block, scope, scope + ".", stage.index, args, extra, x, ch,
+                                        spec.doc.span(stage.path), f"stages[{stage.index}]")
+            except _Abort:
+                return g
+        g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": stage.block,
+                                  "blocks": stage.blocks, "input": stage_in, "output": x, "channels": ch,
+                                  "dilations": list(stage.dilations)})
+    for i in spec.out_indices:
+        st = g.graph["stages"][i]
+        g.graph["outputs"].append({"index": i, "name": st["name"], "node": st["output"], "channels": st["channels"]})
+    return g
+
+
+def _lower_instance(ctx: _Ctx, block: BlockDef, scope: str, prefix: str, stage: int, args: dict[str, Arg],
+                    extra: dict[str, Any], x: str, in_ch: int, span: Span, entry: str) -> tuple[str, int]:
+    where = f"{scope} (block '{block.name}', {entry})"
+    env: dict[str, Any] = {"in_channels": in_ch}
+    for name, p in block.params.items():
+        if name in extra:
+            env[name] = extra[name]
+        elif name in args:
+            env[name] = args[name].value
+        elif p.default is not MISSING:
+            env[name] = p.default
+    inst = _Instance(block, scope, prefix, stage, span, env, where)
+    for name, expr, path in block.lets:
+        env[name] = _eval(ctx, inst, expr, path, f"let '{name}'")
+    out_ch = _eval(ctx, inst, block.out_channels, block.path + ("out_channels",), "out_channels", kind=int)
+    env["out_channels"] = out_ch
+    names: dict[str, tuple[str, int]] = {"input": (x, in_ch)}
+    out = _lower_layers(ctx, inst, block.layers, names, (x, in_ch), seq=None)
+    node, ch = out
+    if ch != out_ch:
+        _error(ctx, inst, "E030", f"block '{block.name}' declares out_channels = {out_ch} but its last layer "
+                                  f"gives {ch} channels", block.doc.span(block.path + ("out_channels",)),
+               block.layers[-1].path)
+    return node, ch
+
+
+def _lower_layers(ctx: _Ctx, inst: _Instance, layers: list[LayerDef], names: dict, prev: tuple[str, int],
+                  seq: str | None) -> tuple[str, int]:
+    index = 0
+    for layer in layers:
+        inputs = _resolve_inputs(ctx, inst, layer, names, prev)
+        if not _eval(ctx, inst, layer.when, layer.path + ("when",), "when", kind=bool):
+            # a skipped layer passes its (first) input through, like an identity
+            if layer.name:
+                names[_local_name(ctx, inst, layer)] = inputs[0]
+            prev = inputs[0]
+            continue
+        if layer.seq is not None:
+            out = _lower_layers(ctx, inst, layer.layers, names, inputs[0], seq=layer.seq)
+            names[layer.seq] = out
+            prev = out
+            continue
+        if seq is not None:
+            local = f"{seq}.{index}"
+            index += 1
+        else:
+            local = _local_name(ctx, inst, layer) if layer.name else layer.op
+        prev = _emit(ctx, inst, layer, local, inputs)
+        names[local] = prev
+    return prev
+
+
+def _local_name(ctx: _Ctx, inst: _Instance, layer: LayerDef) -> str:
+    abbr = NORM_ABBR[ctx.spec.norm["type"]]
+    return (layer.name or layer.op).replace("{norm}", abbr)
+
+
+def _resolve_inputs(ctx: _Ctx, inst: _Instance, layer: LayerDef, names: dict, prev: tuple[str, int]):
+    if layer.inputs is None:
+        return [prev]
+    out = []
+    abbr = NORM_ABBR[ctx.spec.norm["type"]]
+    for i, raw in enumerate(layer.inputs):
+        name = raw.replace("{norm}", abbr)
+        if name not in names:
+            path = layer.path + ("from",) + ((i,) if isinstance(inst.block.doc.data, dict) and
+                                               (layer.path + ("from", i)) in inst.block.doc.spans else ())
+            _error(ctx, inst, "E023", f"layer input '{raw}' is not an earlier layer of block '{inst.block.name}'",
+                   inst.block.doc.span(path), None,
+                   did_you_mean(name, names) or f"earlier layers: {', '.join(names)}")
+        out.append(names[name])
+    return out
+
+
+def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[tuple[str, int]]) -> tuple[str, int]:
+    g = ctx.g
+    opdef = OPS[layer.op]
+    attrs: dict[str, Any] = {}
+    for attr, default in opdef.attrs.items():
+        if attr in layer.attrs:
+            kind = bool if isinstance(default, bool) else (str if isinstance(default, str) else int)
+            value = _eval(ctx, inst, layer.attrs[attr], layer.path + (attr,), f"{layer.op}.{attr}", kind=kind)
+            if kind is int and value is not None and value < INT_MIN.get(attr, 0):
+                _error(ctx, inst, "E014", f"{layer.op}.{attr} = {value} must be >= {INT_MIN.get(attr, 0)}",
+                       inst.block.doc.span(layer.path + (attr,)), layer.path)
+            attrs[attr] = value
+        elif default is not REQUIRED:
+            attrs[attr] = default
+    if layer.op == "conv" and attrs["padding"] is None:
+        attrs["padding"] = attrs["dilation"] * (attrs["kernel"] - 1) // 2  # "same" for odd kernels
+    if layer.op in ("maxpool", "avgpool") and attrs["stride"] is None:
+        attrs["stride"] = attrs["kernel"]
+    lo, hi = opdef.arity
+    if not lo <= len(inputs) <= hi:
+        _error(ctx, inst, "E023", f"'{layer.op}' takes {lo}{'' if lo == hi else f' to {hi}'} inputs, "
+                                  f"got {len(inputs)}", inst.block.doc.span(layer.path), layer.path)
+    in_ch = inputs[0][1]
+    out_ch = in_ch
+    def_span = inst.block.doc.span(layer.path)
+    if layer.op == "conv":
+        out_ch = attrs["out"]
+        groups = attrs["groups"]
+        if in_ch % groups or out_ch % groups:
+            _error(ctx, inst, "E030", f"conv groups = {groups} must divide its {in_ch} input and {out_ch} output "
+                                      f"channels", inst.block.doc.span(layer.path + ("groups",)), layer.path)
+    elif layer.op == "norm":
+        num_groups = ctx.spec.norm.get("num_groups")
+        if ctx.spec.norm["type"] == "GN" and num_groups and in_ch % num_groups:
+            key = ("E031", in_ch)
+            if key not in ctx.reported:
+                ctx.reported.add(key)
+                divisors = [d for d in range(1, in_ch + 1) if in_ch % d == 0 and d <= 64]
+                ctx.diags.add("E031", f"GN num_groups = {num_groups} does not divide the {in_ch} channels of "
+                                      f"{inst.prefix}{local}", ctx.spec.doc.span(("norm", "num_groups")),
+                              f"choose a divisor of {in_ch}, e.g. {max(d for d in divisors if d <= num_groups)}"
+                              if any(d <= num_groups for d in divisors) else None)
+    elif layer.op in ("add", "mul"):
+        chans = [c for _, c in inputs]
+        if len(set(chans)) > 1:
+            _error(ctx, inst, "E030", f"'{layer.op}' inputs have different channels: "
+                                      f"{', '.join(f'{n.split(chr(58))[0]} has {c}' for n, c in inputs)}",
+                   def_span, layer.path,
+                   "make the branches end with the same number of channels (a 1x1 conv on the shortcut?)")
+    module = inst.prefix + local if opdef.has_module else None
+    node_id = inst.prefix + local
+    if node_id in g:
+        if opdef.has_module and (layer.op in ("conv", "norm")):
+            _error(ctx, inst, "E013", f"layer name '{local}' is used twice in block '{inst.block.name}'",
+                   inst.block.doc.span(layer.path + ("name",)), layer.path,
+                   "layers with parameters need distinct names; parameterless ones (act, pools) may repeat")
+        k = 1
+        while f"{node_id}:{k}" in g:
+            k += 1
+        if opdef.has_module and g.nodes[node_id][ir.ATTRS] != attrs:
+            _error(ctx, inst, "E013", f"layer name '{local}' is reused with different settings",
+                   inst.block.doc.span(layer.path), layer.path, "give the second layer its own name")
+        node_id = f"{node_id}:{k}"
+    ir.add_node(g, node_id, layer.op, [n for n, _ in inputs], **{
+        ir.ATTRS: attrs, ir.MODULE: module, ir.IN_CH: in_ch, ir.OUT_CH: out_ch, ir.SCOPE: inst.scope,
+        ir.STAGE: inst.stage, ir.BLOCK_TYPE: inst.block.name, ir.SPAN: inst.span, ir.DEF_SPAN: def_span})
+    return node_id, out_ch
+
+
+def _eval(ctx: _Ctx, inst: _Instance, value: Any, path: tuple, label: str, kind: type | None = None) -> Any:
+    if isinstance(value, str) and kind is not str:
+        try:
+            result = evaluate(value, inst.env)
+        except ExprError as e:
+            _error(ctx, inst, "E022", f"{label} = '{value.strip()}': {e.message}",
+                   expr_span(inst.block.doc, path, value, e.col), path, e.hint)
+    else:
+        result = value
+    if kind is int and (not isinstance(result, int) or isinstance(result, bool)):
+        _error(ctx, inst, "E011", f"{label} must be an integer, got {result!r}", inst.block.doc.span(path), path)
+    if kind is bool and not isinstance(result, bool):
+        if isinstance(result, int):
+            return bool(result)
+        _error(ctx, inst, "E011", f"{label} must be a boolean, got {result!r}", inst.block.doc.span(path), path)
+    return result
+
+
+def _error(ctx: _Ctx, inst: _Instance, code: str, message: str, def_span: Span, path: tuple | None,
+           hint: str | None = None) -> None:
+    """Record an error found while building a block, then abort that block.
+
+    Errors inside a user's own block point at the block definition; errors inside a built-in
+    block point at the spec entry that instantiated it (the built-in file is not the user's)."""
+    if inst.block.builtin:
+        d = Diagnostic(code, message, inst.span, hint, [f"in {inst.where}, defined at {def_span}"])
+    else:
+        d = Diagnostic(code, message, def_span, hint, [f"while building {inst.where}"])
+    ctx.diags.extend([d])
+    raise _Abort

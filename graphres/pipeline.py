@@ -1,0 +1,45 @@
+"""The one place that lists the compiler's stages in order: parse -> lower -> passes.
+
+Backends (torch module, export, Graphviz) take the :class:`Compiled` result; this module never
+imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import networkx as nx
+
+from .diagnostics import Diagnostic, DiagnosticBag, SourceCache, SpecError
+from .lower import lower
+from .passes.shapes import infer_shapes
+from .spec.load import load_spec
+from .spec.model import Spec
+
+SpecSource = "str | Path | Mapping[str, Any] | Spec"
+
+
+@dataclass
+class Compiled:
+    spec: Spec
+    graph: nx.DiGraph
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def sources(self) -> SourceCache:
+        return self.spec.sources
+
+
+def compile_spec(source: str | Path | Mapping[str, Any] | Spec, overrides: Sequence[str] = (),
+                 input_size: tuple[int, int] | None = None) -> Compiled:
+    """Parse, lower and analyse a spec; raise :class:`SpecError` listing every problem found."""
+    spec = source if isinstance(source, Spec) else load_spec(source, overrides)
+    diags = DiagnosticBag()
+    diags.extend(spec.warnings)
+    graph = lower(spec, diags)                             # spec -> IR (channels checked)
+    if not diags.has_errors:
+        infer_shapes(graph, diags, input_size)             # shapes, strides, params, MACs
+    if diags.has_errors:
+        raise SpecError(diags.items, spec.sources)
+    return Compiled(spec, graph, [d for d in diags if not d.is_error])

@@ -1,0 +1,287 @@
+"""Parse stage, part 4: block types, written in YAML, read into :class:`BlockDef` objects.
+
+The built-in blocks (``graphres/blocks/*.yaml``) are read by exactly the code that reads a user's
+``blocks:`` section. A block has typed parameters with defaults, derived values (``let``), an
+output channel expression and a list of layers made of primitive ops (see :mod:`graphres.ops`).
+Structure, op names, attribute names and expression syntax are checked here; values are computed
+when a stage instantiates the block (:mod:`graphres.lower`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from ..diagnostics import DiagnosticBag, SourceCache, Span, did_you_mean
+from ..ops import OPS, REQUIRED
+from .expr import ExprError, names_in
+from .reader import MISSING, Reader, describe
+from .source import Located, Path, parse_yaml
+
+PARAM_TYPES = {"int": int, "bool": bool, "str": str}
+STR_ATTRS = {("act", "type")}
+BLOCK_KEYS = ("doc", "kind", "params", "let", "out_channels", "layers")
+LAYER_KEYS = ("name", "op", "from", "when")
+SEQ_KEYS = ("seq", "from", "when", "layers")
+IMPLICIT_NAMES = ("in_channels", "out_channels")
+
+
+@dataclass
+class ParamDef:
+    name: str
+    type: type
+    default: Any  # MISSING when required
+    choices: tuple | None = None
+    min: int | None = None
+    path: Path = ()
+
+
+@dataclass
+class LayerDef:
+    """One layer (``op`` set) or a numbered group of layers (``seq`` set)."""
+
+    path: Path
+    name: str | None = None
+    op: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] | None = None  # ``from``; None = the previous layer
+    when: Any = True  # bool or expression text
+    seq: str | None = None
+    layers: list["LayerDef"] = field(default_factory=list)
+
+
+@dataclass
+class BlockDef:
+    name: str
+    kind: str  # "block" or "stem"
+    doc: Located
+    path: Path
+    params: dict[str, ParamDef]
+    lets: list[tuple[str, Any, Path]]
+    out_channels: Any
+    layers: list[LayerDef]
+    description: str = ""
+    builtin: bool = False
+
+
+def expr_span(doc: Located, path: Path, text: str, col: int, length: int = 1) -> Span:
+    """The span of a column inside an expression stored at ``path``."""
+    base = doc.span(path)
+    lead = len(text) - len(text.lstrip())
+    if base.line <= 0:
+        return base
+    return Span(base.file, base.line, base.col + lead + col, max(1, length), base.origin)
+
+
+def parse_blocks(doc: Located, root: Path, diags: DiagnosticBag, builtin: bool = False) -> dict[str, BlockDef]:
+    """Read the mapping at ``root`` (block name -> definition)."""
+    r = Reader(doc, diags)
+    section = r.get(root)
+    if section is MISSING or section is None:
+        return {}
+    if not isinstance(section, dict):
+        diags.add("E011", f"blocks must be a mapping of block name to definition, found {describe(section)}",
+                  r.span(root))
+        return {}
+    out = {}
+    for name, body in section.items():
+        block = _parse_block(r, str(name), root + (name,), builtin)
+        if block is not None:
+            out[str(name)] = block
+    return out
+
+
+def _parse_block(r: Reader, name: str, path: Path, builtin: bool) -> BlockDef | None:
+    body = r.mapping(path, BLOCK_KEYS, f"block '{name}'", required=("layers",))
+    if body is None:
+        return None
+    kind = r.value(path + ("kind",), str, "block", what=f"block '{name}' kind", choices=("block", "stem"))
+    params: dict[str, ParamDef] = {}
+    p_section = r.get(path + ("params",), {})
+    if not isinstance(p_section, dict):
+        r.diags.add("E011", f"params of block '{name}' must be a mapping, found {describe(p_section)}",
+                    r.span(path + ("params",)))
+        p_section = {}
+    for pname, pdecl in p_section.items():
+        ppath = path + ("params", pname)
+        param = _parse_param(r, str(pname), pdecl, ppath)
+        if param is not None:
+            params[str(pname)] = param
+    known = set(params) | set(IMPLICIT_NAMES)
+    lets = []
+    let_section = r.get(path + ("let",), {})
+    if not isinstance(let_section, dict):
+        r.diags.add("E011", f"let of block '{name}' must be a mapping of name to expression", r.span(path + ("let",)))
+        let_section = {}
+    for lname, lvalue in let_section.items():
+        lpath = path + ("let", lname)
+        if lname in params or lname in IMPLICIT_NAMES:
+            r.diags.add("E013", f"let '{lname}' shadows a parameter of block '{name}'", r.doc.key_span(lpath))
+            continue
+        _check_expr(r, lvalue, lpath, known, f"let '{lname}'")
+        known.add(str(lname))
+        lets.append((str(lname), lvalue, lpath))
+    out_channels = body.get("out_channels", MISSING)
+    if out_channels is MISSING:
+        r.diags.add("E012", f"block '{name}' needs 'out_channels' (an expression such as 'planes * 4')",
+                    r.doc.key_span(path))
+    else:
+        _check_expr(r, out_channels, path + ("out_channels",), known - {"out_channels"}, "out_channels")
+    layers = _parse_layers(r, path + ("layers",), known, f"block '{name}'")
+    description = body.get("doc", "") if isinstance(body.get("doc", ""), str) else ""
+    return BlockDef(name, kind or "block", r.doc, path, params, lets, out_channels, layers, description, builtin)
+
+
+def _parse_param(r: Reader, name: str, decl: Any, path: Path) -> ParamDef | None:
+    if isinstance(decl, str):
+        decl = {"type": decl}
+        type_path = path
+    elif isinstance(decl, dict):
+        r.mapping(path, ("type", "default", "choices", "min", "doc"), f"parameter '{name}'", required=("type",))
+        type_path = path + ("type",)
+    else:
+        r.diags.add("E011", f"parameter '{name}' must be a type name (int, bool, str) or a mapping, "
+                            f"found {describe(decl)}", r.span(path))
+        return None
+    tname = decl.get("type")
+    if tname not in PARAM_TYPES:
+        if tname is not None:
+            r.diags.add("E013", f"parameter type {tname!r} is not one of 'int', 'bool', 'str'", r.span(type_path),
+                        did_you_mean(str(tname), PARAM_TYPES))
+        return None
+    ptype = PARAM_TYPES[tname]
+    default = decl.get("default", MISSING)
+    choices = decl.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        r.diags.add("E011", f"choices of parameter '{name}' must be a list", r.span(path + ("choices",)))
+        choices = None
+    if default is not MISSING:
+        r.check(default, path + ("default",), ptype, label=f"default of parameter '{name}'",
+                choices=choices, min=decl.get("min"))
+    return ParamDef(name, ptype, default, tuple(choices) if choices else None, decl.get("min"), path)
+
+
+def _check_expr(r: Reader, value: Any, path: Path, known: set[str], label: str) -> None:
+    if not isinstance(value, str):
+        if not isinstance(value, (int, bool)):
+            r.diags.add("E011", f"{label} must be an integer, a boolean or an expression string, "
+                                f"found {describe(value)}", r.span(path))
+        return
+    try:
+        unknown = sorted(names_in(value) - known)
+    except ExprError as e:
+        r.diags.add("E022", f"bad expression in {label}: {e.message}", expr_span(r.doc, path, value, e.col), e.hint)
+        return
+    for n in unknown:
+        col = _find_name(value, n)
+        r.diags.add("E022", f"unknown name '{n}' in {label}", expr_span(r.doc, path, value, col, len(n)),
+                    did_you_mean(n, known) or f"names in scope: {', '.join(sorted(known))}")
+
+
+def _find_name(text: str, name: str) -> int:
+    import re
+    m = re.search(rf"\b{re.escape(name)}\b", text.lstrip())
+    return m.start() if m else 0
+
+
+def _parse_layers(r: Reader, path: Path, known: set[str], where: str) -> list[LayerDef]:
+    items = r.get(path)
+    if items is MISSING:
+        return []
+    if not isinstance(items, list) or not items:
+        r.diags.add("E011", f"layers of {where} must be a non-empty list", r.span(path))
+        return []
+    out = []
+    for i, item in enumerate(items):
+        lpath = path + (i,)
+        if not isinstance(item, dict):
+            r.diags.add("E011", f"layer {i} of {where} must be a mapping, found {describe(item)}", r.span(lpath))
+            continue
+        if "seq" in item:
+            layer = _parse_seq(r, item, lpath, known, where)
+        else:
+            layer = _parse_layer(r, item, lpath, known, where)
+        if layer is not None:
+            out.append(layer)
+    return out
+
+
+def _parse_common(r: Reader, item: dict, path: Path, known: set[str], layer: LayerDef) -> None:
+    if "from" in item:
+        src = item["from"]
+        names = [src] if isinstance(src, str) else src
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            r.diags.add("E011", f"'from' must be a layer name or a list of names, found {describe(src)}",
+                        r.span(path + ("from",)))
+        else:
+            layer.inputs = names
+    if "when" in item:
+        layer.when = item["when"]
+        _check_expr(r, item["when"], path + ("when",), known, "when")
+
+
+def _parse_seq(r: Reader, item: dict, path: Path, known: set[str], where: str) -> LayerDef | None:
+    r.mapping(path, SEQ_KEYS, "a seq group", required=("layers",))
+    name = item.get("seq")
+    if not isinstance(name, str) or not name:
+        r.diags.add("E011", f"seq must be a module name, found {describe(name)}", r.span(path + ("seq",)))
+        return None
+    layer = LayerDef(path, name=name, seq=name)
+    _parse_common(r, item, path, known, layer)
+    layer.layers = _parse_layers(r, path + ("layers",), known, f"seq '{name}'")
+    for sub in layer.layers:
+        if sub.seq is not None or sub.name is not None:
+            r.diags.add("E013", f"layers inside seq '{name}' are numbered 0, 1, ...: drop their names and groups",
+                        r.doc.key_span(sub.path + (("seq",) if sub.seq else ("name",))))
+    return layer
+
+
+def _parse_layer(r: Reader, item: dict, path: Path, known: set[str], where: str) -> LayerDef | None:
+    op = item.get("op")
+    if op is None:
+        r.diags.add("E012", f"a layer of {where} needs 'op' (one of {', '.join(OPS)}) or 'seq'", r.span(path))
+        return None
+    if op not in OPS:
+        r.diags.add("E021", f"unknown op {op!r}", r.span(path + ("op",)),
+                    did_you_mean(str(op), OPS) or f"ops: {', '.join(OPS)}")
+        return None
+    opdef = OPS[op]
+    r.mapping(path, LAYER_KEYS + tuple(opdef.attrs), f"'{op}' layer")
+    name = item.get("name")
+    if name is not None and (not isinstance(name, str) or not name):
+        r.diags.add("E011", f"layer name must be a string, found {describe(name)}", r.span(path + ("name",)))
+        name = None
+    layer = LayerDef(path, name=name, op=op)
+    _parse_common(r, item, path, known, layer)
+    for attr, default in opdef.attrs.items():
+        if attr in item:
+            value = item[attr]
+            apath = path + (attr,)
+            if (op, attr) in STR_ATTRS:
+                choices = opdef.choices.get(attr)
+                r.check(value, apath, str, label=f"{op}.{attr}", choices=choices)
+            else:
+                _check_expr(r, value, apath, known, f"{op}.{attr}")
+            layer.attrs[attr] = value
+        elif default is REQUIRED:
+            r.diags.add("E012", f"'{op}' layer needs '{attr}'", r.span(path))
+    return layer
+
+
+@lru_cache(maxsize=None)
+def _builtin_text() -> tuple[tuple[str, str], ...]:
+    files = resources.files("graphres") / "blocks"
+    return tuple(sorted((f"<graphres>/blocks/{f.name}", f.read_text(encoding="utf-8"))
+                        for f in files.iterdir() if f.name.endswith(".yaml")))
+
+
+def builtin_blocks(sources: SourceCache | None = None) -> dict[str, BlockDef]:
+    """The block types that ship with graphres, read by the same parser as user blocks."""
+    out: dict[str, BlockDef] = {}
+    for name, text in _builtin_text():
+        diags = DiagnosticBag()
+        doc = parse_yaml(text, name, sources)
+        out.update(parse_blocks(doc, ("blocks",), diags, builtin=True))
+        assert not diags.has_errors, [d.headline() for d in diags]  # shipped files are tested
+    return out

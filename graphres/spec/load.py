@@ -1,0 +1,183 @@
+"""Parse stage, entry point: file -> ``_base_`` inheritance -> ``--set`` overrides -> shorthand
+expansion -> typed :class:`~graphres.spec.model.Spec`.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path as FsPath
+from typing import Any, Mapping, Sequence
+
+from ..diagnostics import Diagnostic, DiagnosticBag, SourceCache, Span, SpecError
+from .model import Spec, parse_explicit
+from .reader import describe
+from .shorthand import expand_shorthand, is_shorthand
+from .source import Located, Path, parse_yaml, read_yaml
+
+MAX_BASE_DEPTH = 16
+
+
+def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = ()) -> Located:
+    """Read a file and merge its ``_base_`` files under it (deep merge; later bases win)."""
+    path = FsPath(path)
+    display = str(path)
+    doc = read_yaml(path, sources, display)
+    if not isinstance(doc.data, dict) or "_base_" not in doc.data:
+        return doc
+    bases = doc.data.pop("_base_")
+    bspan = doc.span(("_base_",))
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise SpecError([Diagnostic("E005", f"_base_ must be a file name or a list of file names, "
+                                            f"found {describe(bases)}", bspan)], sources)
+    merged = Located({}, {(): doc.span(())})
+    for i, base in enumerate(bases):
+        base_path = (path.parent / base).resolve()
+        span = doc.span(("_base_", i)) if ("_base_", i) in doc.spans else bspan
+        if base_path in _chain or base_path == path.resolve():
+            raise SpecError([Diagnostic("E005", f"_base_ '{base}' includes itself (cycle: "
+                                                f"{' -> '.join(p.name for p in _chain + (path.resolve(), base_path))})",
+                                        span)], sources)
+        if len(_chain) >= MAX_BASE_DEPTH:
+            raise SpecError([Diagnostic("E005", f"_base_ nesting deeper than {MAX_BASE_DEPTH} files", span)], sources)
+        if not base_path.is_file():
+            raise SpecError([Diagnostic("E005", f"_base_ file '{base}' not found (looked for {base_path})", span)],
+                            sources)
+        merge_into(merged, load_document(base_path, sources, _chain + (path.resolve(),)))
+    for key in [k for k in doc.spans if k[:1] == ("_base_",)]:
+        doc.spans.pop(key, None)
+    doc.key_spans.pop(("_base_",), None)
+    merge_into(merged, doc)
+    return merged
+
+
+def merge_into(dst: Located, src: Located, at: Path = ()) -> None:
+    """Deep-merge ``src`` into ``dst``: mappings merge key by key, anything else replaces.
+
+    A mapping with ``_delete_: true`` replaces instead of merging (OpenMMLab's convention).
+    """
+    def walk(d: Any, s: Any, path: Path) -> Any:
+        if isinstance(d, dict) and isinstance(s, dict) and not s.get("_delete_", False):
+            for key, value in s.items():
+                if key == "_delete_":
+                    continue
+                d[key] = walk(d.get(key), value, path + (key,)) if key in d else _take(value, path + (key,))
+            return d
+        return _take(s, path)
+
+    def _take(value: Any, path: Path) -> Any:
+        for p in [p for p in dst.spans if p[: len(path)] == path and len(p) > len(path)]:
+            del dst.spans[p]
+        for p in [p for p in dst.key_spans if p[: len(path)] == path and len(p) > len(path)]:
+            del dst.key_spans[p]
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "_delete_"}
+        return copy.deepcopy(value)
+
+    dst.data = walk(dst.data, src.data, at)
+    for p, s in src.spans.items():
+        if "_delete_" not in p:
+            dst.spans[at + p] = s
+    for p, s in src.key_spans.items():
+        if "_delete_" not in p:
+            dst.key_spans[at + p] = s
+
+
+def apply_overrides(doc: Located, overrides: Sequence[str], sources: SourceCache) -> None:
+    """Apply ``--set a.b.0.c=VALUE`` overrides; VALUE is read as YAML (safely)."""
+    diags = []
+    for text in overrides:
+        origin = f"--set {text}"
+        span = Span(origin, 0, 0, 1, "set on the command line")
+        if "=" not in text:
+            diags.append(Diagnostic("E006", f"override '{text}' must look like key.path=value", span,
+                                    "for example --set stages.3.dilation=2"))
+            continue
+        key, raw = text.split("=", 1)
+        parts: list[Any] = [p for p in key.strip().split(".")]
+        if not key.strip() or any(not p for p in parts):
+            diags.append(Diagnostic("E006", f"override key '{key}' is empty or has an empty part", span))
+            continue
+        try:
+            value_doc = parse_yaml(raw if raw.strip() else "''", origin)
+        except SpecError as e:
+            diags.extend(e.diagnostics)
+            continue
+        node = doc.data
+        path: Path = ()
+        ok = True
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                    diags.append(Diagnostic("E006", f"'{'.'.join(parts[:depth + 1])}' does not index the "
+                                                    f"{len(node)}-item list at '{'.'.join(parts[:depth]) or '<root>'}'",
+                                            span))
+                    ok = False
+                    break
+                part = int(part) % len(node)
+            elif isinstance(node, dict):
+                if not last and part not in node:
+                    node[part] = {}
+            else:
+                diags.append(Diagnostic("E006", f"'{'.'.join(parts[:depth])}' is {describe(node)}, "
+                                                f"so '{part}' cannot be set inside it", span))
+                ok = False
+                break
+            path += (part,)
+            if last:
+                node[part] = value_doc.data
+            else:
+                node = node[part]
+        if ok:
+            for p in [p for p in doc.spans if p[: len(path)] == path]:
+                del doc.spans[p]
+            vspan = Span(origin, 0, 0, 1, "set on the command line")
+            doc.spans[path] = vspan
+            doc.key_spans[path] = vspan
+            for p in value_doc.spans:
+                doc.spans[path + p] = vspan
+    if diags:
+        raise SpecError(diags, sources)
+
+
+def load_spec(source: str | FsPath | Mapping[str, Any], overrides: Sequence[str] = ()) -> Spec:
+    """Read a spec (a path, or an already parsed mapping) into a checked :class:`Spec`.
+
+    Raises :class:`SpecError` with every diagnostic found.
+    """
+    sources = SourceCache()
+    if isinstance(source, Mapping):
+        file = "<dict>"
+        doc = Located(copy.deepcopy(dict(source)), {(): Span(file)})
+    else:
+        file = str(source)
+        doc = load_document(source, sources)
+    apply_overrides(doc, overrides, sources)
+    spec, diags = parse_document(doc, sources, file)
+    diags.raise_if_errors(sources)
+    assert spec is not None
+    spec.warnings = [d for d in diags if not d.is_error]
+    return spec
+
+
+def parse_document(doc: Located, sources: SourceCache, file: str) -> tuple[Spec | None, DiagnosticBag]:
+    diags = DiagnosticBag()
+    if is_shorthand(doc):
+        doc = expand_shorthand(doc, diags)
+        if diags.has_errors:
+            return None, diags
+    spec = parse_explicit(doc, diags, sources, file)
+    return spec, diags
+
+
+def expanded_document(source: str | FsPath, overrides: Sequence[str] = ()) -> Located:
+    """The explicit form of a spec as plain data (what ``graphres expand`` prints)."""
+    sources = SourceCache()
+    doc = load_document(source, sources)
+    apply_overrides(doc, overrides, sources)
+    diags = DiagnosticBag()
+    if is_shorthand(doc):
+        doc = expand_shorthand(doc, diags)
+    diags.raise_if_errors(sources)
+    return doc

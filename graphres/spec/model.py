@@ -1,0 +1,328 @@
+"""Parse stage, part 5: the explicit spec form, read and checked into a typed :class:`Spec`.
+
+Everything that can be checked from the spec text alone is checked here and reported with the
+span of the value at fault: keys, types, ranges, lengths, out_indices, frozen_stages, norm and
+conv options, block names and block arguments. Checks that need channels or spatial sizes run
+after lowering (:mod:`graphres.lower`, :mod:`graphres.passes`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..diagnostics import DiagnosticBag, SourceCache, did_you_mean
+from ..ops import NORM_TYPES
+from .blocks import BlockDef, ParamDef, builtin_blocks, parse_blocks
+from .reader import MISSING, Reader, describe
+from .source import Located, Path
+
+FORMAT_VERSION = 1
+TOP_KEYS = ("graphres", "name", "input", "norm", "conv", "stem", "stages", "block_args", "out_indices",
+            "frozen_stages", "norm_eval", "zero_init_residual", "with_cp", "init", "blocks")
+STAGE_FIELDS = ("block", "blocks", "planes", "stride", "dilation")
+NORM_KEYS = ("type", "requires_grad", "eps", "momentum", "num_groups", "affine")
+NOT_YET_CONV = {"ConvWS": "weight-standardised conv", "DCN": "deformable conv", "DCNv2": "deformable conv v2"}
+
+
+@dataclass
+class Arg:
+    """A block argument with the path of the value that set it (for located errors)."""
+
+    value: Any
+    path: Path
+
+
+@dataclass
+class Stage:
+    index: int  # 0-based; the module is layer{index + 1}
+    block: str
+    blocks: int
+    dilations: list[int]  # one per block
+    args: dict[str, Arg]  # planes, stride (first block), and every other block argument
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"layer{self.index + 1}"
+
+
+@dataclass
+class Spec:
+    name: str
+    input_channels: int
+    input_size: tuple[int, int]
+    norm: dict[str, Any]
+    stem_block: str
+    stem_args: dict[str, Arg]
+    stages: list[Stage]
+    out_indices: list[int]
+    frozen_stages: int
+    norm_eval: bool
+    zero_init_residual: bool
+    with_cp: bool
+    init: dict[str, Any] | None
+    blocks: dict[str, BlockDef]
+    doc: Located
+    sources: SourceCache = field(default_factory=SourceCache)
+    file: str = "<spec>"
+    warnings: list = field(default_factory=list)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+
+def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, file: str) -> Spec | None:
+    """Read an explicit-form document; every mistake goes to ``diags``."""
+    r = Reader(doc, diags)
+    if not isinstance(doc.data, dict):
+        diags.add("E011", f"a spec must be a mapping, found {describe(doc.data)}", doc.span(()))
+        return None
+    r.mapping((), TOP_KEYS, "the spec", required=("stages",))
+    r.value(("graphres",), int, FORMAT_VERSION, what="graphres (format version)", choices=(FORMAT_VERSION,))
+    name = r.value(("name",), str, "model", what="name")
+
+    r.mapping(("input",), ("channels", "size"), "input")
+    in_ch = r.value(("input", "channels"), int, 3, what="input.channels", min=1)
+    size = r.get(("input", "size"), [224, 224])
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = [size, size]
+    in_size = (224, 224)
+    if not (isinstance(size, list) and len(size) == 2):
+        diags.add("E011", f"input.size must be [height, width] or one integer, found {describe(size)}",
+                  r.span(("input", "size")))
+    else:
+        checked = [r.check(v, ("input", "size", i), int, None, label=f"input.size[{i}]", min=1) for i, v in enumerate(size)]
+        if None not in checked:
+            in_size = (checked[0], checked[1])
+
+    norm = _parse_norm(r)
+    _parse_conv(r)
+
+    blocks = dict(builtin_blocks(sources))
+    user_blocks = parse_blocks(doc, ("blocks",), diags)
+    for bname in user_blocks:
+        if bname in blocks:
+            diags.add("E013", f"block '{bname}' is already a built-in block type; choose another name",
+                      doc.key_span(("blocks", bname)))
+    blocks.update(user_blocks)
+
+    block_args = r.get(("block_args",), {})
+    if not isinstance(block_args, dict):
+        diags.add("E011", f"block_args must be a mapping, found {describe(block_args)}", r.span(("block_args",)))
+        block_args = {}
+
+    stem_block, stem_args = _parse_stem(r, blocks, in_ch)
+    stages = _parse_stages(r, blocks, block_args)
+    n = len(stages)
+
+    out_indices = _parse_out_indices(r, n)
+    frozen = r.value(("frozen_stages",), int, -1, what="frozen_stages")
+    if frozen is not None and not -1 <= frozen <= n:
+        diags.add("E034", f"frozen_stages = {frozen} is out of range for {n} stages (-1..{n})",
+                  r.span(("frozen_stages",)),
+                  "-1 freezes nothing, 0 freezes the stem, k freezes the stem and layer1..layerk")
+        frozen = -1
+    norm_eval = r.value(("norm_eval",), bool, False, what="norm_eval")
+    zero_init = r.value(("zero_init_residual",), bool, True, what="zero_init_residual")
+    with_cp = r.value(("with_cp",), bool, False, what="with_cp")
+    init = _parse_init(r)
+    if diags.has_errors and (stem_block is None or stages is None):
+        return None
+    return Spec(name=name or "model", input_channels=in_ch or 3, input_size=in_size, norm=norm,
+                stem_block=stem_block or "conv7x7", stem_args=stem_args, stages=stages,
+                out_indices=out_indices, frozen_stages=frozen if frozen is not None else -1,
+                norm_eval=bool(norm_eval), zero_init_residual=bool(zero_init), with_cp=bool(with_cp),
+                init=init, blocks=blocks, doc=doc, sources=sources, file=file)
+
+
+def _parse_norm(r: Reader) -> dict[str, Any]:
+    path = ("norm",)
+    r.mapping(path, NORM_KEYS, "norm")
+    norm_type = r.get(path + ("type",), "BN")
+    if norm_type in ("LN", "LayerNorm"):
+        r.diags.add("E013", f"norm type {norm_type!r} is not supported: it normalises the last dimension "
+                            "and fails on NCHW feature maps", r.span(path + ("type",)),
+                    "use GN with num_groups: 1 for a layer-norm over (C, H, W), or BN/SyncBN/IN")
+        norm_type = "BN"
+    else:
+        norm_type = r.value(path + ("type",), str, "BN", what="norm.type", choices=NORM_TYPES)
+    norm = {"type": norm_type or "BN",
+            "requires_grad": r.value(path + ("requires_grad",), bool, True, what="norm.requires_grad"),
+            "eps": r.value(path + ("eps",), float, 1e-5, what="norm.eps", min=0)}
+    momentum = r.get(path + ("momentum",))
+    if momentum is not MISSING:
+        norm["momentum"] = r.value(path + ("momentum",), (float, type(None)), 0.1, what="norm.momentum")
+    if "affine" in (r.get(path, {}) or {}):
+        norm["affine"] = r.value(path + ("affine",), bool, True, what="norm.affine")
+    if norm["type"] == "GN":
+        norm["num_groups"] = r.value(path + ("num_groups",), int, what="norm.num_groups", min=1)
+        if norm["num_groups"] is None and not r.has(path + ("num_groups",)):
+            r.diags.items[-1].hint = "GN needs num_groups, e.g. norm: {type: GN, num_groups: 32}"
+    elif r.has(path + ("num_groups",)):
+        r.diags.add("E017", f"num_groups only applies to GN, not {norm['type']}", r.doc.key_span(path + ("num_groups",)))
+    return norm
+
+
+def _parse_conv(r: Reader) -> None:
+    path = ("conv",)
+    if r.get(path) is None:
+        return
+    r.mapping(path, ("type",), "conv")
+    conv_type = r.get(path + ("type",), "Conv2d")
+    if conv_type in NOT_YET_CONV:
+        r.diags.add("E016", f"conv type {conv_type!r} ({NOT_YET_CONV[conv_type]}) is not supported yet",
+                    r.span(path + ("type",)), "use Conv2d")
+    else:
+        r.value(path + ("type",), str, "Conv2d", what="conv.type", choices=("Conv2d",))
+
+
+def _parse_stem(r: Reader, blocks: dict[str, BlockDef], in_ch: int) -> tuple[str | None, dict[str, Arg]]:
+    path = ("stem",)
+    stem = r.get(path, {"type": "conv7x7", "channels": 64})
+    if not isinstance(stem, dict):
+        r.diags.add("E011", f"stem must be a mapping such as {{type: conv7x7, channels: 64}}, found {describe(stem)}",
+                    r.span(path))
+        return None, {}
+    stem_type = stem.get("type", "conv7x7")
+    stems = [n for n, b in blocks.items() if b.kind == "stem"]
+    if stem_type not in stems:
+        hint = did_you_mean(str(stem_type), stems) or f"stems: {', '.join(stems)}"
+        code = "E013" if stem_type in blocks else "E020"
+        what = "is a block, not a stem" if stem_type in blocks else "is not a known stem"
+        r.diags.add(code, f"stem type {stem_type!r} {what}", r.span(path + ("type",)), hint)
+        return None, {}
+    block = blocks[stem_type]
+    args = {k: Arg(v, path + (k,)) for k, v in stem.items() if k != "type"}
+    if "channels" not in args and "channels" in block.params:
+        args["channels"] = Arg(64, path)
+    _check_args(r, block, args, f"stem '{stem_type}'")
+    return stem_type, args
+
+
+def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> list[Stage] | None:
+    path = ("stages",)
+    items = r.get(path)
+    if items is MISSING:
+        return None
+    if not isinstance(items, list) or not items:
+        r.diags.add("E011", f"stages must be a non-empty list of stage mappings, found {describe(items)}", r.span(path))
+        return None
+    block_names = [n for n, b in blocks.items() if b.kind == "block"]
+    stages = []
+    for i, item in enumerate(items):
+        spath = path + (i,)
+        if not isinstance(item, dict):
+            r.diags.add("E011", f"stage {i} must be a mapping, found {describe(item)}", r.span(spath))
+            continue
+        bname = r.value(spath + ("block",), str, what=f"stages[{i}].block")
+        nblocks = r.value(spath + ("blocks",), int, what=f"stages[{i}].blocks", min=1)
+        if bname is None or nblocks is None:
+            continue
+        if bname not in block_names:
+            hint = did_you_mean(bname, block_names) or f"block types: {', '.join(block_names)}"
+            what = "is a stem, not a block" if bname in blocks else "is not a known block type"
+            r.diags.add("E020", f"block type {bname!r} {what}", r.span(spath + ("block",)), hint)
+            continue
+        block = blocks[bname]
+        args: dict[str, Arg] = {}
+        for k, v in block_args.items():
+            if k in block.params:  # global block arguments apply where the block declares them
+                args[k] = Arg(v, ("block_args", k))
+        dilation = item.get("dilation", 1)
+        dpath = spath + ("dilation",)
+        if isinstance(dilation, list):
+            if len(dilation) != nblocks:
+                r.diags.add("E015", f"stages[{i}].dilation lists {len(dilation)} values for {nblocks} blocks",
+                            r.span(dpath), "give one dilation per block, or a single integer for all")
+                dilations = [1] * nblocks
+            else:
+                dilations = [r.check(d, dpath + (j,), int, 1, label=f"stages[{i}].dilation[{j}]", min=1)
+                             for j, d in enumerate(dilation)]
+        else:
+            d = r.check(dilation, dpath, int, 1, label=f"stages[{i}].dilation", min=1)
+            dilations = [d] * nblocks
+        for k, v in item.items():
+            if k in ("block", "blocks", "dilation"):
+                continue
+            args[k] = Arg(v, spath + (k,))
+        if "dilation" in item and "dilation" not in block.params:
+            r.diags.add("E010", f"block '{bname}' has no parameter 'dilation'", r.doc.key_span(dpath))
+        if "stride" in args:
+            r.check(args["stride"].value, args["stride"].path, int, label=f"stages[{i}].stride", min=1)
+        _check_args(r, block, args, f"block '{bname}'", exclude=("dilation",))
+        stride = args["stride"].value if "stride" in args else 1
+        if stride > 1 and max(dilations) > 1:
+            r.diags.add("W001", f"stages[{i}] (layer{i + 1}) has stride {stride} and dilation {max(dilations)}: "
+                                "it both downsamples and dilates", r.span(args["stride"].path),
+                        "to keep resolution (output stride 8 or 16) set stride 1 where the dilation rises")
+        stages.append(Stage(i, bname, nblocks, dilations, args, spath))
+    return stages
+
+
+def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, exclude: tuple = ()) -> None:
+    params = block.params
+    for k, arg in list(args.items()):
+        if k not in params:
+            r.diags.add("E010", f"{what} has no parameter '{k}'", r.doc.key_span(arg.path),
+                        did_you_mean(k, list(params) + list(STAGE_FIELDS)) or
+                        (f"its parameters: {', '.join(params)}" if params else None))
+            del args[k]
+            continue
+        p: ParamDef = params[k]
+        checked = r.check(arg.value, arg.path, p.type, None, label=k, choices=p.choices, min=p.min)
+        if checked is None:
+            del args[k]
+    for k, p in params.items():
+        if p.default is MISSING and k not in args and k not in exclude and k not in ("stride",):
+            r.diags.add("E012", f"{what} needs the parameter '{k}'", r.span(_owner(args, r)))
+
+
+def _owner(args: dict[str, Arg], r: Reader) -> Path:
+    for arg in args.values():
+        return arg.path[:-1]
+    return ()
+
+
+def _parse_out_indices(r: Reader, n: int) -> list[int]:
+    path = ("out_indices",)
+    default = list(range(n))
+    values = r.int_list(path, default, what="out_indices", allow_scalar=True)
+    if values is None:
+        return default
+    if not values:
+        r.diags.add("E033", "out_indices is empty: the backbone would return nothing", r.span(path),
+                    f"list the stages to return, e.g. {default}")
+        return default
+    seen: dict[int, int] = {}
+    ok = []
+    src = r.get(path)
+    for i, v in enumerate(values):
+        vpath = path + (i,) if isinstance(src, list) else path
+        if v < 0:
+            r.diags.add("E033", f"out_indices[{i}] = {v} is negative", r.span(vpath),
+                        f"indices count stages from 0: use {v + n} for stage {v + n} (layer{v + n + 1})"
+                        if v + n >= 0 else f"valid indices are 0..{n - 1}")
+        elif v >= n:
+            r.diags.add("E033", f"out_indices[{i}] = {v} is out of range for {n} stages (0..{n - 1})", r.span(vpath),
+                        f"index k returns layer{{k+1}}; the last stage is {n - 1}")
+        elif v in seen:
+            r.diags.add("E033", f"out_indices[{i}] = {v} repeats out_indices[{seen[v]}]", r.span(vpath),
+                        "list each stage once")
+        else:
+            seen[v] = i
+            ok.append(v)
+    return sorted(ok) if ok else default
+
+
+def _parse_init(r: Reader) -> dict[str, Any] | None:
+    path = ("init",)
+    init = r.get(path)
+    if init is MISSING or init is None:
+        return None
+    r.mapping(path, ("type", "checkpoint"), "init")
+    kind = r.value(path + ("type",), str, "default", what="init.type", choices=("default", "pretrained"))
+    if kind == "pretrained":
+        ckpt = r.value(path + ("checkpoint",), str, what="init.checkpoint")
+        return {"type": "pretrained", "checkpoint": ckpt, "span": r.span(path + ("checkpoint",))}
+    return None

@@ -1,0 +1,199 @@
+"""Parse stage, part 6: the OpenMMLab shorthand (``backbone: {type: ResNet, depth: 50, ...}``).
+
+A backbone dict pasted from an mmdetection config is expanded to the explicit form. Each value of
+the expansion keeps the span of the shorthand key it came from, so later errors still point at
+what the user wrote.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..diagnostics import DiagnosticBag, did_you_mean
+from .reader import MISSING, Reader, describe
+from .source import Located, Path
+
+ARCH = {
+    18: ("basic", [2, 2, 2, 2]),
+    34: ("basic", [3, 4, 6, 3]),
+    50: ("bottleneck", [3, 4, 6, 3]),
+    101: ("bottleneck", [3, 4, 23, 3]),
+    152: ("bottleneck", [3, 8, 36, 3]),
+}
+TYPES = {
+    # type: (deep_stem, avg_down, allowed depths, extra keys)
+    "ResNet": (False, False, tuple(ARCH), ()),
+    "ResNetV1c": (True, False, tuple(ARCH), ()),
+    "ResNetV1d": (True, True, tuple(ARCH), ()),
+    "ResNeXt": (False, False, (50, 101, 152), ("groups", "base_width")),
+}
+COMMON_KEYS = ("type", "depth", "in_channels", "stem_channels", "base_channels", "num_stages", "strides",
+               "dilations", "out_indices", "style", "deep_stem", "avg_down", "frozen_stages", "conv_cfg",
+               "norm_cfg", "norm_eval", "dcn", "stage_with_dcn", "plugins", "with_cp", "zero_init_residual",
+               "init_cfg", "pretrained")
+OUTER_KEYS = ("graphres", "name", "input", "backbone")
+
+
+def is_shorthand(doc: Located) -> bool:
+    return isinstance(doc.data, dict) and "backbone" in doc.data
+
+
+def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
+    """Return the explicit form of a shorthand document (spans point at the shorthand keys)."""
+    r = Reader(doc, diags)
+    out = Located({})
+    r.mapping((), OUTER_KEYS, "a shorthand spec (explicit keys go in an explicit spec, without 'backbone')")
+    bb: Path = ("backbone",)
+    data = r.get(bb)
+    if not isinstance(data, dict):
+        diags.add("E011", f"backbone must be a mapping such as {{type: ResNet, depth: 50}}, found {describe(data)}",
+                  r.span(bb))
+        return out
+
+    def put(path: Path, value: Any, src: Path) -> None:
+        node = out.data
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+        span = doc.span(src)
+        out.spans[path] = span
+        out.key_spans[path] = doc.key_span(src) if src in doc.key_spans else span
+
+    def copy(path: Path, src: Path) -> None:
+        """Copy a subtree, keeping every span inside it."""
+        put(path, doc.data if not src else r.get(src), src)
+        for p, s in doc.spans.items():
+            if p[: len(src)] == src and len(p) > len(src):
+                out.spans[path + p[len(src):]] = s
+        for p, s in doc.key_spans.items():
+            if p[: len(src)] == src and len(p) > len(src):
+                out.key_spans[path + p[len(src):]] = s
+
+    out.spans[()] = doc.span(())
+    for key in ("graphres", "name", "input"):
+        if key in doc.data:
+            copy((key,), (key,))
+
+    btype = data.get("type", MISSING)
+    if btype is MISSING:
+        diags.add("E012", "backbone needs 'type' (one of ResNet, ResNetV1c, ResNetV1d, ResNeXt)", r.span(bb))
+        return out
+    if btype not in TYPES:
+        diags.add("E013", f"backbone type {btype!r} is not one of {', '.join(repr(t) for t in TYPES)}",
+                  r.span(bb + ("type",)), did_you_mean(str(btype), TYPES))
+        return out
+    deep_default, avg_default, depths, extra = TYPES[btype]
+    r.mapping(bb, COMMON_KEYS + extra, f"a {btype} backbone")
+    at = lambda k: bb + (k,)  # noqa: E731
+
+    depth = r.value(at("depth"), int, what="depth")
+    if depth is not None and depth not in depths:
+        diags.add("E013", f"depth = {depth} is not a {btype} depth ({', '.join(map(str, depths))})",
+                  r.span(at("depth")), "ResNeXt has no 18/34: those use basic blocks" if btype == "ResNeXt" else None)
+        depth = None
+    if depth is None:
+        return out
+    block, counts = ARCH[depth]
+
+    num_stages = r.value(at("num_stages"), int, 4, what="num_stages", min=1, max=4)
+    if num_stages is None:
+        num_stages = 4
+    strides = r.int_list(at("strides"), [1, 2, 2, 2], what="strides", min=1)
+    dilations = r.int_list(at("dilations"), [1, 1, 1, 1], what="dilations", min=1)
+    for key, values in (("strides", strides), ("dilations", dilations)):
+        if values is not None and len(values) != num_stages:
+            diags.add("E015", f"{key} has {len(values)} values but num_stages = {num_stages}",
+                      r.span(at(key)), f"give exactly one {key[:-1]} per stage: {num_stages} values")
+    if strides is None or len(strides) != num_stages:
+        strides = ([1, 2, 2, 2] + [1] * 4)[:num_stages]
+    if dilations is None or len(dilations) != num_stages:
+        dilations = [1] * num_stages
+
+    base = r.value(at("base_channels"), int, 64, what="base_channels", min=1) or 64
+    stem_ch = r.get(at("stem_channels"), None)
+    if stem_ch is None:
+        stem_ch, stem_src = base, at("base_channels") if r.has(at("base_channels")) else bb
+    else:
+        stem_ch = r.check(stem_ch, at("stem_channels"), int, base, label="stem_channels", min=1)
+        stem_src = at("stem_channels")
+    in_ch = r.get(at("in_channels"), MISSING)
+    if in_ch is not MISSING:
+        put(("input", "channels"), in_ch, at("in_channels"))
+    deep = r.value(at("deep_stem"), bool, deep_default, what="deep_stem")
+    put(("stem",), {"type": "deep" if deep else "conv7x7", "channels": stem_ch},
+        at("deep_stem") if r.has(at("deep_stem")) else bb)
+    put(("stem", "channels"), stem_ch, stem_src)
+    put(("stem", "type"), "deep" if deep else "conv7x7", at("deep_stem") if r.has(at("deep_stem")) else at("type"))
+
+    block_args: dict[str, Any] = {}
+    put(("block_args",), block_args, bb)
+    style = r.get(at("style"), MISSING)
+    if style is not MISSING:
+        put(("block_args", "style"), style, at("style"))
+    avg = r.value(at("avg_down"), bool, avg_default, what="avg_down")
+    if avg:
+        put(("block_args", "avg_down"), True, at("avg_down") if r.has(at("avg_down")) else at("type"))
+    if block == "bottleneck" and base != 64:
+        put(("block_args", "base_channels"), base, at("base_channels"))
+    for key in extra:
+        if r.has(at(key)):
+            put(("block_args", key), r.get(at(key)), at(key))
+
+    stages = []
+    put(("stages",), stages, at("depth"))
+    for i in range(num_stages):
+        stages.append({"block": block, "blocks": counts[i], "planes": base * 2 ** i,
+                       "stride": strides[i], "dilation": dilations[i]})
+        for k in ("block", "blocks", "planes"):
+            out.spans[("stages", i, k)] = doc.span(at("depth"))
+        out.spans[("stages", i, "stride")] = doc.span(at("strides") + ((i,) if r.has(at("strides")) else ()))
+        out.spans[("stages", i, "dilation")] = doc.span(at("dilations") + ((i,) if r.has(at("dilations")) else ()))
+        out.spans[("stages", i)] = doc.span(at("depth"))
+
+    for key in ("out_indices", "frozen_stages", "norm_eval", "with_cp", "zero_init_residual"):
+        if r.has(at(key)):
+            copy((key,), at(key))
+    if not r.has(at("norm_eval")):
+        put(("norm_eval",), True, bb)  # OpenMMLab's default
+    if r.has(at("norm_cfg")):
+        copy(("norm",), at("norm_cfg"))
+    conv_cfg = r.get(at("conv_cfg"), None)
+    if conv_cfg is not None:
+        copy(("conv",), at("conv_cfg"))
+
+    dcn = r.get(at("dcn"), None)
+    if dcn is not None:
+        diags.add("E016", "dcn (deformable convolution) is not supported yet", r.span(at("dcn")),
+                  "remove dcn and stage_with_dcn, or set dcn: null")
+    swd = r.get(at("stage_with_dcn"), None)
+    if swd is not None and dcn is None and isinstance(swd, list) and any(swd):
+        diags.add("E017", "stage_with_dcn enables stages but dcn is null", r.span(at("stage_with_dcn")),
+                  "set dcn, or make every entry false")
+    plugins = r.get(at("plugins"), None)
+    if plugins not in (None, [], MISSING):
+        diags.add("E016", "plugins (ContextBlock, NonLocal2d, GeneralizedAttention) are not supported yet",
+                  r.span(at("plugins")), "remove plugins, or set plugins: null")
+
+    init_cfg = r.get(at("init_cfg"), None)
+    pretrained = r.get(at("pretrained"), None)
+    if init_cfg is not None and pretrained is not None:
+        diags.add("E017", "init_cfg and pretrained are both set", r.span(at("pretrained")),
+                  "pretrained is deprecated: keep only init_cfg: {type: Pretrained, checkpoint: PATH}")
+    elif pretrained is not None:
+        if isinstance(pretrained, str):
+            put(("init",), {"type": "pretrained", "checkpoint": pretrained}, at("pretrained"))
+            out.spans[("init", "checkpoint")] = doc.span(at("pretrained"))
+        else:
+            diags.add("E011", f"pretrained must be a checkpoint path, found {describe(pretrained)}",
+                      r.span(at("pretrained")))
+    elif init_cfg is not None:
+        if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
+            r.mapping(at("init_cfg"), ("type", "checkpoint", "prefix", "map_location"), "init_cfg")
+            put(("init",), {"type": "pretrained", "checkpoint": init_cfg.get("checkpoint")}, at("init_cfg"))
+            out.spans[("init", "checkpoint")] = doc.span(at("init_cfg") + ("checkpoint",))
+        elif isinstance(init_cfg, (dict, list)):
+            diags.add("E016", "init_cfg other than {type: Pretrained, checkpoint: ...} is not supported yet",
+                      r.span(at("init_cfg")), "leave init_cfg out for OpenMMLab's default initialisation")
+        else:
+            diags.add("E011", f"init_cfg must be a mapping, found {describe(init_cfg)}", r.span(at("init_cfg")))
+    return out
+
