@@ -1,1 +1,41 @@
-"""graphres: a declarative model-graph compiler for ResNet-style backbones."""
+"""graphres: a declarative model-graph compiler for ResNet-style backbones.
+
+``graphres.build(spec)`` returns a torch module; ``graphres.compile_spec(spec)`` the validated and
+analysed graph without importing torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from .diagnostics import CheckpointError, Diagnostic, GraphresError, SpecError
+from .pipeline import Compiled, compile_spec
+from .spec.load import load_spec
+
+if TYPE_CHECKING:
+    from .backends.torch_module import GraphresBackbone
+
+__version__ = "0.1.0"
+__all__ = ["build", "compile_spec", "load_spec", "Compiled", "SpecError", "GraphresError", "CheckpointError",
+           "Diagnostic", "__version__"]
+
+
+def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[str] = (), *,
+          checkpoint: str | Path | None = None) -> "GraphresBackbone":
+    """Compile ``spec`` (a path, a mapping or a :class:`Compiled`) into a torch module.
+
+    ``overrides`` are ``key.path=value`` strings, as ``--set`` on the command line. The weights are
+    initialised as OpenMMLab does; a checkpoint (the spec's ``init: {type: pretrained}`` or the
+    ``checkpoint`` argument, which wins) is then loaded strictly apart from ``fc.*``. Raises
+    :class:`SpecError` for spec mistakes and :class:`CheckpointError` for checkpoints that do not fit.
+    """
+    from .backends.checkpoint import load_checkpoint
+    from .backends.torch_module import build_module
+
+    compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides)
+    model = build_module(compiled.graph)
+    init = compiled.spec.init
+    path = checkpoint or (init["checkpoint"] if init and init.get("type") == "pretrained" else None)
+    if path is not None:
+        model.load_report = load_checkpoint(model, path)
+    return model

@@ -1,0 +1,93 @@
+"""Backend helper: load a torchvision- or OpenMMLab-layout checkpoint into a compiled module.
+
+Checkpoints are untrusted input: ``torch.load(weights_only=True)`` only. Accepted layouts: a bare
+state dict, or one wrapped in ``state_dict`` / ``model``; keys may carry ``module.`` (DataParallel)
+and ``backbone.`` (detector) prefixes. Loading is strict except for a classifier head (``fc.*``)
+and, for a whole detector, its non-backbone parts; every other difference is reported by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..diagnostics import CheckpointError
+
+_LIST_MAX = 8
+
+
+@dataclass
+class LoadReport:
+    loaded: int
+    ignored: list[str] = field(default_factory=list)  # fc.* and non-backbone keys, skipped on purpose
+
+    def __str__(self) -> str:
+        text = f"loaded {self.loaded} tensors"
+        if self.ignored:
+            text += f"; ignored {len(self.ignored)} ({_short(self.ignored)})"
+        return text
+
+
+def _short(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_MAX])
+    return shown + (f", ... ({len(keys) - _LIST_MAX} more)" if len(keys) > _LIST_MAX else "")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint '{path}' not found") from None
+    except Exception as e:  # pickle refusals, corrupt archives
+        raise CheckpointError(f"cannot read checkpoint '{path}' safely (weights_only=True): {e}") from None
+    if isinstance(obj, dict):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint '{path}' holds no state dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
+def normalise_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Strip ``module.`` and ``backbone.`` prefixes; return the backbone keys and the ignored ones."""
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    ignored: list[str] = []
+    if any(k.startswith("backbone.") for k in sd):
+        ignored = sorted(k for k in sd if not k.startswith("backbone."))
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    head = sorted(k for k in sd if k.startswith("fc."))
+    for k in head:
+        del sd[k]
+    return sd, head + ignored
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load ``path`` into ``model``; raise :class:`CheckpointError` naming every mismatch."""
+    sd, ignored = normalise_keys(read_state_dict(path))
+    own = model.state_dict()
+    optional = {k for k in own if k.endswith("num_batches_tracked")}  # absent from old checkpoints
+    missing = sorted(k for k in own if k not in sd and k not in optional)
+    unexpected = sorted(k for k in sd if k not in own)
+    mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sorted(sd) if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint '{path}' does not match the model:"]
+        if missing:
+            lines.append(f"  missing in checkpoint ({len(missing)}): {_short(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected in checkpoint ({len(unexpected)}): {_short(unexpected)}")
+        if mismatched:
+            lines.append(f"  shape mismatch ({len(mismatched)}): {_short(mismatched)}")
+        if any(k.startswith("stem.") for k in missing) and any(k in unexpected for k in ("conv1.weight",)):
+            lines.append("  hint: the spec has a deep stem (ResNetV1c/V1d) but the checkpoint a 7x7 stem")
+        elif any(k.startswith("stem.") for k in unexpected) and "conv1.weight" in missing:
+            lines.append("  hint: the checkpoint has a deep stem (ResNetV1c/V1d) but the spec a 7x7 stem")
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        model.load_state_dict(sd, strict=False)
+    return LoadReport(loaded=len(sd), ignored=ignored)
