@@ -1,0 +1,155 @@
+"""Command line: ``graphres validate | expand | render | compile``.
+
+Exit codes: 0 success, 1 errors in the spec (or a checkpoint / Graphviz problem), 2 usage errors.
+Only ``compile`` imports torch; ``validate``, ``expand`` and ``render`` start without it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .diagnostics import GraphresError, SpecError, format_diagnostics, use_color
+
+EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
+
+
+class _Usage(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="graphres", description="A declarative model-graph compiler for "
+                                "ResNet-style backbones: validate, expand, render and compile YAML specs.")
+    p.add_argument("--version", action="version", version=f"graphres {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("spec", help="the spec file (YAML)")
+        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a value, e.g. --set stages.3.dilation=2 (repeatable; VALUE is YAML)")
+        return c
+
+    v = command("validate", "check a spec and report every problem with its file:line:col")
+    v.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    v.add_argument("--json", action="store_true", help="print the diagnostics as JSON")
+    e = command("expand", "print the fully resolved explicit form of a spec, as YAML")
+    e.add_argument("-o", "--output", help="write to this file instead of standard output")
+    r = command("render", "draw the spec with Graphviz (svg, png, pdf or dot)")
+    r.add_argument("-o", "--output", required=True, help="output file; its extension picks the format")
+    r.add_argument("--format", choices=("svg", "png", "pdf", "dot"), help="override the format")
+    r.add_argument("--level", choices=("stage", "block"), default="block", help="detail (default: block)")
+    r.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="top-to-bottom or left-to-right")
+    c = command("compile", "compile to a torch.export program (.pt2) that runs with torch alone")
+    c.add_argument("-o", "--output", required=True, help="output file (.pt2)")
+    c.add_argument("--checkpoint", help="load these weights first (torchvision or OpenMMLab layout)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if not Path(args.spec).is_file():
+            raise _Usage(f"spec file '{args.spec}' not found")
+        return {"validate": _validate, "expand": _expand, "render": _render, "compile": _compile}[args.command](args)
+    except _Usage as e:
+        parser.exit(EXIT_USAGE, f"graphres: error: {e}\n")
+    except SpecError as e:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "diagnostics": [d.to_dict() for d in e.diagnostics]}, indent=2))
+        else:
+            print(e.render(color=use_color(sys.stderr)), file=sys.stderr)
+        return EXIT_SPEC
+    except GraphresError as e:
+        print(f"graphres: error: {e}", file=sys.stderr)
+        return EXIT_SPEC
+    return EXIT_OK
+
+
+def _compile_spec(args: argparse.Namespace):
+    from .pipeline import compile_spec
+    return compile_spec(args.spec, args.overrides)
+
+
+def _print_warnings(compiled) -> None:
+    if compiled.warnings:
+        print(format_diagnostics(compiled.warnings, compiled.sources, color=use_color(sys.stderr)), file=sys.stderr)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    compiled = _compile_spec(args)
+    if args.strict and compiled.warnings:
+        raise SpecError(compiled.warnings, compiled.sources)
+    g = compiled.graph
+    if args.json:
+        print(json.dumps({"ok": True, "diagnostics": [d.to_dict() for d in compiled.warnings],
+                          "params": g.graph["params"], "macs": g.graph["macs"]}, indent=2))
+        return EXIT_OK
+    _print_warnings(compiled)
+    blocks = sum(st["blocks"] for st in g.graph["stages"])
+    outs = ", ".join(f"{o['name']} ({o['channels']} ch, stride {g.nodes[o['node']]['meta']['stride']})"
+                     for o in g.graph["outputs"])
+    print(f"{args.spec}: ok: {g.graph['name']}: {len(g.graph['stages'])} stages, {blocks} blocks, "
+          f"{g.graph['params']:,} parameters; outputs {outs}")
+    return EXIT_OK
+
+
+def _expand(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .spec.emit import to_explicit
+    compiled = _compile_spec(args)
+    _print_warnings(compiled)
+    text = "# expanded by graphres from " + args.spec + "\n" + yaml.safe_dump(
+        to_explicit(compiled.spec), sort_keys=False, default_flow_style=None, width=100)
+    if args.output:
+        _write_atomic(Path(args.output), text.encode())
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .backends.graphviz import render
+    compiled = _compile_spec(args)
+    _print_warnings(compiled)
+    out = render(compiled.graph, args.output, level=args.level, fmt=args.format, rankdir=args.rankdir)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _compile(args: argparse.Namespace) -> int:
+    compiled = _compile_spec(args)
+    _print_warnings(compiled)
+    from . import build
+    from .backends.export import export_module, save_program
+    model = build(compiled, checkpoint=args.checkpoint)
+    spec = compiled.spec
+    program = export_module(model, spec.input_channels, spec.input_size)
+    out = save_program(program, args.output)
+    print(f"wrote {out} (torch.export program; load with torch.export.load)")
+    return EXIT_OK
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Parse stage, output: a checked :class:`Spec` -> its canonical explicit form as plain data.
+
+This is what ``graphres expand`` prints: every default filled in, the shorthand expanded and
+``block_args`` folded into the stages, so two specs that mean the same network expand to the same
+document.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .model import FORMAT_VERSION, Spec
+
+
+def to_explicit(spec: Spec) -> dict[str, Any]:
+    norm = {k: v for k, v in spec.norm.items()}
+    stem = {"type": spec.stem_block, **{k: a.value for k, a in sorted(spec.stem_args.items())}}
+    stages = []
+    for st in spec.stages:
+        params = spec.blocks[st.block].params
+        entry: dict[str, Any] = {"block": st.block, "blocks": st.blocks}
+        args = {k: a.value for k, a in st.args.items()}
+        for key in ("planes", "stride"):
+            if key in params:
+                entry[key] = args.pop(key, params[key].default)
+        if "dilation" in params:
+            entry["dilation"] = st.dilations[0] if len(set(st.dilations)) == 1 else list(st.dilations)
+        # other arguments only where they differ from the block's default, so equal networks
+        # expand to equal documents
+        entry.update(sorted((k, v) for k, v in args.items() if v != params[k].default))
+        stages.append(entry)
+    out: dict[str, Any] = {
+        "graphres": FORMAT_VERSION,
+        "name": spec.name,
+        "input": {"channels": spec.input_channels, "size": list(spec.input_size)},
+        "norm": norm,
+        "stem": stem,
+        "stages": stages,
+        "out_indices": list(spec.out_indices),
+        "frozen_stages": spec.frozen_stages,
+        "norm_eval": spec.norm_eval,
+        "zero_init_residual": spec.zero_init_residual,
+        "with_cp": spec.with_cp,
+    }
+    if spec.init:
+        out["init"] = {"type": spec.init["type"], "checkpoint": spec.init["checkpoint"]}
+    user_blocks = {name: spec.doc.data["blocks"][name] for name, b in spec.blocks.items() if not b.builtin}
+    if user_blocks:
+        out["blocks"] = user_blocks
+    return out
