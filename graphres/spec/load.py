@@ -165,7 +165,7 @@ def parse_document(doc: Located, sources: SourceCache, file: str) -> tuple[Spec 
     diags = DiagnosticBag()
     if is_shorthand(doc):
         doc = expand_shorthand(doc, diags)
-        if diags.has_errors:
+        if "stages" not in doc.data:  # nothing to check further
             return None, diags
     spec = parse_explicit(doc, diags, sources, file)
     return spec, diags

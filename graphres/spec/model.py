@@ -113,8 +113,9 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
         block_args = {}
 
     stem_block, stem_args = _parse_stem(r, blocks, in_ch)
-    stages = _parse_stages(r, blocks, block_args)
-    n = len(stages)
+    stages = _parse_stages(r, blocks, block_args) or []
+    declared = r.get(("stages",))
+    n = len(declared) if isinstance(declared, list) else len(stages or [])
 
     out_indices = _parse_out_indices(r, n)
     frozen = r.value(("frozen_stages",), int, -1, what="frozen_stages")
@@ -127,7 +128,7 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
     zero_init = r.value(("zero_init_residual",), bool, True, what="zero_init_residual")
     with_cp = r.value(("with_cp",), bool, False, what="with_cp")
     init = _parse_init(r)
-    if diags.has_errors and (stem_block is None or stages is None):
+    if diags.has_errors:
         return None
     return Spec(name=name or "model", input_channels=in_ch or 3, input_size=in_size, norm=norm,
                 stem_block=stem_block or "conv7x7", stem_args=stem_args, stages=stages,
@@ -196,7 +197,7 @@ def _parse_stem(r: Reader, blocks: dict[str, BlockDef], in_ch: int) -> tuple[str
     args = {k: Arg(v, path + (k,)) for k, v in stem.items() if k != "type"}
     if "channels" not in args and "channels" in block.params:
         args["channels"] = Arg(64, path)
-    _check_args(r, block, args, f"stem '{stem_type}'")
+    _check_args(r, block, args, f"stem '{stem_type}'", label="stem.")
     return stem_type, args
 
 
@@ -248,9 +249,7 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
             args[k] = Arg(v, spath + (k,))
         if "dilation" in item and "dilation" not in block.params:
             r.diags.add("E010", f"block '{bname}' has no parameter 'dilation'", r.doc.key_span(dpath))
-        if "stride" in args:
-            r.check(args["stride"].value, args["stride"].path, int, label=f"stages[{i}].stride", min=1)
-        _check_args(r, block, args, f"block '{bname}'", exclude=("dilation",))
+        _check_args(r, block, args, f"block '{bname}'", exclude=("dilation",), label=f"stages[{i}].")
         stride = args["stride"].value if "stride" in args else 1
         if stride > 1 and max(dilations) > 1:
             r.diags.add("W001", f"stages[{i}] (layer{i + 1}) has stride {stride} and dilation {max(dilations)}: "
@@ -260,7 +259,8 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
     return stages
 
 
-def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, exclude: tuple = ()) -> None:
+def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, exclude: tuple = (),
+                label: str = "") -> None:
     params = block.params
     for k, arg in list(args.items()):
         if k not in params:
@@ -270,7 +270,7 @@ def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, exc
             del args[k]
             continue
         p: ParamDef = params[k]
-        checked = r.check(arg.value, arg.path, p.type, None, label=k, choices=p.choices, min=p.min)
+        checked = r.check(arg.value, arg.path, p.type, None, label=label + k, choices=p.choices, min=p.min)
         if checked is None:
             del args[k]
     for k, p in params.items():
@@ -305,7 +305,7 @@ def _parse_out_indices(r: Reader, n: int) -> list[int]:
                         if v + n >= 0 else f"valid indices are 0..{n - 1}")
         elif v >= n:
             r.diags.add("E033", f"out_indices[{i}] = {v} is out of range for {n} stages (0..{n - 1})", r.span(vpath),
-                        f"index k returns layer{{k+1}}; the last stage is {n - 1}")
+                        f"out_indices count stages from 0 (0 is layer1): the last stage is {n - 1} (layer{n})")
         elif v in seen:
             r.diags.add("E033", f"out_indices[{i}] = {v} repeats out_indices[{seen[v]}]", r.span(vpath),
                         "list each stage once")
