@@ -56,7 +56,8 @@ def lower(spec: Spec, diags: DiagnosticBag) -> nx.DiGraph:
         stem={"block": spec.stem_block},
     )
     ctx = _Ctx(spec, g, diags, set())
-    ir.add_node(g, ir.INPUT, "input", **{ir.OUT_CH: spec.input_channels, ir.STAGE: None, ir.SCOPE: "",
+    ir.add_node(g, ir.INPUT, "input", **{ir.MODULE: None, ir.IN_CH: spec.input_channels,
+                                        ir.OUT_CH: spec.input_channels, ir.STAGE: None, ir.SCOPE: "",
                                         ir.SPAN: spec.doc.span(("input",)), ir.DEF_SPAN: None})
     try:
         x, ch = _lower_instance(ctx, spec.blocks[spec.stem_block], "stem", "", -1, spec.stem_args,
