@@ -8,6 +8,7 @@ divide them is reported here, located.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ class _Ctx:
     spec: Spec
     g: nx.DiGraph
     diags: DiagnosticBag
-    reported: set
+    gn_misfits: dict  # channels -> first norm layer whose channels GN's num_groups does not divide
 
 
 @dataclass
@@ -55,15 +56,24 @@ def lower(spec: Spec, diags: DiagnosticBag) -> nx.DiGraph:
         with_cp=spec.with_cp, init=spec.init, out_indices=list(spec.out_indices), stages=[], outputs=[],
         stem={"block": spec.stem_block},
     )
-    ctx = _Ctx(spec, g, diags, set())
+    ctx = _Ctx(spec, g, diags, {})
     ir.add_node(g, ir.INPUT, "input", **{ir.MODULE: None, ir.IN_CH: spec.input_channels,
                                         ir.OUT_CH: spec.input_channels, ir.STAGE: None, ir.SCOPE: "",
                                         ir.SPAN: spec.doc.span(("input",)), ir.DEF_SPAN: None})
     try:
+        _lower_all(ctx)
+    finally:
+        _report_gn(ctx)
+    return g
+
+
+def _lower_all(ctx: _Ctx) -> None:
+    spec, g = ctx.spec, ctx.g
+    try:
         x, ch = _lower_instance(ctx, spec.blocks[spec.stem_block], "stem", "", -1, spec.stem_args,
                                 {}, ir.INPUT, spec.input_channels, spec.doc.span(("stem",)), "stem")
     except _Abort:
-        return g
+        return
     for stage in spec.stages:
         block = spec.blocks[stage.block]
         stage_in = x
@@ -79,14 +89,27 @@ def lower(spec: Spec, diags: DiagnosticBag) -> nx.DiGraph:
                 x, ch = _lower_instance(ctx, block, scope, scope + ".", stage.index, args, extra, x, ch,
                                         spec.doc.span(stage.path), f"stages[{stage.index}]")
             except _Abort:
-                return g
+                return
         g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": stage.block,
                                   "blocks": stage.blocks, "input": stage_in, "output": x, "channels": ch,
                                   "dilations": list(stage.dilations)})
     for i in spec.out_indices:
         st = g.graph["stages"][i]
         g.graph["outputs"].append({"index": i, "name": st["name"], "node": st["output"], "channels": st["channels"]})
-    return g
+
+
+def _report_gn(ctx: _Ctx) -> None:
+    if not ctx.gn_misfits:
+        return
+    groups = ctx.spec.norm["num_groups"]
+    sizes = ", ".join(f"{ch} ({name})" for ch, name in ctx.gn_misfits.items())
+    channels = [d[ir.OUT_CH] for _, d in ctx.g.nodes(data=True) if d[ir.OP] == "norm"] + list(ctx.gn_misfits)
+    common = math.gcd(*channels)
+    fits = [k for k in range(1, groups + 1) if common % k == 0]
+    ctx.diags.add("E031", f"GN num_groups = {groups} does not divide the channels of {len(ctx.gn_misfits)} norm "
+                          f"layer size{'s' if len(ctx.gn_misfits) > 1 else ''}: {sizes}",
+                  ctx.spec.doc.span(("norm", "num_groups")),
+                  f"num_groups must divide every norm's channels; {fits[-1]} does" if fits else None)
 
 
 def _lower_instance(ctx: _Ctx, block: BlockDef, scope: str, prefix: str, stage: int, args: dict[str, Arg],
@@ -197,14 +220,7 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
     elif layer.op == "norm":
         num_groups = ctx.spec.norm.get("num_groups")
         if ctx.spec.norm["type"] == "GN" and num_groups and in_ch % num_groups:
-            key = ("E031", in_ch)
-            if key not in ctx.reported:
-                ctx.reported.add(key)
-                divisors = [d for d in range(1, in_ch + 1) if in_ch % d == 0 and d <= 64]
-                ctx.diags.add("E031", f"GN num_groups = {num_groups} does not divide the {in_ch} channels of "
-                                      f"{inst.prefix}{local}", ctx.spec.doc.span(("norm", "num_groups")),
-                              f"choose a divisor of {in_ch}, e.g. {max(d for d in divisors if d <= num_groups)}"
-                              if any(d <= num_groups for d in divisors) else None)
+            ctx.gn_misfits.setdefault(in_ch, inst.prefix + local)
     elif layer.op in ("add", "mul"):
         chans = [c for _, c in inputs]
         if len(set(chans)) > 1:

@@ -117,7 +117,7 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
     declared = r.get(("stages",))
     n = len(declared) if isinstance(declared, list) else len(stages or [])
 
-    out_indices = _parse_out_indices(r, n)
+    out_indices = _parse_out_indices(r, n) if n else []
     frozen = r.value(("frozen_stages",), int, -1, what="frozen_stages")
     if frozen is not None and not -1 <= frozen <= n:
         diags.add("E034", f"frozen_stages = {frozen} is out of range for {n} stages (-1..{n})",
