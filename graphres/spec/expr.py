@@ -48,7 +48,9 @@ def parse_expr(text: str) -> ast.expression:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
-        raise ExprError(f"cannot parse expression: {e.msg}", max(0, (e.offset or 1) - 1))
+        # offset 0 means "at the end of the text" (an incomplete expression)
+        col = e.offset - 1 if e.offset and e.offset > 0 else len(text.strip())
+        raise ExprError(f"cannot parse expression: {e.msg}", col)
     _check(tree.body)
     return tree
 

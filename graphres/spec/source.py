@@ -55,7 +55,9 @@ def _span(node: yaml.Node, name: str) -> Span:
     start, end = node.start_mark, node.end_mark
     length = end.column - start.column if end.line == start.line else 1
     col = start.column + 1
-    if isinstance(node, yaml.ScalarNode) and node.style in ("'", '"') and length >= 2:
+    buf = start.buffer
+    if (isinstance(node, yaml.ScalarNode) and node.style in ("'", '"') and length >= 2 and buf is not None
+            and buf[start.pointer] == node.style):
         col, length = col + 1, length - 2  # point at the text inside the quotes
     return Span(name, start.line + 1, col, max(1, length))
 
@@ -79,16 +81,24 @@ class _Builder:
                 "specs are plain data: use only maps, lists, strings, numbers, booleans and null"))
             return None
         if isinstance(node, yaml.MappingNode):
+            own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
             try:
-                self.loader.flatten_mapping(node)  # resolves '<<' merge keys
+                self.loader.flatten_mapping(node)  # resolves '<<' merge keys, placing them first
             except yaml.constructor.ConstructorError as e:
                 self.diags.append(Diagnostic("E001", str(e.problem), _span(node, self.name)))
                 return {}
+            merged = len(node.value) - own
             out: dict = {}
-            for key_node, value_node in node.value:
+            from_merge: set = set()
+            for i, (key_node, value_node) in enumerate(node.value):
                 key = self.build_scalar_key(key_node)
                 if key is None:
                     continue
+                if i < merged:
+                    from_merge.add(key)
+                elif key in from_merge:  # an explicit key overrides a merged one
+                    from_merge.discard(key)
+                    out.pop(key)
                 if key in out:
                     first = self.doc.key_spans.get(path + (key,))
                     self.diags.append(Diagnostic(
