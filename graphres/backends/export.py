@@ -1,6 +1,7 @@
 """Backend: the compiled module -> a ``torch.export`` program file (``.pt2``) that runs with torch alone.
 
-The eval-mode module is exported with a dynamic batch dimension; the file is written atomically
+The eval-mode module is exported with dynamic batch, height and width (torch.export infers the
+ranges it can prove; see ``program.range_constraints``); the file is written atomically
 (a temporary file beside the target, then a rename), so a failed export leaves nothing behind.
 """
 from __future__ import annotations
@@ -16,8 +17,8 @@ from torch import nn
 def export_module(model: nn.Module, channels: int, size: tuple[int, int]) -> torch.export.ExportedProgram:
     model = model.eval()
     example = (torch.randn(2, channels, *size),)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    return torch.export.export(model, example, dynamic_shapes=({0: batch},))
+    auto = torch.export.Dim.AUTO
+    return torch.export.export(model, example, dynamic_shapes=({0: auto, 2: auto, 3: auto},))
 
 
 def save_program(program: torch.export.ExportedProgram, output: str | Path) -> Path:
