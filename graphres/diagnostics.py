@@ -32,13 +32,11 @@ CODES: dict[str, str] = {
     "E021": "unknown op",
     "E022": "bad expression",
     "E023": "bad layer reference",
-    "E024": "recursive block",
     "E030": "channel mismatch",
     "E031": "norm does not fit the channels",
     "E032": "spatial size reaches zero",
     "E033": "bad out_indices",
     "E034": "bad frozen_stages",
-    "E040": "checkpoint does not match",
     "W001": "dilated stage also strides",
 }
 

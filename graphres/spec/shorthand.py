@@ -100,11 +100,12 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
     strides = r.int_list(at("strides"), [1, 2, 2, 2], what="strides", min=1)
     dilations = r.int_list(at("dilations"), [1, 1, 1, 1], what="dilations", min=1)
     for key, values in (("strides", strides), ("dilations", dilations)):
-        if values is not None and len(values) != num_stages:
+        # upstream asserts the defaults' length too; graphres cuts the defaults to num_stages
+        if r.has(at(key)) and values is not None and len(values) != num_stages:
             diags.add("E015", f"{key} has {len(values)} values but num_stages = {num_stages}",
                       r.span(at(key)), f"give exactly one {key[:-1]} per stage: {num_stages} values")
     if strides is None or len(strides) != num_stages:
-        strides = ([1, 2, 2, 2] + [1] * 4)[:num_stages]
+        strides = [1, 2, 2, 2][:num_stages]
     if dilations is None or len(dilations) != num_stages:
         dilations = [1] * num_stages
 
