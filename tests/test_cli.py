@@ -30,7 +30,7 @@ def test_validate_errors_exit_1_with_located_report(tmp_path):
         "3 |   - {block: basic, blocks: 2, planes: 64, stride: 0}\n"
         "  |                                                   ^\n"
         "\n"
-        "bad.yaml:4:16: error[E034]: frozen_stages = 3 is out of range for 1 stages (-1..1)\n"
+        "bad.yaml:4:16: error[E034]: frozen_stages = 3 is out of range for 1 stage (-1..1)\n"
         "  |\n"
         "4 | frozen_stages: 3\n"
         "  |                ^\n"

@@ -43,7 +43,7 @@ def test_errors_point_at_the_file_that_set_the_value(write_spec, tmp_path):
         graphres.compile_spec(child)
     assert [d.headline() for d in e.value.diagnostics] == [
         f"{tmp_path / 'base.yaml'}:3:51: error[E014]: stages[0].stride = 0 must be >= 1",
-        f"{child}:2:16: error[E034]: frozen_stages = 7 is out of range for 1 stages (-1..1)"]
+        f"{child}:2:16: error[E034]: frozen_stages = 7 is out of range for 1 stage (-1..1)"]
 
 
 def test_base_cycle_and_missing(write_spec):

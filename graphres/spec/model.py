@@ -120,7 +120,7 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
     out_indices = _parse_out_indices(r, n) if n else []
     frozen = r.value(("frozen_stages",), int, -1, what="frozen_stages")
     if frozen is not None and not -1 <= frozen <= n:
-        diags.add("E034", f"frozen_stages = {frozen} is out of range for {n} stages (-1..{n})",
+        diags.add("E034", f"frozen_stages = {frozen} is out of range for {_stages(n)} (-1..{n})",
                   r.span(("frozen_stages",)),
                   "-1 freezes nothing, 0 freezes the stem, k freezes the stem and layer1..layerk")
         frozen = -1
@@ -197,7 +197,7 @@ def _parse_stem(r: Reader, blocks: dict[str, BlockDef], in_ch: int) -> tuple[str
     args = {k: Arg(v, path + (k,)) for k, v in stem.items() if k != "type"}
     if "channels" not in args and "channels" in block.params:
         args["channels"] = Arg(64, path)
-    _check_args(r, block, args, f"stem '{stem_type}'", label="stem.")
+    _check_args(r, block, args, f"stem '{stem_type}'", path, label="stem.")
     return stem_type, args
 
 
@@ -249,7 +249,7 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
             args[k] = Arg(v, spath + (k,))
         if "dilation" in item and "dilation" not in block.params:
             r.diags.add("E010", f"block '{bname}' has no parameter 'dilation'", r.doc.key_span(dpath))
-        _check_args(r, block, args, f"block '{bname}'", exclude=("dilation",), label=f"stages[{i}].")
+        _check_args(r, block, args, f"block '{bname}'", spath, exclude=("dilation",), label=f"stages[{i}].")
         stride = args["stride"].value if "stride" in args else 1
         if stride > 1 and max(dilations) > 1:
             r.diags.add("W001", f"stages[{i}] (layer{i + 1}) has stride {stride} and dilation {max(dilations)}: "
@@ -259,7 +259,7 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
     return stages
 
 
-def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, exclude: tuple = (),
+def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, owner: Path, exclude: tuple = (),
                 label: str = "") -> None:
     params = block.params
     for k, arg in list(args.items()):
@@ -275,13 +275,7 @@ def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, exc
             del args[k]
     for k, p in params.items():
         if p.default is MISSING and k not in args and k not in exclude and k not in ("stride",):
-            r.diags.add("E012", f"{what} needs the parameter '{k}'", r.span(_owner(args, r)))
-
-
-def _owner(args: dict[str, Arg], r: Reader) -> Path:
-    for arg in args.values():
-        return arg.path[:-1]
-    return ()
+            r.diags.add("E012", f"{what} needs the parameter '{k}'", r.span(owner))
 
 
 def _parse_out_indices(r: Reader, n: int) -> list[int]:
@@ -304,7 +298,7 @@ def _parse_out_indices(r: Reader, n: int) -> list[int]:
                         f"indices count stages from 0: use {v + n} for stage {v + n} (layer{v + n + 1})"
                         if v + n >= 0 else f"valid indices are 0..{n - 1}")
         elif v >= n:
-            r.diags.add("E033", f"out_indices[{i}] = {v} is out of range for {n} stages (0..{n - 1})", r.span(vpath),
+            r.diags.add("E033", f"out_indices[{i}] = {v} is out of range for {_stages(n)} (0..{n - 1})", r.span(vpath),
                         f"out_indices count stages from 0 (0 is layer1): the last stage is {n - 1} (layer{n})")
         elif v in seen:
             r.diags.add("E033", f"out_indices[{i}] = {v} repeats out_indices[{seen[v]}]", r.span(vpath),
@@ -313,6 +307,10 @@ def _parse_out_indices(r: Reader, n: int) -> list[int]:
             seen[v] = i
             ok.append(v)
     return sorted(ok) if ok else default
+
+
+def _stages(n: int) -> str:
+    return f"{n} stage{'' if n == 1 else 's'}"
 
 
 def _parse_init(r: Reader) -> dict[str, Any] | None:
