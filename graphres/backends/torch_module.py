@@ -122,10 +122,11 @@ def _get(root: nn.Module, path: str) -> nn.Module:
 
 
 def _build_plan(g: nx.DiGraph, nodes: Sequence[str], input_node: str, root: nn.Module, prefix: str,
-                norm: dict) -> list[tuple[Callable, tuple[int, ...]]]:
+                norm: dict) -> list[tuple[Callable, tuple[int, ...], tuple[int, ...]]]:
     """Create the modules of ``nodes`` under ``root`` and return their call plan.
 
-    The plan is a list of (callable, operand slots); slot 0 is the input, slot i+1 the i-th step."""
+    The plan is a list of (callable, operand slots, slots to free afterwards); slot 0 is the input,
+    slot i+1 the i-th step's output."""
     slot = {input_node: 0}
     inside = set(nodes)
     plan = []
@@ -151,16 +152,25 @@ def _build_plan(g: nx.DiGraph, nodes: Sequence[str], input_node: str, root: nn.M
             fn = _functional(d[ir.OP], sole)
         plan.append((fn, tuple(slot[s] for s in srcs)))
         slot[n] = len(plan)
-    return plan
+    last_read: dict[int, int] = {}
+    for step, (_, args) in enumerate(plan):
+        for a in args:
+            last_read[a] = step
+    drops: list[list[int]] = [[] for _ in plan]
+    for value, step in last_read.items():
+        drops[step].append(value)
+    return [(fn, args, tuple(sorted(drop))) for (fn, args), drop in zip(plan, drops)]
 
 
 def _run(plan: list, x: torch.Tensor) -> torch.Tensor:
-    values = [x]
-    for fn, args in plan:
+    values: list = [x] + [None] * len(plan)
+    for i, (fn, args, drop) in enumerate(plan, 1):
         if len(args) == 1:
-            values.append(fn(values[args[0]]))
+            values[i] = fn(values[args[0]])
         else:
-            values.append(fn(*[values[a] for a in args]))
+            values[i] = fn(*[values[a] for a in args])
+        for d in drop:  # free each intermediate after its last reader, as a hand-written forward does
+            values[d] = None
     return values[-1]
 
 
