@@ -165,5 +165,5 @@ def test_norm_types_and_names(norm, cls, name):
                             "stages": [{"block": "bottleneck", "blocks": 1, "planes": 64}]})
     assert isinstance(getattr(model.layer1[0], name), cls)
     assert isinstance(getattr(model, name), cls)
-    assert f"layer1.0.downsample.1" in dict(model.named_modules())
+    assert "layer1.0.downsample.1" in dict(model.named_modules())
     model.eval()(torch.randn(1, 3, SIZE, SIZE))
