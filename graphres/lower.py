@@ -177,10 +177,8 @@ def _resolve_inputs(ctx: _Ctx, inst: _Instance, layer: LayerDef, names: dict, pr
     for i, raw in enumerate(layer.inputs):
         name = raw.replace("{norm}", abbr)
         if name not in names:
-            path = layer.path + ("from",) + ((i,) if isinstance(inst.block.doc.data, dict) and
-                                               (layer.path + ("from", i)) in inst.block.doc.spans else ())
             _error(ctx, inst, "E023", f"layer input '{raw}' is not an earlier layer of block '{inst.block.name}'",
-                   inst.block.doc.span(path), None,
+                   inst.block.doc.span(layer.path + ("from", i)), None,
                    did_you_mean(name, names) or f"earlier layers: {', '.join(names)}")
         out.append(names[name])
     return out

@@ -75,7 +75,7 @@ def pool_out_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: 
     return out
 
 
-def out_hw(op: str, attrs: dict, hw: tuple[int, int], other_hws: list[tuple[int, int]] | None = None) -> tuple[int, int]:
+def out_hw(op: str, attrs: dict, hw: tuple[int, int]) -> tuple[int, int]:
     """Output spatial size of one node for an input of size ``hw``."""
     if op == "conv":
         pad = conv_padding(attrs)

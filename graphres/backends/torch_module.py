@@ -117,10 +117,6 @@ def _install(root: nn.Module, path: str, module: nn.Module) -> None:
     parent.add_module(parts[-1], module)
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path)
-
-
 def _build_plan(g: nx.DiGraph, nodes: Sequence[str], input_node: str, root: nn.Module, prefix: str,
                 norm: dict) -> list[tuple[Callable, tuple[int, ...], tuple[int, ...]]]:
     """Create the modules of ``nodes`` under ``root`` and return their call plan.
@@ -141,7 +137,7 @@ def _build_plan(g: nx.DiGraph, nodes: Sequence[str], input_node: str, root: nn.M
         if d[ir.MODULE] is not None:
             rel = d[ir.MODULE][len(prefix):]
             try:
-                module = _get(root, rel)
+                module = root.get_submodule(rel)
                 if isinstance(module, nn.ReLU) and module.inplace and not sole:
                     module.inplace = False
             except AttributeError:

@@ -16,7 +16,7 @@ from ..ops import macs, out_hw, param_count
 def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int] | None = None) -> None:
     size = tuple(input_size or g.graph["input_size"])
     norm = g.graph["norm"]
-    reported_zero = False
+    reported = False
     for n in ir.topological_order(g):
         d = g.nodes[n]
         meta = d[ir.META]
@@ -29,11 +29,11 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
         if d[ir.OP] in ("add", "mul"):
             shapes = [g.nodes[s][ir.META]["shape"][1:] for s in srcs]
             bad = [s for s in shapes[1:] if s != shapes[0] and not (d[ir.OP] == "mul" and s == (1, 1))]
-            if bad and not reported_zero:
+            if bad and not reported:
                 diags.add("E030", f"'{d[ir.OP]}' at {n} joins tensors of spatial sizes "
                                   f"{' and '.join('x'.join(map(str, s)) for s in shapes)}", d[ir.SPAN],
                           "the branches must reduce the size by the same stride")
-                reported_zero = True
+                reported = True
         in_stride = first["stride"]
         step = d[ir.ATTRS].get("stride") or (d[ir.ATTRS].get("kernel") if d[ir.OP] in ("maxpool", "avgpool") else 1)
         stride = in_stride * (step or 1) if d[ir.OP] != "global_avgpool" else in_stride
@@ -44,8 +44,8 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
             params=param_count(d[ir.OP], d[ir.ATTRS], d[ir.IN_CH], out_ch, norm),
             macs=macs(d[ir.OP], d[ir.ATTRS], d[ir.IN_CH], out_ch, hw),
         )
-        if min(hw) <= 0 and not reported_zero:
-            reported_zero = True
+        if min(hw) <= 0 and not reported:
+            reported = True
             where = f"stage {d[ir.STAGE]} (layer{d[ir.STAGE] + 1})" if d[ir.STAGE] is not None and d[ir.STAGE] >= 0 \
                 else "the stem"
             in_hw = "x".join(map(str, first["shape"][1:]))

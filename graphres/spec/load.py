@@ -41,7 +41,8 @@ def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = ()) 
         if len(_chain) >= MAX_BASE_DEPTH:
             raise SpecError([Diagnostic("E005", f"_base_ nesting deeper than {MAX_BASE_DEPTH} files", span)], sources)
         if not base_path.is_file():
-            raise SpecError([Diagnostic("E005", f"_base_ file '{base}' not found (paths are relative to {path.name})", span)],
+            message = f"_base_ file '{base}' not found (paths are relative to {path.name})"
+            raise SpecError([Diagnostic("E005", message, span)],
                             sources)
         merge_into(merged, load_document(base_path, sources, _chain + (path.resolve(),)))
     for key in [k for k in doc.spans if k[:1] == ("_base_",)]:

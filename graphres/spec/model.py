@@ -92,7 +92,8 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
         diags.add("E011", f"input.size must be [height, width] or one integer, found {describe(size)}",
                   r.span(("input", "size")))
     else:
-        checked = [r.check(v, ("input", "size", i), int, None, label=f"input.size[{i}]", min=1) for i, v in enumerate(size)]
+        checked = [r.check(v, ("input", "size", i), int, None, label=f"input.size[{i}]", min=1)
+                   for i, v in enumerate(size)]
         if None not in checked:
             in_size = (checked[0], checked[1])
 
@@ -157,11 +158,14 @@ def _parse_norm(r: Reader) -> dict[str, Any]:
     if "affine" in (r.get(path, {}) or {}):
         norm["affine"] = r.value(path + ("affine",), bool, True, what="norm.affine")
     if norm["type"] == "GN":
-        norm["num_groups"] = r.value(path + ("num_groups",), int, what="norm.num_groups", min=1)
-        if norm["num_groups"] is None and not r.has(path + ("num_groups",)):
-            r.diags.items[-1].hint = "GN needs num_groups, e.g. norm: {type: GN, num_groups: 32}"
+        if r.has(path + ("num_groups",)):
+            norm["num_groups"] = r.value(path + ("num_groups",), int, what="norm.num_groups", min=1)
+        else:
+            r.diags.add("E012", "missing required key 'norm.num_groups'", r.span(path),
+                        "GN needs num_groups, e.g. norm: {type: GN, num_groups: 32}")
     elif r.has(path + ("num_groups",)):
-        r.diags.add("E017", f"num_groups only applies to GN, not {norm['type']}", r.doc.key_span(path + ("num_groups",)))
+        r.diags.add("E017", f"num_groups only applies to GN, not {norm['type']}",
+                    r.doc.key_span(path + ("num_groups",)))
     return norm
 
 

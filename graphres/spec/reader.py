@@ -95,7 +95,7 @@ class Reader:
         label = what or ".".join(str(p) for p in path)
         if value is MISSING:
             if default is MISSING:
-                self.diags.add("E012", f"missing required key '{label}'", self.span(path[:-1]) if path else self.span(path))
+                self.diags.add("E012", f"missing required key '{label}'", self.span(path[:-1]))
                 return None
             return default
         return self.check(value, path, kind, default if default is not MISSING else None, label=label,
