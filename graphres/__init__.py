@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .diagnostics import CheckpointError, Diagnostic, GraphresError, SpecError
+from .diagnostics import CheckpointError, CheckpointWarning, Diagnostic, GraphresError, SpecError
 from .pipeline import Compiled, compile_spec
 from .spec.load import load_spec
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = ["build", "compile_spec", "load_spec", "Compiled", "SpecError", "GraphresError", "CheckpointError",
-           "Diagnostic", "__version__"]
+           "CheckpointWarning", "Diagnostic", "__version__"]
 
 
 def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[str] = (), *,
@@ -37,5 +37,16 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
     init = compiled.spec.init
     path = checkpoint or (init["checkpoint"] if init and init.get("type") == "pretrained" else None)
     if path is not None:
-        model.load_report = load_checkpoint(model, path)
+        model.load_report = load_checkpoint(model, path, style=_style_of(compiled))
     return model
+
+
+def _style_of(compiled: Compiled) -> str | None:
+    """The one bottleneck style the spec's stages use, counting only blocks whose layers read it."""
+    spec = compiled.spec
+    styles = set()
+    for stage in spec.stages:
+        block = spec.blocks[stage.block]
+        if "style" in block.params and block.reads("style"):
+            styles.add(stage.args["style"].value if "style" in stage.args else block.params["style"].default)
+    return styles.pop() if len(styles) == 1 else None

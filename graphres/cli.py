@@ -129,9 +129,18 @@ def _render(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     compiled = _compile_spec(args)
     _print_warnings(compiled)
-    from . import build
+    import warnings
+
+    from . import CheckpointWarning, build
     from .backends.export import export_module, save_program
-    model = build(compiled, checkpoint=args.checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)  # printed below, without a source line
+        model = build(compiled, checkpoint=args.checkpoint)
+    report = getattr(model, "load_report", None)
+    if report is not None:
+        print(f"checkpoint: {report}")
+        for message in report.warnings:
+            print(f"graphres: warning: {message}", file=sys.stderr)
     spec = compiled.spec
     program = export_module(model, spec.input_channels, spec.input_size)
     out = save_program(program, args.output)

@@ -117,6 +117,10 @@ class CheckpointError(GraphresError, ValueError):
     """A checkpoint does not fit the model built from the spec."""
 
 
+class CheckpointWarning(UserWarning):
+    """A checkpoint loads, but something about it suggests the numerics will be wrong."""
+
+
 class DotNotFoundError(GraphresError, RuntimeError):
     """Graphviz's ``dot`` program is not installed."""
 

@@ -103,3 +103,38 @@ def test_old_checkpoint_without_num_batches_tracked_loads(tmp_path, r18_weights)
     torch.save(sd, path)
     model = graphres.build("specs/resnet18.yaml", checkpoint=path)
     assert torch.equal(model.bn1.running_var, r18_weights["bn1.running_var"])
+
+
+def _r50_weights():
+    ref = RefResNet(depth=50)
+    randomise(ref, seed=5)
+    return ref.state_dict()
+
+
+def test_caffe_checkpoint_into_pytorch_spec_warns(tmp_path):
+    from graphres import CheckpointWarning
+    config = "model = dict(backbone=dict(type='ResNet', depth=50, style='caffe', norm_eval=True))"
+    path = tmp_path / "caffe.pth"
+    torch.save({"meta": {"config": config}, "state_dict": {f"backbone.{k}": v for k, v in _r50_weights().items()}},
+               path)
+    with pytest.warns(CheckpointWarning) as w:
+        model = graphres.build("specs/resnet50.yaml", checkpoint=path)
+    expected = (f"checkpoint '{path}' was trained with style 'caffe' but the spec uses style 'pytorch': "
+                "the keys match, the numerics will not (set style: caffe in block_args)")
+    assert [str(x.message) for x in w] == [expected]
+    assert model.load_report.warnings == [expected]
+
+
+def test_matching_style_and_basic_blocks_do_not_warn(tmp_path, r18_weights):
+    import warnings
+    path = tmp_path / "caffe.pth"
+    torch.save({"meta": {"config": "backbone=dict(style='caffe')"}, "state_dict": _r50_weights()}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = graphres.build("specs/resnet50.yaml", ["block_args.style=caffe"], checkpoint=path)
+    assert model.load_report.warnings == []
+    path18 = tmp_path / "r18.pth"
+    torch.save({"meta": {"cfg": "style: caffe"}, "state_dict": r18_weights}, path18)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # basic blocks accept style and ignore it
+        assert graphres.build("specs/resnet18.yaml", checkpoint=path18).load_report.warnings == []

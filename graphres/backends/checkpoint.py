@@ -7,13 +7,15 @@ and, for a whole detector, its non-backbone parts; every other difference is rep
 """
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..diagnostics import CheckpointError
+from ..diagnostics import CheckpointError, CheckpointWarning
 
 _LIST_MAX = 8
 
@@ -22,6 +24,7 @@ _LIST_MAX = 8
 class LoadReport:
     loaded: int
     ignored: list[str] = field(default_factory=list)  # fc.* and non-backbone keys, skipped on purpose
+    warnings: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         text = f"loaded {self.loaded} tensors"
@@ -35,13 +38,15 @@ def _short(keys: list[str]) -> str:
     return shown + (f", ... ({len(keys) - _LIST_MAX} more)" if len(keys) > _LIST_MAX else "")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The checkpoint's state dict, and its ``meta`` mapping (empty when it has none)."""
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' not found") from None
     except Exception as e:  # pickle refusals, corrupt archives
         raise CheckpointError(f"cannot read checkpoint '{path}' safely (weights_only=True): {e}") from None
+    meta = obj.get("meta") if isinstance(obj, dict) and isinstance(obj.get("meta"), dict) else {}
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(obj.get(wrapper), dict):
@@ -49,7 +54,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint '{path}' holds no state dict (a mapping of names to tensors)")
-    return dict(obj)
+    return dict(obj), meta
+
+
+_STYLE = re.compile(r"""\bstyle\s*[=:]\s*['"]?(caffe|pytorch)\b""")
+
+
+def checkpoint_style(meta: dict) -> str | None:
+    """The bottleneck style recorded in an OpenMMLab checkpoint's config text, if it says one."""
+    texts = [v for k, v in meta.items() if k in ("config", "cfg") and isinstance(v, str)]
+    found = {m.group(1) for text in texts for m in _STYLE.finditer(text)}
+    return found.pop() if len(found) == 1 else None
 
 
 def normalise_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -66,9 +81,14 @@ def normalise_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     return sd, head + ignored
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
-    """Load ``path`` into ``model``; raise :class:`CheckpointError` naming every mismatch."""
-    sd, ignored = normalise_keys(read_state_dict(path))
+def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None) -> LoadReport:
+    """Load ``path`` into ``model``; raise :class:`CheckpointError` naming every mismatch.
+
+    ``style`` is the model's bottleneck style: style does not change any key, so a caffe-style
+    checkpoint loads silently into a pytorch-style model with wrong numerics. Where the checkpoint's
+    metadata records its style and it differs, a :class:`CheckpointWarning` says so."""
+    raw, meta = read_state_dict(path)
+    sd, ignored = normalise_keys(raw)
     own = model.state_dict()
     optional = {k for k in own if k.endswith("num_batches_tracked")}  # absent from old checkpoints
     missing = sorted(k for k in own if k not in sd and k not in optional)
@@ -90,4 +110,11 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
         raise CheckpointError("\n".join(lines))
     with torch.no_grad():
         model.load_state_dict(sd, strict=False)
-    return LoadReport(loaded=len(sd), ignored=ignored)
+    report = LoadReport(loaded=len(sd), ignored=ignored)
+    recorded = checkpoint_style(meta)
+    if style and recorded and recorded != style:
+        message = (f"checkpoint '{path}' was trained with style '{recorded}' but the spec uses style '{style}': "
+                   f"the keys match, the numerics will not (set style: {recorded} in block_args)")
+        report.warnings.append(message)
+        warnings.warn(message, CheckpointWarning, stacklevel=3)
+    return report

@@ -64,6 +64,16 @@ class BlockDef:
     description: str = ""
     builtin: bool = False
 
+    def reads(self, name: str) -> bool:
+        """Whether any expression of the block uses ``name`` (a parameter can be accepted and ignored)."""
+        exprs = [e for _, e, _ in self.lets] + [self.out_channels]
+        stack = list(self.layers)
+        while stack:
+            layer = stack.pop()
+            exprs += [layer.when, *layer.attrs.values()]
+            stack += layer.layers
+        return any(isinstance(e, str) and name in names_in(e) for e in exprs if e is not True)
+
 
 def expr_span(doc: Located, path: Path, text: str, col: int, length: int = 1) -> Span:
     """The span of a column inside an expression stored at ``path``."""
