@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
 from .diagnostics import GraphresError, SpecError, format_diagnostics, use_color
+from .fileio import write_atomic
 
 EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
 
@@ -71,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GraphresError as e:
         print(f"graphres: error: {e}", file=sys.stderr)
         return EXIT_SPEC
+    except BrokenPipeError:  # e.g. `graphres expand spec.yaml | head`
+        sys.stderr.close()
+        return EXIT_OK
     return EXIT_OK
 
 
@@ -111,7 +113,7 @@ def _expand(args: argparse.Namespace) -> int:
     text = "# expanded by graphres from " + args.spec + "\n" + yaml.safe_dump(
         to_explicit(compiled.spec), sort_keys=False, default_flow_style=None, width=100)
     if args.output:
-        _write_atomic(Path(args.output), text.encode())
+        write_atomic(args.output, text.encode())
     else:
         sys.stdout.write(text)
     return EXIT_OK
@@ -121,7 +123,10 @@ def _render(args: argparse.Namespace) -> int:
     from .backends.graphviz import render
     compiled = _compile_spec(args)
     _print_warnings(compiled)
-    out = render(compiled.graph, args.output, level=args.level, fmt=args.format, rankdir=args.rankdir)
+    try:
+        out = render(compiled.graph, args.output, level=args.level, fmt=args.format, rankdir=args.rankdir)
+    except ValueError as e:  # an output name whose format cannot be told, or an unknown format
+        raise _Usage(str(e)) from None
     print(f"wrote {out}")
     return EXIT_OK
 
@@ -146,18 +151,6 @@ def _compile(args: argparse.Namespace) -> int:
     out = save_program(program, args.output)
     print(f"wrote {out} (torch.export program; load with torch.export.load)")
     return EXIT_OK
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 if __name__ == "__main__":

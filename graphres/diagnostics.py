@@ -134,6 +134,9 @@ class DiagnosticBag:
     def add(self, code: str, message: str, span: Span = UNKNOWN_SPAN, hint: str | None = None) -> Diagnostic:
         assert code in CODES, code
         d = Diagnostic(code, message, span, hint)
+        for seen in self.items:  # one mistake met again (a block_args value in every stage): say it once
+            if (seen.code, seen.message, seen.span) == (code, message, span):
+                return seen
         self.items.append(d)
         return d
 
@@ -227,4 +230,4 @@ def format_diagnostics(diags: Sequence[Diagnostic], sources: SourceCache | None 
 
 
 def use_color(stream) -> bool:
-    return hasattr(stream, "isatty") and stream.isatty() and "NO_COLOR" not in os.environ
+    return hasattr(stream, "isatty") and stream.isatty() and not os.environ.get("NO_COLOR")  # no-color.org

@@ -162,3 +162,22 @@ def test_compile_exported_numerics_equal_module(tmp_path):
 def test_python_dash_m_and_version():
     r = subprocess.run([sys.executable, "-m", "graphres", "--version"], capture_output=True, text=True)
     assert r.stdout.strip() == "graphres 0.1.0"
+
+
+def test_render_output_name_errors_are_usage_errors(tmp_path):
+    r = run_cli("render", "specs/resnet18.yaml", "-o", tmp_path / "noext")
+    assert r.returncode == 2 and r.stderr.startswith("graphres: error: ")
+    assert "Traceback" not in r.stderr
+
+
+def test_outputs_go_into_new_directories_with_normal_permissions(tmp_path):
+    import os
+    import stat
+    for cmd, name in (("render", "a/b/r.svg"), ("expand", "c/d/r.yaml")):
+        out = tmp_path / name
+        r = run_cli(cmd, "specs/resnet18.yaml", "-o", out)
+        assert r.returncode == 0, r.stderr
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+        assert [p.name for p in out.parent.iterdir()] == [out.name]

@@ -88,3 +88,19 @@ def test_set_errors_say_they_came_from_the_command_line():
 def test_bad_overrides(override, message):
     with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         graphres.load_spec(ROOT / "specs/resnet50.yaml", [override])
+
+
+def test_delete_markers_without_anything_to_replace_are_dropped(write_spec):
+    write_spec("graphres: 1\nstages: [{block: basic, blocks: 1, planes: 64}]\n", "base.yaml")
+    child = write_spec("_base_: base.yaml\nnorm: {_delete_: true, type: GN, num_groups: 8}\n", "child.yaml")
+    assert graphres.load_spec(child).norm["type"] == "GN"
+    alone = write_spec("graphres: 1\nnorm: {_delete_: true, type: BN}\n"
+                       "stages: [{block: basic, blocks: 1, planes: 64}]\n", "alone.yaml")
+    assert graphres.load_spec(alone).norm["type"] == "BN"
+
+
+def test_set_creating_a_mapping_is_located_at_the_override():
+    with pytest.raises(SpecError) as e:
+        graphres.compile_spec(ROOT / "specs/resnet50.yaml", ["init.type=pretrained"])
+    assert [d.headline() for d in e.value.diagnostics] == [
+        "--set init.type=pretrained: error[E012]: missing required key 'init.checkpoint'"]

@@ -92,9 +92,16 @@ def test_frozen_stages_range(check, value):
 
 
 def test_style(check):
+    # a block_args value is checked for every stage but reported once, at block_args
     assert check(R50 + "block_args: {style: cafe}\n") == [
-        f"spec.yaml:9:21: error[E013]: stages[{i}].style = 'cafe' is not one of 'pytorch', 'caffe'"
-        for i in range(4)]
+        "spec.yaml:9:21: error[E013]: block_args.style = 'cafe' is not one of 'pytorch', 'caffe'"]
+    assert check(R50.replace("planes: 64, stride: 1}", "planes: 64, stride: 1, style: cafe}")) == [
+        "spec.yaml:5:66: error[E013]: stages[0].style = 'cafe' is not one of 'pytorch', 'caffe'"]
+
+
+def test_block_args_key_no_block_has(check):
+    assert check(R50 + "block_args: {stlye: caffe}\n") == [
+        "spec.yaml:9:14: error[E010]: block_args sets 'stlye', a parameter of none of the stages' blocks"]
 
 
 @pytest.mark.parametrize("norm,expected", [
@@ -233,3 +240,29 @@ def test_error_in_builtin_block_points_at_the_stage(check):
     text = R50 + "block_args: {groups: 4, width: 30}\n"
     assert check(text) == [
         "spec.yaml:5:5: error[E030]: conv groups = 4 must divide its 30 input and 30 output channels"]
+
+
+def test_block_parameter_without_default_must_be_given(check):
+    assert check(block_spec("- {name: c, op: conv, out: planes, kernel: 3, stride: s}").replace(
+        "stride: {type: int, default: 1}", "s: int")) == [
+        "spec.yaml:10:5: error[E012]: block 'mine' needs the parameter 's'"]
+
+
+def test_implicit_names_cannot_be_parameters_and_lets_cannot_read_out_channels(check):
+    text = block_spec("- {name: c, op: conv, out: planes, kernel: 3}").replace(
+        "params: {planes: int,", "params: {planes: int, out_channels: int,").replace(
+        "    out_channels: planes", "    let: {half: out_channels // 2}\n    out_channels: planes")
+    assert check(text) == [
+        "spec.yaml:5:27: error[E013]: 'out_channels' is set by graphres for every block and cannot be a parameter",
+        "spec.yaml:6:17: error[E022]: unknown name 'out_channels' in let 'half'"]
+
+
+def test_init_checkpoint_without_type_means_pretrained(tmp_path):
+    spec = graphres.load_spec({"stages": [{"block": "basic", "blocks": 1, "planes": 8}],
+                               "init": {"checkpoint": "w.pth"}})
+    assert spec.init["type"] == "pretrained" and spec.init["checkpoint"] == "w.pth"
+
+
+def test_init_default_with_checkpoint_conflicts(check):
+    assert check(R50 + "init: {type: default, checkpoint: w.pth}\n") == [
+        "spec.yaml:9:23: error[E017]: init.checkpoint is set but init.type is 'default', which loads nothing"]

@@ -6,12 +6,12 @@ ranges it can prove; see ``program.range_constraints``); the file is written ato
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..fileio import atomic_path
 
 
 def export_module(model: nn.Module, channels: int, size: tuple[int, int]) -> torch.export.ExportedProgram:
@@ -22,14 +22,6 @@ def export_module(model: nn.Module, channels: int, size: tuple[int, int]) -> tor
 
 
 def save_program(program: torch.export.ExportedProgram, output: str | Path) -> Path:
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp.pt2", dir=output.parent)
-    os.close(fd)
-    try:
+    with atomic_path(output, suffix=".tmp.pt2") as tmp:  # torch.export.save wants a .pt2 name
         torch.export.save(program, tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return output
+    return Path(output)

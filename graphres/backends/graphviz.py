@@ -9,10 +9,8 @@ everything is walked in :func:`graphres.ir.topological_order` or list order, nev
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import networkx as nx
 
 from .. import ir
 from ..diagnostics import DotNotFoundError
+from ..fileio import write_atomic
 
 LEVELS = ("stage", "block")
 RANKDIRS = ("TB", "LR", "BT", "RL")
@@ -79,7 +78,7 @@ def render(graph: nx.DiGraph, output: str | Path, level: str = "block", fmt: str
             data = digraph.pipe(format=fmt, engine="dot")
         except graphviz.ExecutableNotFound:
             raise DotNotFoundError(INSTALL_HINT) from None
-    _write_atomic(output, data)
+    write_atomic(output, data)
     return output
 
 
@@ -93,24 +92,6 @@ def _format_of(output: Path, fmt: str | None) -> str:
     if fmt not in SOURCE_FORMATS and fmt not in graphviz.FORMATS:
         raise ValueError(f"unknown diagram format '{fmt}'; use svg, png, pdf or dot")
     return fmt
-
-
-def _write_atomic(output: Path, data: bytes) -> None:
-    """Write through a temporary file in the same directory, then rename it over ``output``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give the file the usual mode
-        os.replace(tmp, output)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

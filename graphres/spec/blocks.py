@@ -115,10 +115,14 @@ def _parse_block(r: Reader, name: str, path: Path, builtin: bool) -> BlockDef | 
         p_section = {}
     for pname, pdecl in p_section.items():
         ppath = path + ("params", pname)
+        if pname in IMPLICIT_NAMES:
+            r.diags.add("E013", f"'{pname}' is set by graphres for every block and cannot be a parameter",
+                        r.doc.key_span(ppath), "read it in expressions without declaring it")
+            continue
         param = _parse_param(r, str(pname), pdecl, ppath)
         if param is not None:
             params[str(pname)] = param
-    known = set(params) | set(IMPLICIT_NAMES)
+    known = set(params) | {"in_channels"}  # out_channels is computed after the lets
     lets = []
     let_section = r.get(path + ("let",), {})
     if not isinstance(let_section, dict):
@@ -137,8 +141,8 @@ def _parse_block(r: Reader, name: str, path: Path, builtin: bool) -> BlockDef | 
         r.diags.add("E012", f"block '{name}' needs 'out_channels' (an expression such as 'planes * 4')",
                     r.doc.key_span(path))
     else:
-        _check_expr(r, out_channels, path + ("out_channels",), known - {"out_channels"}, "out_channels")
-    layers = _parse_layers(r, path + ("layers",), known, f"block '{name}'")
+        _check_expr(r, out_channels, path + ("out_channels",), known, "out_channels")
+    layers = _parse_layers(r, path + ("layers",), known | {"out_channels"}, f"block '{name}'")
     description = body.get("doc", "") if isinstance(body.get("doc", ""), str) else ""
     return BlockDef(name, kind or "block", r.doc, path, params, lets, out_channels, layers, description, builtin)
 

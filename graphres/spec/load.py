@@ -22,6 +22,7 @@ def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = ()) 
     display = str(path)
     doc = read_yaml(path, sources, display)
     if not isinstance(doc.data, dict) or "_base_" not in doc.data:
+        doc.data = _strip_delete(doc.data)
         return doc
     bases = doc.data.pop("_base_")
     bspan = doc.span(("_base_",))
@@ -71,9 +72,7 @@ def merge_into(dst: Located, src: Located, at: Path = ()) -> None:
             del dst.spans[p]
         for p in [p for p in dst.key_spans if p[: len(path)] == path and len(p) > len(path)]:
             del dst.key_spans[p]
-        if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k != "_delete_"}
-        return copy.deepcopy(value)
+        return _strip_delete(copy.deepcopy(value))
 
     dst.data = walk(dst.data, src.data, at)
     for p, s in src.spans.items():
@@ -82,6 +81,15 @@ def merge_into(dst: Located, src: Located, at: Path = ()) -> None:
     for p, s in src.key_spans.items():
         if "_delete_" not in p:
             dst.key_spans[at + p] = s
+
+
+def _strip_delete(value: Any) -> Any:
+    """Drop ``_delete_`` markers that had nothing to replace (no base, or a subtree the base lacks)."""
+    if isinstance(value, dict):
+        return {k: _strip_delete(v) for k, v in value.items() if k != "_delete_"}
+    if isinstance(value, list):
+        return [_strip_delete(v) for v in value]
+    return value
 
 
 def apply_overrides(doc: Located, overrides: Sequence[str], sources: SourceCache) -> None:
@@ -120,6 +128,7 @@ def apply_overrides(doc: Located, overrides: Sequence[str], sources: SourceCache
             elif isinstance(node, dict):
                 if not last and part not in node:
                     node[part] = {}
+                    doc.spans[path + (part,)] = span  # a mapping the override creates
             else:
                 diags.append(Diagnostic("E006", f"'{'.'.join(parts[:depth])}' is {describe(node)}, "
                                                 f"so '{part}' cannot be set inside it", span))

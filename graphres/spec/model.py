@@ -214,6 +214,7 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
         r.diags.add("E011", f"stages must be a non-empty list of stage mappings, found {describe(items)}", r.span(path))
         return None
     block_names = [n for n, b in blocks.items() if b.kind == "block"]
+    used_block_args: set[str] = set()
     stages = []
     for i, item in enumerate(items):
         spath = path + (i,)
@@ -234,6 +235,7 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
         for k, v in block_args.items():
             if k in block.params:  # global block arguments apply where the block declares them
                 args[k] = Arg(v, ("block_args", k))
+                used_block_args.add(k)
         dilation = item.get("dilation", 1)
         dpath = spath + ("dilation",)
         if isinstance(dilation, list):
@@ -260,6 +262,13 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
                                 "it both downsamples and dilates", r.span(args["stride"].path),
                         "to keep resolution (output stride 8 or 16) set stride 1 where the dilation rises")
         stages.append(Stage(i, bname, nblocks, dilations, args, spath))
+    if stages:
+        declared = sorted({p for st in stages for p in blocks[st.block].params})
+        for k in block_args:
+            if k not in used_block_args:
+                r.diags.add("E010", f"block_args sets '{k}', a parameter of none of the stages' blocks",
+                            r.doc.key_span(("block_args", k)),
+                            did_you_mean(k, declared) or f"their parameters: {', '.join(declared)}")
     return stages
 
 
@@ -274,11 +283,12 @@ def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, own
             del args[k]
             continue
         p: ParamDef = params[k]
-        checked = r.check(arg.value, arg.path, p.type, None, label=label + k, choices=p.choices, min=p.min)
+        where = "block_args." if arg.path[:1] == ("block_args",) else label
+        checked = r.check(arg.value, arg.path, p.type, None, label=where + k, choices=p.choices, min=p.min)
         if checked is None:
             del args[k]
     for k, p in params.items():
-        if p.default is MISSING and k not in args and k not in exclude and k not in ("stride",):
+        if p.default is MISSING and k not in args and k not in exclude:
             r.diags.add("E012", f"{what} needs the parameter '{k}'", r.span(owner))
 
 
@@ -323,7 +333,11 @@ def _parse_init(r: Reader) -> dict[str, Any] | None:
     if init is MISSING or init is None:
         return None
     r.mapping(path, ("type", "checkpoint"), "init")
-    kind = r.value(path + ("type",), str, "default", what="init.type", choices=("default", "pretrained"))
+    default_kind = "pretrained" if isinstance(init, dict) and "checkpoint" in init else "default"
+    kind = r.value(path + ("type",), str, default_kind, what="init.type", choices=("default", "pretrained"))
+    if kind == "default" and isinstance(init, dict) and "checkpoint" in init:
+        r.diags.add("E017", "init.checkpoint is set but init.type is 'default', which loads nothing",
+                    r.doc.key_span(path + ("checkpoint",)), "use init: {type: pretrained, checkpoint: PATH}")
     if kind == "pretrained":
         ckpt = r.value(path + ("checkpoint",), str, what="init.checkpoint")
         return {"type": "pretrained", "checkpoint": ckpt, "span": r.span(path + ("checkpoint",))}
