@@ -22,6 +22,7 @@ from .spec.expr import ExprError, evaluate
 from .spec.model import Arg, Spec
 from .spec.reader import MISSING
 
+MAX_CHANNELS = 1 << 20
 INT_MIN = {"out": 1, "kernel": 1, "stride": 1, "dilation": 1, "groups": 1, "padding": 0}
 
 
@@ -211,6 +212,9 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
     def_span = inst.block.doc.span(layer.path)
     if layer.op == "conv":
         out_ch = attrs["out"]
+        if out_ch > MAX_CHANNELS:
+            _error(ctx, inst, "E014", f"conv.out = {out_ch} channels is more than graphres builds ({MAX_CHANNELS})",
+                   inst.block.doc.span(layer.path + ("out",)), layer.path)
         groups = attrs["groups"]
         if in_ch % groups or out_ch % groups:
             _error(ctx, inst, "E030", f"conv groups = {groups} must divide its {in_ch} input and {out_ch} output "

@@ -56,3 +56,11 @@ def test_names_in():
 def test_length_limit():
     with pytest.raises(ExprError, match="longer than 400"):
         evaluate("1 + " * 200 + "1", ENV)
+
+
+def test_python_syntax_warnings_stay_quiet():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ExprError, match="invalid decimal literal"):
+            evaluate("1x", ENV)

@@ -266,3 +266,10 @@ def test_init_checkpoint_without_type_means_pretrained(tmp_path):
 def test_init_default_with_checkpoint_conflicts(check):
     assert check(R50 + "init: {type: default, checkpoint: w.pth}\n") == [
         "spec.yaml:9:23: error[E017]: init.checkpoint is set but init.type is 'default', which loads nothing"]
+
+
+def test_absurd_sizes_are_refused_before_building(check):
+    assert check(R50.replace("blocks: 3, planes: 64", "blocks: 3000000, planes: 64")) == [
+        "spec.yaml:5:33: error[E014]: stages[0].blocks = 3000000 must be <= 1000"]
+    assert check(R50.replace("planes: 512", "planes: 1000000")) == [
+        "spec.yaml:8:5: error[E014]: conv.out = 1000000 channels is more than graphres builds (1048576)"]

@@ -16,7 +16,7 @@ from typing import Any
 from ..diagnostics import DiagnosticBag, SourceCache, Span, did_you_mean
 from ..ops import OPS, REQUIRED
 from .expr import ExprError, names_in
-from .reader import MISSING, Reader, describe
+from .reader import MISSING, Reader, describe, is_kind
 from .source import Located, Path, parse_yaml
 
 PARAM_TYPES = {"int": int, "bool": bool, "str": str}
@@ -159,7 +159,7 @@ def _parse_param(r: Reader, name: str, decl: Any, path: Path) -> ParamDef | None
                             f"found {describe(decl)}", r.span(path))
         return None
     tname = decl.get("type")
-    if tname not in PARAM_TYPES:
+    if not isinstance(tname, str) or tname not in PARAM_TYPES:
         if tname is not None:
             r.diags.add("E013", f"parameter type {tname!r} is not one of 'int', 'bool', 'str'", r.span(type_path),
                         did_you_mean(str(tname), PARAM_TYPES))
@@ -167,13 +167,19 @@ def _parse_param(r: Reader, name: str, decl: Any, path: Path) -> ParamDef | None
     ptype = PARAM_TYPES[tname]
     default = decl.get("default", MISSING)
     choices = decl.get("choices")
-    if choices is not None and not isinstance(choices, list):
-        r.diags.add("E011", f"choices of parameter '{name}' must be a list", r.span(path + ("choices",)))
+    if choices is not None and not (isinstance(choices, list) and all(is_kind(c, ptype) for c in choices)):
+        r.diags.add("E011", f"choices of parameter '{name}' must be a list of {tname} values",
+                    r.span(path + ("choices",)))
         choices = None
+    minimum = decl.get("min")
+    if minimum is not None and (ptype is not int or not is_kind(minimum, int)):
+        r.diags.add("E011", f"min of parameter '{name}' must be an integer (and the parameter an int)",
+                    r.span(path + ("min",)))
+        minimum = None
     if default is not MISSING:
         r.check(default, path + ("default",), ptype, label=f"default of parameter '{name}'",
-                choices=choices, min=decl.get("min"))
-    return ParamDef(name, ptype, default, tuple(choices) if choices else None, decl.get("min"), path)
+                choices=choices, min=minimum)
+    return ParamDef(name, ptype, default, tuple(choices) if choices else None, minimum, path)
 
 
 def _check_expr(r: Reader, value: Any, path: Path, known: set[str], label: str) -> None:
@@ -253,6 +259,9 @@ def _parse_seq(r: Reader, item: dict, path: Path, known: set[str], where: str) -
 
 def _parse_layer(r: Reader, item: dict, path: Path, known: set[str], where: str) -> LayerDef | None:
     op = item.get("op")
+    if op is not None and not isinstance(op, str):
+        r.diags.add("E011", f"op must be an op name, found {describe(op)}", r.span(path + ("op",)))
+        return None
     if op is None:
         r.diags.add("E012", f"a layer of {where} needs 'op' (one of {', '.join(OPS)}) or 'seq'", r.span(path))
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import warnings
 from typing import Any, Mapping
 
 _BINOPS = {
@@ -46,7 +47,9 @@ def parse_expr(text: str) -> ast.expression:
     if len(text) > _MAX_LEN:
         raise ExprError(f"expression is longer than {_MAX_LEN} characters")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():  # Python's own SyntaxWarnings ("invalid decimal literal") stay quiet
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
         # offset 0 means "at the end of the text" (an incomplete expression)
         col = e.offset - 1 if e.offset and e.offset > 0 else len(text.strip())

@@ -21,6 +21,8 @@ TOP_KEYS = ("graphres", "name", "input", "norm", "conv", "stem", "stages", "bloc
             "frozen_stages", "norm_eval", "zero_init_residual", "with_cp", "init", "blocks")
 STAGE_FIELDS = ("block", "blocks", "planes", "stride", "dilation")
 NORM_KEYS = ("type", "requires_grad", "eps", "momentum", "num_groups", "affine")
+MAX_BLOCKS = 1000  # per stage; far beyond any real network, and a guard against typos like 3000000
+MAX_SIZE = 1 << 16
 NOT_YET_CONV = {"ConvWS": "weight-standardised conv", "DCN": "deformable conv", "DCNv2": "deformable conv v2"}
 
 
@@ -92,7 +94,7 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
         diags.add("E011", f"input.size must be [height, width] or one integer, found {describe(size)}",
                   r.span(("input", "size")))
     else:
-        checked = [r.check(v, ("input", "size", i), int, None, label=f"input.size[{i}]", min=1)
+        checked = [r.check(v, ("input", "size", i), int, None, label=f"input.size[{i}]", min=1, max=MAX_SIZE)
                    for i, v in enumerate(size)]
         if None not in checked:
             in_size = (checked[0], checked[1])
@@ -155,7 +157,7 @@ def _parse_norm(r: Reader) -> dict[str, Any]:
     momentum = r.get(path + ("momentum",))
     if momentum is not MISSING:
         norm["momentum"] = r.value(path + ("momentum",), (float, type(None)), 0.1, what="norm.momentum")
-    if "affine" in (r.get(path, {}) or {}):
+    if isinstance(r.get(path), dict) and "affine" in r.get(path):
         norm["affine"] = r.value(path + ("affine",), bool, True, what="norm.affine")
     if norm["type"] == "GN":
         if r.has(path + ("num_groups",)):
@@ -190,6 +192,9 @@ def _parse_stem(r: Reader, blocks: dict[str, BlockDef], in_ch: int) -> tuple[str
                     r.span(path))
         return None, {}
     stem_type = stem.get("type", "conv7x7")
+    if not isinstance(stem_type, str):
+        r.diags.add("E011", f"stem.type must be a string, found {describe(stem_type)}", r.span(path + ("type",)))
+        return None, {}
     stems = [n for n, b in blocks.items() if b.kind == "stem"]
     if stem_type not in stems:
         hint = did_you_mean(str(stem_type), stems) or f"stems: {', '.join(stems)}"
@@ -222,7 +227,7 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
             r.diags.add("E011", f"stage {i} must be a mapping, found {describe(item)}", r.span(spath))
             continue
         bname = r.value(spath + ("block",), str, what=f"stages[{i}].block")
-        nblocks = r.value(spath + ("blocks",), int, what=f"stages[{i}].blocks", min=1)
+        nblocks = r.value(spath + ("blocks",), int, what=f"stages[{i}].blocks", min=1, max=MAX_BLOCKS)
         if bname is None or nblocks is None:
             continue
         if bname not in block_names:

@@ -77,7 +77,7 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
     if btype is MISSING:
         diags.add("E012", "backbone needs 'type' (one of ResNet, ResNetV1c, ResNetV1d, ResNeXt)", r.span(bb))
         return out
-    if btype not in TYPES:
+    if not isinstance(btype, str) or btype not in TYPES:
         diags.add("E013", f"backbone type {btype!r} is not one of {', '.join(repr(t) for t in TYPES)}",
                   r.span(bb + ("type",)), did_you_mean(str(btype), TYPES))
         return out
