@@ -272,4 +272,4 @@ def test_absurd_sizes_are_refused_before_building(check):
     assert check(R50.replace("blocks: 3, planes: 64", "blocks: 3000000, planes: 64")) == [
         "spec.yaml:5:33: error[E014]: stages[0].blocks = 3000000 must be <= 1000"]
     assert check(R50.replace("planes: 512", "planes: 1000000")) == [
-        "spec.yaml:8:5: error[E014]: conv.out = 1000000 channels is more than graphres builds (1048576)"]
+        "spec.yaml:8:5: error[E014]: conv.out = 4000000 channels is more than graphres builds (1048576)"]
