@@ -42,7 +42,7 @@ def test_errors_point_at_the_file_that_set_the_value(write_spec, tmp_path):
     with pytest.raises(SpecError) as e:
         graphres.compile_spec(child)
     assert [d.headline() for d in e.value.diagnostics] == [
-        f"{tmp_path / 'base.yaml'}:3:51: error[E014]: stages[0].stride = 0 must be >= 1",
+        f"{tmp_path / 'base.yaml'}:3:51: error[E014]: stages[0].stride = 0 must be >= 1",  # named beside child
         f"{child}:2:16: error[E034]: frozen_stages = 7 is out of range for 1 stage (-1..1)"]
 
 
@@ -104,3 +104,14 @@ def test_set_creating_a_mapping_is_located_at_the_override():
         graphres.compile_spec(ROOT / "specs/resnet50.yaml", ["init.type=pretrained"])
     assert [d.headline() for d in e.value.diagnostics] == [
         "--set init.type=pretrained: error[E012]: missing required key 'init.checkpoint'"]
+
+
+def test_base_files_are_named_relative_to_the_spec(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "base.yaml").write_text("graphres: 1\nstages: [{block: basic, blocks: 1, planes: 0}]\n")
+    (tmp_path / "configs" / "child.yaml").write_text("_base_: base.yaml\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as e:
+        graphres.compile_spec("configs/child.yaml")
+    assert [d.headline() for d in e.value.diagnostics] == [
+        "configs/base.yaml:2:44: error[E014]: stages[0].planes = 0 must be >= 1"]

@@ -4,6 +4,7 @@ expansion -> typed :class:`~graphres.spec.model.Spec`.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path as FsPath
 from typing import Any, Mapping, Sequence
 
@@ -16,10 +17,13 @@ from .source import Located, Path, parse_yaml, read_yaml
 MAX_BASE_DEPTH = 16
 
 
-def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = ()) -> Located:
-    """Read a file and merge its ``_base_`` files under it (deep merge; later bases win)."""
+def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = (), display: str | None = None) -> Located:
+    """Read a file and merge its ``_base_`` files under it (deep merge; later bases win).
+
+    Files are named in diagnostics as the user would write them: the top file as given, a base
+    file by its path relative to the same place (``specs/base.yaml``), not as an absolute path."""
     path = FsPath(path)
-    display = str(path)
+    display = display or str(path)
     doc = read_yaml(path, sources, display)
     if not isinstance(doc.data, dict) or "_base_" not in doc.data:
         doc.data = _strip_delete(doc.data)
@@ -45,7 +49,8 @@ def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = ()) 
             message = f"_base_ file '{base}' not found (paths are relative to {path.name})"
             raise SpecError([Diagnostic("E005", message, span)],
                             sources)
-        merge_into(merged, load_document(base_path, sources, _chain + (path.resolve(),)))
+        base_display = os.path.normpath(os.path.join(os.path.dirname(display), base))
+        merge_into(merged, load_document(base_path, sources, _chain + (path.resolve(),), base_display))
     for key in [k for k in doc.spans if k[:1] == ("_base_",)]:
         doc.spans.pop(key, None)
     doc.key_spans.pop(("_base_",), None)

@@ -292,6 +292,7 @@ def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, own
         checked = r.check(arg.value, arg.path, p.type, None, label=where + k, choices=p.choices, min=p.min)
         if checked is None:
             del args[k]
+            exclude += (k,)  # already reported as given but wrong; not also as missing
     for k, p in params.items():
         if p.default is MISSING and k not in args and k not in exclude:
             r.diags.add("E012", f"{what} needs the parameter '{k}'", r.span(owner))
