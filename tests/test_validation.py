@@ -19,16 +19,22 @@ stages:
 
 
 @pytest.fixture
-def check(tmp_path, monkeypatch):
-    """Compile a spec text from spec.yaml; return the headlines of its diagnostics."""
+def diagnose(tmp_path, monkeypatch):
+    """Compile a spec text from spec.yaml; return its diagnostics (it must fail)."""
     monkeypatch.chdir(tmp_path)
 
-    def run(text: str, overrides=()) -> list[str]:
+    def run(text: str, overrides=()):
         (tmp_path / "spec.yaml").write_text(textwrap.dedent(text).lstrip("\n"))
         with pytest.raises(SpecError) as e:
             graphres.compile_spec("spec.yaml", overrides)
-        return [d.headline() for d in e.value.diagnostics]
+        return e.value.diagnostics
     return run
+
+
+@pytest.fixture
+def check(diagnose):
+    """Compile a spec text from spec.yaml; return the headlines of its diagnostics."""
+    return lambda text, overrides=(): [d.headline() for d in diagnose(text, overrides)]
 
 
 def test_unknown_top_level_key_did_you_mean(check):
@@ -36,12 +42,8 @@ def test_unknown_top_level_key_did_you_mean(check):
         "spec.yaml:9:1: error[E010]: unknown key 'out_indice' in the spec"]
 
 
-def test_unknown_key_hint(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "spec.yaml").write_text(R50.lstrip("\n") + "frozen_stage: 1\n")
-    with pytest.raises(SpecError) as e:
-        graphres.compile_spec("spec.yaml")
-    assert e.value.diagnostics[0].hint == "did you mean 'frozen_stages'?"
+def test_unknown_key_hint(diagnose):
+    assert diagnose(R50 + "frozen_stage: 1\n")[0].hint == "did you mean 'frozen_stages'?"
 
 
 def test_wrong_types(check):
@@ -77,12 +79,8 @@ def test_out_indices(check, value, expected):
     assert check(R50 + f"out_indices: {value}\n") == expected
 
 
-def test_negative_out_index_hint(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "spec.yaml").write_text(R50.lstrip("\n") + "out_indices: [-1]\n")
-    with pytest.raises(SpecError) as e:
-        graphres.compile_spec("spec.yaml")
-    assert e.value.diagnostics[0].hint == "indices count stages from 0: use 3 for stage 3 (layer4)"
+def test_negative_out_index_hint(diagnose):
+    assert diagnose(R50 + "out_indices: [-1]\n")[0].hint == "indices count stages from 0: use 3 for stage 3 (layer4)"
 
 
 @pytest.mark.parametrize("value", [5, -2])
