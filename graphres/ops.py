@@ -21,7 +21,6 @@ class OpDef:
     attrs: dict[str, Any]  # attribute -> default (REQUIRED when it must be given)
     has_module: bool = True
     arity: tuple[int, int] = (1, 1)  # min, max inputs
-    channel_attr: str | None = None  # attribute that sets the output channels
     choices: dict[str, tuple] = field(default_factory=dict)
 
 
@@ -32,7 +31,7 @@ OPS: dict[str, OpDef] = {
     for op in [
         OpDef("conv", "2-d convolution (bias off by default, padding defaults to dilation * (kernel - 1) // 2)",
               {"out": REQUIRED, "kernel": REQUIRED, "stride": 1, "padding": None, "dilation": 1, "groups": 1,
-               "bias": False}, channel_attr="out"),
+               "bias": False}),
         OpDef("norm", "the spec's normalisation layer over the input channels (BN, SyncBN, GN or IN)",
               {"zero_init": False}),
         OpDef("act", "activation function", {"type": "relu"}, choices={"type": ACT_TYPES}),

@@ -17,9 +17,6 @@ from .passes.shapes import infer_shapes
 from .spec.load import load_spec
 from .spec.model import Spec
 
-SpecSource = "str | Path | Mapping[str, Any] | Spec"
-
-
 @dataclass
 class Compiled:
     spec: Spec

@@ -185,14 +185,3 @@ def parse_document(doc: Located, sources: SourceCache, file: str) -> tuple[Spec 
     spec = parse_explicit(doc, diags, sources, file)
     return spec, diags
 
-
-def expanded_document(source: str | FsPath, overrides: Sequence[str] = ()) -> Located:
-    """The explicit form of a spec as plain data (what ``graphres expand`` prints)."""
-    sources = SourceCache()
-    doc = load_document(source, sources)
-    apply_overrides(doc, overrides, sources)
-    diags = DiagnosticBag()
-    if is_shorthand(doc):
-        doc = expand_shorthand(doc, diags)
-    diags.raise_if_errors(sources)
-    return doc
