@@ -1,0 +1,272 @@
+"""Analysis pass: receptive fields, dilation, trainable parameters, activation memory and the
+spatial-size formula of every node, and per-stage / per-output summaries (no torch).
+
+Runs after :func:`graphres.passes.shapes.infer_shapes`. It writes, on each node's ``meta``:
+
+``rf``
+    The receptive field of the node's output pixel 0 along one axis (every op in the table is
+    square, so the same numbers hold for rows and columns), as a dict: ``size`` (pixels of the
+    input that can reach the pixel), ``jump`` (input pixels between neighbouring output pixels)
+    and ``center`` (the input coordinate of the field's centre; pixel ``i`` is centred at
+    ``center + i * jump``; negative or beyond the image where padding is counted). Residual
+    branches are joined exactly: the field of an ``add`` is the union of its operands' fields.
+    Anything downstream of a global pool has ``size`` ``None`` ("global"). Normalisation layers
+    are treated as pointwise (BatchNorm in eval mode is; GN and IN statistics are not counted).
+``dilation``
+    A conv's own dilation; for other nodes, the largest dilation of a conv with kernel > 1 in the
+    same block instance (what the block runs at).
+``trainable``
+    Whether the node's parameters receive gradients: not in a frozen stage (``frozen_stages``
+    freezes the stem and the first stages) and, for norms, ``norm.requires_grad``.
+``bytes``
+    Activation memory of the node's output for one image, in bytes (float32), or 0 when the torch
+    backend computes it in place (a ReLU or residual add whose operand has no other reader).
+``formula``
+    ``(B, S)`` such that the output height is ``floor((H + B) / S)`` for an input height ``H``
+    (the same for widths), following the first operand of each node; ``None`` where a
+    ``ceil_mode`` pool makes the rule piecewise.
+
+and on the graph: ``trainable_params``, ``frozen_params``, ``peak_bytes`` (the largest total of
+live activations during one forward, see :func:`peak_activation_bytes`), and per stage entry
+(``g.graph['stages']``) and for the stem (``g.graph['stem']``): ``params``, ``trainable_params``,
+``macs``, ``rf``, ``formula``, ``out_bytes``, ``dilation``.
+"""
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+
+from .. import ir
+
+BYTES_PER_ELEMENT = 4  # float32
+_INPLACE_ACTS = frozenset({"relu", "relu6", "silu", "leaky_relu", "hardswish", "hardsigmoid"})
+_INPLACE_AFTER = frozenset({"conv", "norm", "add"})
+
+
+def analyse(g: nx.DiGraph) -> None:
+    order = ir.topological_order(g)
+    _receptive_fields(g, order)
+    _formulas(g, order)
+    _dilations(g, order)
+    _trainable(g, order)
+    _memory(g, order)
+    _summaries(g, order)
+
+
+# -- receptive field ----------------------------------------------------------------------------
+
+def _receptive_fields(g: nx.DiGraph, order: list[str]) -> None:
+    # Fields are kept as (lo, hi, jump) of output pixel 0 in input coordinates; lo/hi are None
+    # for a global field.
+    box: dict[str, tuple] = {}
+    for n in order:
+        d = g.nodes[n]
+        op, a = d[ir.OP], d[ir.ATTRS]
+        if op == "input":
+            box[n] = (0, 0, 1)
+        else:
+            srcs = [box[s] for s in ir.inputs_of(g, n)]
+            lo, hi, jump = srcs[0]
+            if op == "global_avgpool" or any(s[0] is None for s in srcs):
+                box[n] = (None, None, jump)
+            elif op in ("conv", "maxpool", "avgpool"):
+                k, s, p, dil = a["kernel"], a["stride"], a["padding"], a.get("dilation", 1)
+                box[n] = (lo - p * jump, hi + (dil * (k - 1) - p) * jump, jump * s)
+            elif len(srcs) > 1:  # add, mul (and any merge): the union over the operands
+                box[n] = (min(s[0] for s in srcs), max(s[1] for s in srcs), jump)
+            else:  # norm, act: pointwise
+                box[n] = (lo, hi, jump)
+        lo, hi, jump = box[n]
+        d[ir.META]["rf"] = {"size": None if lo is None else hi - lo + 1, "jump": jump,
+                            "center": None if lo is None else (lo + hi) / 2}
+
+
+# -- size formula ---------------------------------------------------------------------------------
+
+def _formulas(g: nx.DiGraph, order: list[str]) -> None:
+    for n in order:
+        d = g.nodes[n]
+        op, a = d[ir.OP], d[ir.ATTRS]
+        if op == "input":
+            f = (0, 1)
+        else:
+            f = g.nodes[ir.inputs_of(g, n)[0]][ir.META]["formula"]
+            if f is not None and op in ("conv", "maxpool", "avgpool"):
+                if op != "conv" and a["ceil_mode"]:
+                    f = None
+                else:
+                    # floor((h + c) / s) + 1 with c = 2p - d(k-1) - 1, and h = floor((H + B) / S)
+                    #   = floor((H + B + (c + s) S) / (S s))
+                    b, big_s = f
+                    c = 2 * a["padding"] - a.get("dilation", 1) * (a["kernel"] - 1) - 1
+                    f = (b + (c + a["stride"]) * big_s, big_s * a["stride"])
+            elif op == "global_avgpool":
+                f = None
+        d[ir.META]["formula"] = f
+
+
+def format_formula(f: tuple[int, int] | None, var: str = "H") -> str:
+    """``ceil(H/32)``, ``floor((H+1)/2)``, ``H``; ``-`` when piecewise or constant."""
+    if f is None:
+        return "-"
+    b, s = f
+    if s == 1:
+        return var if b == 0 else f"{var}{b:+d}"
+    if b == s - 1:
+        return f"ceil({var}/{s})"
+    if b == 0:
+        return f"floor({var}/{s})"
+    return f"floor(({var}{b:+d})/{s})"
+
+
+# -- dilation -------------------------------------------------------------------------------------
+
+def _dilations(g: nx.DiGraph, order: list[str]) -> None:
+    by_scope: dict[str, int] = {}
+    for n in order:
+        d = g.nodes[n]
+        if d[ir.OP] == "conv" and d[ir.ATTRS]["kernel"] > 1:
+            by_scope[d[ir.SCOPE]] = max(by_scope.get(d[ir.SCOPE], 1), d[ir.ATTRS]["dilation"])
+    for n in order:
+        d = g.nodes[n]
+        if d[ir.OP] == "conv":
+            d[ir.META]["dilation"] = d[ir.ATTRS]["dilation"]
+        else:
+            d[ir.META]["dilation"] = by_scope.get(d[ir.SCOPE], 1)
+
+
+# -- trainable parameters -------------------------------------------------------------------------
+
+def _trainable(g: nx.DiGraph, order: list[str]) -> None:
+    frozen_stages = g.graph.get("frozen_stages", -1)
+    norm_grad = g.graph["norm"].get("requires_grad", True)
+    frozen_flags = g.graph.get("frozen", {})
+    trainable = frozen = 0
+    for n in order:
+        d = g.nodes[n]
+        stage = d[ir.STAGE]
+        in_frozen_stage = stage is not None and (stage < frozen_stages or frozen_flags.get(stage, False))
+        ok = not in_frozen_stage and (d[ir.OP] != "norm" or norm_grad)
+        d[ir.META]["trainable"] = ok
+        if ok:
+            trainable += d[ir.META].get("params", 0)
+        else:
+            frozen += d[ir.META].get("params", 0)
+    g.graph["trainable_params"] = trainable
+    g.graph["frozen_params"] = frozen
+
+
+# -- activation memory ----------------------------------------------------------------------------
+
+def _numel(shape) -> int:
+    return math.prod(shape)
+
+
+def _sole_operand(g: nx.DiGraph, n: str) -> bool:
+    d = g.nodes[n]
+    first = ir.inputs_of(g, n)[0]
+    f = g.nodes[first]
+    return f[ir.OP] in _INPLACE_AFTER and f[ir.SCOPE] == d[ir.SCOPE] and g.out_degree(first) == 1
+
+
+def _in_place_nodes(g: nx.DiGraph, order: list[str]) -> set[str]:
+    """The nodes the torch backend computes in place (mirrors its rule): an add, or an act of an
+    in-place-capable type, whose first operand is made in the same block by a conv, norm or add
+    and read by nothing else. An act module shared by several calls runs in place only when every
+    call qualifies."""
+    calls: dict[str, list[str]] = {}
+    for n in order:
+        d = g.nodes[n]
+        if d[ir.OP] == "act" and d[ir.ATTRS].get("type") in _INPLACE_ACTS:
+            calls.setdefault(d[ir.MODULE], []).append(n)
+    out = {n for n in order if g.nodes[n][ir.OP] == "add" and _sole_operand(g, n)}
+    for nodes in calls.values():
+        if all(_sole_operand(g, n) for n in nodes):
+            out.update(nodes)
+    return out
+
+
+def _memory(g: nx.DiGraph, order: list[str]) -> None:
+    in_place = _in_place_nodes(g, order)
+    for n in order:
+        meta = g.nodes[n][ir.META]
+        meta["in_place"] = n in in_place
+        meta["bytes"] = 0 if n in in_place else _numel(meta["shape"]) * BYTES_PER_ELEMENT
+    g.graph["peak_bytes"] = peak_activation_bytes(g, order)
+
+
+def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
+    """The largest total of live activation bytes for one image during an inference forward of
+    the torch backend.
+
+    A tensor lives from the node that makes it until the last node that reads it; a block's input
+    also lives until the block's last node (the caller still holds it), and the outputs named by
+    out_indices live to the end (they are returned). In-place nodes allocate nothing. The input
+    image counts. Parameters, buffers and the allocator's own overheads are not counted."""
+    order = order or ir.topological_order(g)
+    pos = {n: i for i, n in enumerate(order)}
+    end = len(order)
+    last = {n: pos[n] for n in order}
+    for n in order:
+        for s in ir.inputs_of(g, n):
+            last[s] = max(last[s], pos[n])
+    # the caller holds a block's input until the block returns
+    scope_end: dict[str, int] = {}
+    for n in order:
+        scope_end[g.nodes[n][ir.SCOPE]] = pos[n]
+    for n in order:
+        for succ in g.successors(n):
+            sc = g.nodes[succ][ir.SCOPE]
+            if sc != g.nodes[n][ir.SCOPE]:
+                last[n] = max(last[n], scope_end[sc])
+    for o in g.graph.get("outputs", []):
+        last[o["node"]] = end
+    # an in-place node shares its operand's storage: the storage lives as long as either
+    owner = {}
+    for n in order:
+        owner[n] = owner[ir.inputs_of(g, n)[0]] if g.nodes[n][ir.META].get("in_place") else n
+    free_at: dict[str, int] = {}
+    for n in order:
+        o = owner[n]
+        free_at[o] = max(free_at.get(o, 0), last[n])
+    live = peak = 0
+    releases: dict[int, int] = {}
+    for i, n in enumerate(order):
+        live += g.nodes[n][ir.META]["bytes"]
+        peak = max(peak, live)
+        if owner[n] == n:
+            step = free_at[n]
+            releases[step] = releases.get(step, 0) + g.nodes[n][ir.META]["bytes"]
+        live -= releases.pop(i, 0)
+    return peak
+
+
+# -- summaries ------------------------------------------------------------------------------------
+
+def _summaries(g: nx.DiGraph, order: list[str]) -> None:
+    groups: dict[int, list[str]] = {}
+    for n in order:
+        st = g.nodes[n][ir.STAGE]
+        if st is not None:
+            groups.setdefault(st, []).append(n)
+    entries = [(-1, g.graph["stem"])] + [(st["index"], st) for st in g.graph["stages"]]
+    for index, entry in entries:
+        nodes = groups.get(index, [])
+        if not nodes:
+            continue
+        out = g.nodes[nodes[-1]][ir.META]
+        entry["params"] = sum(g.nodes[n][ir.META]["params"] for n in nodes)
+        entry["trainable_params"] = sum(g.nodes[n][ir.META]["params"] for n in nodes
+                                        if g.nodes[n][ir.META]["trainable"])
+        entry["macs"] = sum(g.nodes[n][ir.META]["macs"] for n in nodes)
+        entry["rf"] = dict(out["rf"])
+        entry["formula"] = out["formula"]
+        entry["out_bytes"] = _numel(out["shape"]) * BYTES_PER_ELEMENT
+        entry["shape"] = tuple(out["shape"])
+        entry["stride"] = out["stride"]
+        entry["output"] = nodes[-1]
+        entry["dilation"] = max(g.nodes[n][ir.META]["dilation"] for n in nodes)
+    for o in g.graph.get("outputs", []):
+        meta = g.nodes[o["node"]][ir.META]
+        o.update(stride=meta["stride"], shape=tuple(meta["shape"]), rf=dict(meta["rf"]))
