@@ -22,6 +22,19 @@ class _Usage(Exception):
     pass
 
 
+def parse_input_size(text: str) -> list[str]:
+    """``--input CxHxW`` or ``HxW`` (``3x512x512``, ``512x512``) -> ``--set`` override strings for
+    ``input.channels`` and ``input.size``, so that a bad value is reported like any override.
+
+    Raises :class:`ValueError` (a usage error) for text of another form."""
+    parts = [p.strip() for p in str(text).lower().split("x")]
+    if len(parts) not in (2, 3) or not all(p.isdigit() and p.isascii() for p in parts):
+        raise ValueError(f"--input expects CxHxW or HxW in pixels, e.g. 3x512x512 or 512x512; got '{text}'")
+    values = [int(p) for p in parts]
+    overrides = [f"input.channels={values[0]}"] if len(values) == 3 else []
+    return overrides + [f"input.size=[{values[-2]}, {values[-1]}]"]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphres", description="A declarative model-graph compiler for "
                                 "ResNet-style backbones: validate, expand, render and compile YAML specs.")
@@ -44,8 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     r = command("render", "draw the spec with Graphviz (svg, png, pdf or dot)")
     r.add_argument("-o", "--output", required=True, help="output file; its extension picks the format")
     r.add_argument("--format", choices=("svg", "png", "pdf", "dot"), help="override the format")
-    r.add_argument("--level", choices=("stage", "block"), default="block", help="detail (default: block)")
+    r.add_argument("--level", choices=("stage", "block", "layer"), default="block",
+                   help="detail: one box per stage, per block (default) or per layer")
+    r.add_argument("--expand", action="append", default=[], metavar="STAGE",
+                   help="do not fold the identical blocks of this stage (e.g. layer3; repeatable, "
+                        "comma-separated, or 'all')")
+    r.add_argument("--input", metavar="CxHxW", help="input size for the shapes drawn, e.g. 3x512x512 or 512x512 "
+                   "(default: the spec's input)")
     r.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="top-to-bottom or left-to-right")
+    r.add_argument("--theme", choices=("light", "dark"), default="light", help="colours (default: light)")
+    r.add_argument("--no-legend", dest="legend", action="store_false", help="leave out the legend")
     c = command("compile", "compile to a torch.export program (.pt2) that runs with torch alone")
     c.add_argument("-o", "--output", required=True, help="output file (.pt2)")
     c.add_argument("--checkpoint", help="load these weights first (torchvision or OpenMMLab layout)")
@@ -121,11 +142,17 @@ def _expand(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from .backends.graphviz import render
-    compiled = _compile_spec(args)
+    from .pipeline import compile_spec
+    try:
+        size = parse_input_size(args.input) if args.input else []
+    except ValueError as e:
+        raise _Usage(str(e)) from None
+    compiled = compile_spec(args.spec, args.overrides + size)
     _print_warnings(compiled)
     try:
-        out = render(compiled.graph, args.output, level=args.level, fmt=args.format, rankdir=args.rankdir)
-    except ValueError as e:  # an output name whose format cannot be told, or an unknown format
+        out = render(compiled.graph, args.output, level=args.level, fmt=args.format, rankdir=args.rankdir,
+                     expand=args.expand, theme=args.theme, legend=args.legend)
+    except ValueError as e:  # an output name whose format cannot be told, an unknown format or stage
         raise _Usage(str(e)) from None
     print(f"wrote {out}")
     return EXIT_OK

@@ -1,74 +1,117 @@
 """Backend: the graph IR -> a Graphviz diagram (DOT source; SVG, PNG or PDF through the ``dot`` program).
 
-The drawing is built as a separate :class:`graphviz.Digraph` and never mutates the IR. Two levels:
-``stage`` draws the input, the stem, one box per stage and the feature outputs; ``block`` draws one
-cluster per stage with one box per block instance, runs of identical consecutive blocks folded into
-one box (``bottleneck x5``). Every piece of text goes through :func:`_label`, so spec names with
-quotes, ``<``, ``&``, backslashes or newlines stay text. The same graph gives byte-identical DOT:
-everything is walked in :func:`graphres.ir.topological_order` or list order, never set order.
+The drawing is built as a separate :class:`graphviz.Digraph` and never mutates the IR. Three levels
+of detail:
+
+``stage``
+    the input, the stem, one box per stage and the feature outputs;
+``block``
+    one cluster per stage with one box per block instance;
+``layer``
+    one cluster per stage, one cluster per block instance inside it, one node per layer (conv, norm,
+    activation, pool, add), with the identity and downsample shortcuts drawn as such.
+
+At every level, runs of identical consecutive blocks are folded into one (``layer3.1-5: bottleneck
+x5``: one box at block level, one cluster drawn once at layer level); ``expand`` names the stages
+to unfold (``all`` for every stage; at stage level an expanded stage shows its blocks).
+
+Every piece of user text goes through :func:`_label`, so spec names with quotes, ``<``, ``&``,
+backslashes or newlines stay text; the one HTML-like label, the legend, holds only fixed text. The
+same graph gives byte-identical DOT: everything is walked in :func:`graphres.ir.topological_order`
+or list order, never set order.
 """
 from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import graphviz
 import networkx as nx
 
 from .. import ir
-from ..diagnostics import DotNotFoundError
+from ..diagnostics import DotNotFoundError, did_you_mean
 from ..fileio import write_atomic
 
-LEVELS = ("stage", "block")
+LEVELS = ("stage", "block", "layer")
 RANKDIRS = ("TB", "LR", "BT", "RL")
+THEMES = ("light", "dark")
 SOURCE_FORMATS = ("dot", "gv")  # written as DOT source, no Graphviz program needed
-FONT = "Helvetica"  # a PostScript name every renderer maps to an installed sans (Liberation/DejaVu/Arial)
+# A PostScript name: Graphviz writes it to SVG as "Helvetica,sans-Serif" (every viewer has a sans
+# with Helvetica's metrics: Arial, Liberation Sans), and fontconfig maps it for PNG and PDF to
+# Liberation Sans (fonts-liberation2, which the graphviz package recommends) or DejaVu Sans
+# (fonts-dejavu-core, which fontconfig depends on), so it resolves on a fresh Debian.
+FONT = "Helvetica"
 
 INSTALL_HINT = ("Graphviz's 'dot' program was not found on PATH; install Graphviz "
                 "(Debian/Ubuntu: apt-get install -y graphviz, macOS: brew install graphviz) "
                 "or use --format dot to write the DOT source, which needs no Graphviz program")
 
-# colours: frozen parts are gray, trainable stages light blue, outputs light green
-_FROZEN_FILL = "#d9d9d9"
-_FROZEN_CLUSTER = "#efefef"
-_STAGE_FILL = "#dbe8f6"
-_BLOCK_FILL = "#ffffff"
-_CLUSTER_FILL = "#f5f9fd"
-_OUTPUT_FILL = "#d6eed5"
-_INPUT_FILL = "#fff2cc"
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.:\-]+")
+_SHAPE_CHANGING = frozenset({"input", "conv", "maxpool", "avgpool", "global_avgpool"})
+_POOLS = ("maxpool", "avgpool")
 
 
-@dataclass
-class _Unit:
-    """One drawn box: a set of IR nodes (the input, the stem, a stage, or a run of equal blocks)."""
+@dataclass(frozen=True)
+class Theme:
+    """The colours of one theme. Fills: trainable parts, frozen parts, outputs; edges: the main
+    path, the identity shortcut, the downsample shortcut and the output marks."""
 
-    id: str
-    kind: str  # "input", "stem", "stage", "block"
-    nodes: list[str] = field(default_factory=list)
-    scopes: list[str] = field(default_factory=list)  # block instances, in order
-    stage: int | None = None
+    background: str
+    text: str
+    muted: str  # edge labels
+    line: str  # node borders, main-path edges
+    cluster_line: str
+    input: str
+    stage: str  # stem and stage boxes
+    block: str  # block boxes and layer nodes
+    cluster: str  # stage clusters
+    run: str  # block clusters inside a stage cluster (layer level)
+    frozen: str
+    frozen_cluster: str
+    frozen_run: str
+    output: str
+    output_line: str
+    shortcut: str
+    downsample: str
 
 
-def to_dot(graph: nx.DiGraph, level: str = "block", rankdir: str = "TB") -> str:
-    """Return Graphviz DOT source for the IR at level 'stage' or 'block'."""
-    return _build(graph, level, rankdir).source
+THEME = {
+    "light": Theme(background="#ffffff", text="#000000", muted="#333333", line="#4d4d4d", cluster_line="#7f7f7f",
+                   input="#fff2cc", stage="#dbe8f6", block="#ffffff", cluster="#f5f9fd", run="#ffffff",
+                   frozen="#d9d9d9", frozen_cluster="#efefef", frozen_run="#e4e4e4",
+                   output="#d6eed5", output_line="#3b7d3a", shortcut="#1f6fb2", downsample="#c45a00"),
+    "dark": Theme(background="#1b1f24", text="#e6e6e6", muted="#c2c2c2", line="#a6adb4", cluster_line="#6e7681",
+                  input="#5c4b16", stage="#1f3b5c", block="#2d333b", cluster="#22272e", run="#2a3038",
+                  frozen="#4a4a4a", frozen_cluster="#303030", frozen_run="#3a3a3a",
+                  output="#245238", output_line="#7bc88f", shortcut="#6cb6ff", downsample="#f0a050"),
+}
+
+
+def to_dot(graph: nx.DiGraph, level: str = "block", rankdir: str = "TB", expand: Iterable[str] = (),
+           theme: str = "light", legend: bool = True) -> str:
+    """Return Graphviz DOT source for the IR at level 'stage', 'block' or 'layer'.
+
+    ``expand`` lists stage names (``layer3``) whose identical blocks are not folded, or ``all``.
+    """
+    return _build(graph, level, rankdir, expand, theme, legend).source
 
 
 def render(graph: nx.DiGraph, output: str | Path, level: str = "block", fmt: str | None = None,
-           rankdir: str = "TB") -> Path:
+           rankdir: str = "TB", expand: Iterable[str] = (), theme: str = "light", legend: bool = True) -> Path:
     """Write the diagram to ``output`` and return its path.
 
     ``fmt`` defaults to the file's extension (svg, png, pdf, dot). ``dot`` writes the DOT source and
     needs no Graphviz program; the others run ``dot`` and raise :class:`DotNotFoundError` when it is
-    missing. The file is written atomically: on any error no partial file is left behind.
+    missing. The file is written atomically: on any error no partial file is left behind. A bad
+    level, rankdir, theme, format or stage name raises :class:`ValueError` before anything runs.
     """
     output = Path(output)
     fmt = _format_of(output, fmt)
-    digraph = _build(graph, level, rankdir)
+    digraph = _build(graph, level, rankdir, expand, theme, legend)
     if fmt in SOURCE_FORMATS:
         data = digraph.source.encode("utf-8")
     else:
@@ -94,134 +137,114 @@ def _format_of(output: Path, fmt: str | None) -> str:
     return fmt
 
 
+def expanded_stages(graph: nx.DiGraph, expand: Iterable[str]) -> set[int]:
+    """The indices of the stages named in ``expand`` (``all`` names every stage).
+
+    Raises :class:`ValueError` with a did-you-mean hint for a name that is not a stage."""
+    stages = graph.graph.get("stages", [])
+    names = {st["name"]: st["index"] for st in stages}
+    out: set[int] = set()
+    for item in expand:
+        for name in (part.strip() for part in str(item).split(",")):
+            if not name:
+                continue
+            if name == "all":
+                out.update(names.values())
+            elif name in names:
+                out.add(names[name])
+            else:
+                hint = did_you_mean(name, list(names) + ["all"])
+                raise ValueError(f"cannot expand '{name}': no such stage" + (f"; {hint}" if hint else "") +
+                                 f" (stages: {', '.join(names) or 'none'}, or all)")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
-# building the drawing
+# planning: which IR nodes each drawn node stands for
 
 
-def _build(g: nx.DiGraph, level: str, rankdir: str) -> graphviz.Digraph:
-    if level not in LEVELS:
-        raise ValueError(f"unknown diagram level '{level}'; use 'stage' or 'block'")
-    if rankdir not in RANKDIRS:
-        raise ValueError(f"unknown rankdir '{rankdir}'; use one of {', '.join(RANKDIRS)}")
-    order = ir.topological_order(g)
-    units, unit_of = _units(g, order, level)
+@dataclass
+class _Run:
+    """Consecutive block instances of one stage drawn as one (folded when it has several)."""
+
+    id: str  # "s2_1": stage 2, starting at its block 1
+    stage: int
+    scopes: list[str]  # block instances, in order
+    nodes: list[str]  # the IR nodes of every instance, in topological order
+
+
+@dataclass
+class _Plan:
+    level: str
+    box: dict[str, str]  # IR node -> drawn node id
+    runs: dict[int, list[_Run]]  # stage index -> its runs
+    detail: dict[int, str]  # stage index -> "stage", "block" or "layer"
+    run_of: dict[str, _Run]  # IR node -> its run (stage nodes only)
+    scope_nodes: dict[str, list[str]]  # block instance -> its IR nodes
+    stem: list[str]
+    inputs: list[str]
+
+
+def _plan(g: nx.DiGraph, order: list[str], level: str, unfolded: set[int]) -> _Plan:
     stages = g.graph.get("stages", [])
-    frozen = g.graph.get("frozen_stages", -1)
-    if frozen is None:
-        frozen = -1
-
-    name = str(g.graph.get("name") or "")
-    dg = graphviz.Digraph(
-        name=re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "graphres",
-        graph_attr={"rankdir": rankdir, "label": _label(*_title_lines(g, name)), "labelloc": "t",
-                    "fontname": FONT, "fontsize": "16", "nodesep": "0.4", "ranksep": "0.45",
-                    **({"compound": "true"} if level == "block" else {})},
-        node_attr={"fontname": FONT, "fontsize": "11", "shape": "box", "style": "rounded,filled",
-                   "fillcolor": _BLOCK_FILL, "color": "#4d4d4d", "margin": "0.15,0.06"},
-        edge_attr={"fontname": FONT, "fontsize": "9", "color": "#4d4d4d", "fontcolor": "#333333"},
-    )
-
-    for unit in units:
-        if unit.kind == "input":
-            dg.node(unit.id, _label("input", _shape(g, unit.nodes[-1])), shape="oval", fillcolor=_INPUT_FILL)
-        elif unit.kind == "stem":
-            dg.node(unit.id, _label(*_stem_lines(g, unit, level)),
-                    fillcolor=_FROZEN_FILL if frozen >= 0 else _STAGE_FILL)
-        elif unit.kind == "stage":
-            st = stages[unit.stage]
-            dg.node(unit.id, _label(*_stage_lines(g, st, unit.stage < frozen)),
-                    fillcolor=_FROZEN_FILL if unit.stage < frozen else _STAGE_FILL)
-    if level == "block":
-        for st in stages:
-            is_frozen = st["index"] < frozen
-            with dg.subgraph(name=f"cluster_s{st['index']}") as sub:
-                sub.attr(label=_label(*_stage_lines(g, st, is_frozen)), style="rounded,filled",
-                         fillcolor=_FROZEN_CLUSTER if is_frozen else _CLUSTER_FILL,
-                         color="#7f7f7f", fontname=FONT, fontsize="12", labeljust="l")
-                for unit in units:
-                    if unit.kind == "block" and unit.stage == st["index"]:
-                        sub.node(unit.id, _label(*_block_lines(g, st, unit)),
-                                 fillcolor=_FROZEN_FILL if is_frozen else _BLOCK_FILL)
-
-    by_id = {u.id: u for u in units}
-    for tail, head, label in _edges(g, order, unit_of):
-        attrs = {"weight": "10"}  # keep the main path straight; the output marks go to the side
-        if level == "block":
-            # an edge between stages ends at the cluster's border, clear of the cluster's label
-            t, h = by_id[tail], by_id[head]
-            if t.kind == "block" and t.stage != h.stage:
-                attrs["ltail"] = f"cluster_s{t.stage}"
-            if h.kind == "block" and h.stage != t.stage:
-                attrs["lhead"] = f"cluster_s{h.stage}"
-        dg.edge(tail, head, label=_label(label), **attrs)
-
-    for k, out in enumerate(g.graph.get("outputs", [])):
-        node = out["node"]
-        stride = g.nodes[node][ir.META].get("stride")
-        text = f"out[{k}]: C{out['channels']}" + (f" /{stride}" if stride is not None else "")
-        mark = f"out{k}"
-        dg.node(mark, _label(text), shape="cds", style="filled", fillcolor=_OUTPUT_FILL)
-        dg.edge(unit_of[node], mark, label=_label(_shape(g, node)), style="dashed")
-        if level == "stage":
-            with dg.subgraph() as row:  # the mark beside its stage
-                row.attr(rank="same")
-                row.node(unit_of[node])
-                row.node(mark)
-    return dg
-
-
-def _units(g: nx.DiGraph, order: list[str], level: str) -> tuple[list[_Unit], dict[str, str]]:
-    """Group the IR nodes into drawn boxes; returns the boxes in drawing order and node -> box id."""
-    units: list[_Unit] = []
-    by_id: dict[str, _Unit] = {}
-    unit_of: dict[str, str] = {}
-
-    def unit(uid: str, kind: str, stage: int | None) -> _Unit:
-        if uid not in by_id:
-            by_id[uid] = _Unit(uid, kind, stage=stage)
-            units.append(by_id[uid])
-        return by_id[uid]
-
-    # block instances per stage, in order, with their nodes
-    scopes: dict[int, list[str]] = {}
     scope_nodes: dict[str, list[str]] = {}
+    scopes: dict[int, list[str]] = {st["index"]: [] for st in stages}
+    stem: list[str] = []
+    inputs: list[str] = []
     for n in order:
         d = g.nodes[n]
         stage = d.get(ir.STAGE)
         if d[ir.OP] == "input" or stage is None:
-            u = unit("input", "input", None)
+            inputs.append(n)
         elif stage < 0:
-            u = unit("stem", "stem", -1)
-        elif level == "stage":
-            u = unit(f"s{stage}", "stage", stage)
+            stem.append(n)
         else:
             scope = d[ir.SCOPE]
             if scope not in scope_nodes:
                 scope_nodes[scope] = []
                 scopes.setdefault(stage, []).append(scope)
             scope_nodes[scope].append(n)
-            continue
-        u.nodes.append(n)
-        unit_of[n] = u.id
-    if level == "block":
-        for stage in sorted(scopes):
-            run: list[str] = []
-            start = 0
-            for k, scope in enumerate(scopes[stage] + [None]):
-                if run and (scope is None or
-                            _signature(g, scope_nodes[scope]) != _signature(g, scope_nodes[run[0]])):
-                    u = unit(f"s{stage}_{start}", "block", stage)
-                    u.scopes = run
-                    for s in run:
-                        u.nodes.extend(scope_nodes[s])
-                        for n in scope_nodes[s]:
-                            unit_of[n] = u.id
-                    run = []
-                if scope is not None:
-                    if not run:
-                        start = k
-                    run.append(scope)
-    return units, unit_of
+
+    detail = {i: level for i in scopes}
+    if level == "stage":
+        detail.update({i: "block" for i in unfolded})
+    reserved = {"input", "stem", "legend"} | {f"out{k}" for k in range(len(g.graph.get("outputs", [])))}
+    box: dict[str, str] = {n: "input" for n in inputs}
+    for n in stem:
+        box[n] = "stem" if level != "layer" else _node_id(g, n, reserved)
+    runs: dict[int, list[_Run]] = {}
+    run_of: dict[str, _Run] = {}
+    for stage, stage_scopes in scopes.items():
+        runs[stage] = []
+        start = 0
+        for k in range(1, len(stage_scopes) + 1):
+            if (k < len(stage_scopes) and stage not in unfolded and
+                    _signature(g, scope_nodes[stage_scopes[k]]) == _signature(g, scope_nodes[stage_scopes[start]])):
+                continue
+            members = stage_scopes[start:k]
+            run = _Run(f"s{stage}_{start}", stage, members, [n for s in members for n in scope_nodes[s]])
+            runs[stage].append(run)
+            for n in run.nodes:
+                run_of[n] = run
+            start = k
+        for run in runs[stage]:
+            if detail[stage] == "stage":
+                box.update({n: f"s{stage}" for n in run.nodes})
+            elif detail[stage] == "block":
+                box.update({n: run.id for n in run.nodes})
+            else:  # one drawn node per layer of the run's first instance
+                first = scope_nodes[run.scopes[0]]
+                by_local = {_local(g, n): _node_id(g, n, reserved) for n in first}
+                box.update({n: by_local[_local(g, n)] for n in run.nodes})
+    return _Plan(level, box, runs, detail, run_of, scope_nodes, stem, inputs)
+
+
+def _node_id(g: nx.DiGraph, n: str, reserved: set[str]) -> str:
+    """A layer's drawn id: its state-dict path (``:`` is Graphviz's port separator, so ``#``
+    stands for it), or ``n<order>`` for a name that is not plain or would collide."""
+    if _SAFE_ID.fullmatch(n) and n not in reserved and not n.startswith("cluster"):
+        return n.replace(":", "#")
+    return f"n{g.nodes[n][ir.ORDER]}"
 
 
 def _signature(g: nx.DiGraph, nodes: list[str]) -> tuple:
@@ -237,17 +260,250 @@ def _signature(g: nx.DiGraph, nodes: list[str]) -> tuple:
     return tuple(sig)
 
 
-def _edges(g: nx.DiGraph, order: list[str], unit_of: dict[str, str]) -> list[tuple[str, str, str]]:
-    """One edge per pair of boxes that an IR edge joins, labelled with the tensor's shape."""
+@dataclass
+class _Edge:
+    tail: str
+    head: str
+    label: str
+    kind: str  # "main", "shortcut" (identity), "downsample"
+
+
+def _edges(g: nx.DiGraph, order: list[str], plan: _Plan) -> list[_Edge]:
+    """One edge per pair of drawn nodes that an IR edge joins. Between boxes an edge is labelled
+    with the tensor's shape; between layers only where the shape may change (after the input, a
+    conv or a pool) or where the edge enters a block, so that a long chain of norms and
+    activations does not repeat one shape on every edge."""
     seen: set[tuple[str, str]] = set()
     out = []
+    box = plan.box
     for n in order:
-        for src in ir.inputs_of(g, n):
-            key = (unit_of[src], unit_of[n])
-            if key[0] != key[1] and key not in seen:
-                seen.add(key)
-                out.append((key[0], key[1], _shape(g, src)))
+        for port, src in enumerate(ir.inputs_of(g, n)):
+            tail, head = box[src], box[n]
+            if tail == head or (tail, head) in seen:
+                continue
+            run = plan.run_of.get(n)
+            if run is not None and plan.run_of.get(src) is run and g.nodes[src][ir.SCOPE] != g.nodes[n][ir.SCOPE]:
+                continue  # from one folded instance into the next: the run is drawn once
+            seen.add((tail, head))
+            kind, label = "main", _shape(g, src)
+            if plan.level == "layer":
+                kind = _edge_kind(g, src, n, port)
+                crosses = g.nodes[src][ir.SCOPE] != g.nodes[n][ir.SCOPE]
+                if kind == "shortcut":
+                    label = "identity"
+                elif kind == "downsample" and crosses:
+                    label = "downsample"
+                elif g.nodes[src][ir.OP] not in _SHAPE_CHANGING and not crosses:
+                    label = ""
+            out.append(_Edge(tail, head, label, kind))
     return out
+
+
+def _edge_kind(g: nx.DiGraph, src: str, dst: str, port: int) -> str:
+    """A residual add's later operands are shortcuts; layers named ``downsample.*`` are the
+    projection shortcut (OpenMMLab's and torchvision's name for it)."""
+    in_downsample = _local(g, src).startswith("downsample.") and g.nodes[src][ir.SCOPE] == g.nodes[dst][ir.SCOPE]
+    if _local(g, dst).startswith("downsample.") or in_downsample:
+        return "downsample"
+    if g.nodes[dst][ir.OP] == "add" and port > 0:
+        return "shortcut"
+    return "main"
+
+
+# ---------------------------------------------------------------------------------------------
+# building the drawing
+
+
+def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme: str,
+           legend: bool) -> graphviz.Digraph:
+    if level not in LEVELS:
+        raise ValueError(f"unknown diagram level '{level}'; use 'stage', 'block' or 'layer'")
+    if rankdir not in RANKDIRS:
+        raise ValueError(f"unknown rankdir '{rankdir}'; use one of {', '.join(RANKDIRS)}")
+    if theme not in THEME:
+        raise ValueError(f"unknown theme '{theme}'; use one of {', '.join(THEMES)}")
+    t = THEME[theme]
+    unfolded = expanded_stages(g, expand)
+    order = ir.topological_order(g)
+    plan = _plan(g, order, level, unfolded)
+    stages = g.graph.get("stages", [])
+    outputs = g.graph.get("outputs", [])
+
+    name = str(g.graph.get("name") or "")
+    fontsizes = {"graph": "16", "node": "11", "edge": "9"} if level != "layer" else \
+        {"graph": "16", "node": "10", "edge": "8"}
+    dg = graphviz.Digraph(
+        name=re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "graphres",
+        graph_attr={"rankdir": rankdir, "label": _label(*_title_lines(g, name)), "labelloc": "t",
+                    "fontname": FONT, "fontsize": fontsizes["graph"], "fontcolor": t.text, "bgcolor": t.background,
+                    "nodesep": "0.4" if level != "layer" else "0.25",
+                    "ranksep": "0.45" if level != "layer" else "0.3",
+                    **({"compound": "true"} if level != "stage" or unfolded else {})},
+        node_attr={"fontname": FONT, "fontsize": fontsizes["node"], "fontcolor": t.text, "shape": "box",
+                   "style": "rounded,filled", "fillcolor": t.block, "color": t.line,
+                   "margin": "0.15,0.06" if level != "layer" else "0.1,0.03",
+                   **({"height": "0.3"} if level == "layer" else {})},
+        edge_attr={"fontname": FONT, "fontsize": fontsizes["edge"], "color": t.line, "fontcolor": t.muted,
+                   "arrowsize": "0.7" if level == "layer" else "1"},
+    )
+
+    if plan.inputs:
+        dg.node("input", _label("input", _shape(g, plan.inputs[-1])), shape="oval", fillcolor=t.input,
+                **({"group": "main"} if level == "layer" else {}))
+    stem_frozen = _is_frozen(g, -1)
+    if plan.stem:
+        if level == "layer":
+            with dg.subgraph(name="cluster_stem") as sub:
+                lines = _stem_lines(g, plan.stem, level)
+                _cluster_attrs(sub, t, lines, stem_frozen, outer=True)
+                _pad_label(sub, "cluster_stem", plan.box[plan.stem[0]], _text_size(lines, 12), rankdir)
+                for n in plan.stem:
+                    _layer_node(sub, g, n, plan.box[n], t, stem_frozen)
+        else:
+            dg.node("stem", _label(*_stem_lines(g, plan.stem, level)), fillcolor=t.frozen if stem_frozen else t.stage)
+
+    for st in stages:
+        i = st["index"]
+        frozen = _is_frozen(g, i)
+        runs = plan.runs.get(i, [])
+        if plan.detail.get(i) == "stage":
+            dg.node(f"s{i}", _label(*_stage_lines(g, st, frozen)), fillcolor=t.frozen if frozen else t.stage)
+            continue
+        with dg.subgraph(name=f"cluster_s{i}") as sub:
+            stage_lines = _stage_lines(g, st, frozen)
+            _cluster_attrs(sub, t, stage_lines, frozen, outer=True)
+            for k, run in enumerate(runs):
+                if plan.detail[i] == "block":
+                    sub.node(run.id, _label(*_block_lines(g, st, run, plan, shortcut=True)),
+                             fillcolor=t.frozen if frozen else t.block)
+                    continue
+                with sub.subgraph(name=f"cluster_{run.id}") as inner:
+                    lines = _block_lines(g, st, run, plan, shortcut=False)
+                    _cluster_attrs(inner, t, lines, frozen, outer=False)
+                    size = _text_size(lines, 10)
+                    if k == 0:  # the edge into the stage passes its header too
+                        outer_size = _text_size(stage_lines, 12)
+                        size = (max(size[0], outer_size[0]), size[1] + outer_size[1])
+                    first = plan.scope_nodes[run.scopes[0]]
+                    _pad_label(inner, f"cluster_{run.id}", plan.box[first[0]], size, rankdir)
+                    for n in first:
+                        _layer_node(inner, g, n, plan.box[n], t, frozen)
+
+    # block boxes -> their stage's cluster, for edges that end at a cluster's border
+    clusters = {run.id: f"cluster_s{i}" for i, runs in plan.runs.items() if plan.detail[i] == "block" for run in runs}
+    edges = _edges(g, order, plan)
+    for e in edges:
+        attrs = {"weight": "10"}  # keep the main path straight; the output marks go to the side
+        if e.kind == "shortcut":
+            attrs = {"weight": "1", "style": "dashed", "color": t.shortcut, "fontcolor": t.shortcut}
+        elif e.kind == "downsample":
+            attrs = {"weight": "2", "color": t.downsample, "fontcolor": t.downsample}
+        # an edge between stages drawn as block boxes ends at the cluster's border, clear of its label
+        tail_cluster, head_cluster = clusters.get(e.tail), clusters.get(e.head)
+        if tail_cluster and tail_cluster != head_cluster:
+            attrs["ltail"] = tail_cluster
+        if head_cluster and head_cluster != tail_cluster:
+            attrs["lhead"] = head_cluster
+        dg.edge(e.tail, e.head, label=_label(e.label) if e.label else None, **attrs)
+
+    for k, out in enumerate(outputs):
+        node = out["node"]
+        mark = f"out{k}"
+        dg.node(mark, _label(*_output_lines(g, k, out)), shape="cds", style="filled", fillcolor=t.output,
+                color=t.output_line)
+        dg.edge(plan.box[node], mark, style="dotted", color=t.output_line,
+                **({"ltail": clusters[plan.box[node]]} if plan.box[node] in clusters else {}))
+        if plan.box[node] == f"s{g.nodes[node].get(ir.STAGE)}":
+            with dg.subgraph() as row:  # the mark beside its stage box
+                row.attr(rank="same")
+                row.node(plan.box[node])
+                row.node(mark)
+
+    if legend:
+        frozen_any = stem_frozen or any(_is_frozen(g, st["index"]) for st in stages)
+        kinds = {e.kind for e in edges}
+        dg.node("legend", _legend(t, t.stage if level == "stage" else t.block, frozen_any, bool(outputs),
+                                  "shortcut" in kinds, "downsample" in kinds),
+                shape="plaintext", style="", margin="0")
+    return dg
+
+
+def _cluster_attrs(sub: graphviz.Digraph, t: Theme, lines: list[str], frozen: bool, outer: bool) -> None:
+    if outer:
+        fill = t.frozen_cluster if frozen else t.cluster
+    else:
+        fill = t.frozen_run if frozen else t.run
+    sub.attr(label=_label(*lines, align="l"), style="rounded,filled", fillcolor=fill, color=t.cluster_line,
+             fontname=FONT, fontcolor=t.text, fontsize="12" if outer else "10", labeljust="l")
+
+
+def _pad_label(sub: graphviz.Digraph, cluster: str, first: str, size: tuple[float, float], rankdir: str) -> None:
+    """Keep edges clear of a cluster's header at layer level.
+
+    Graphviz draws an edge that enters a cluster straight through the cluster's label. An invisible
+    node as large as the header, beside the cluster's first node in the same rank, moves that node
+    (and, through ``group``, the whole main path) away from the header, which sits at the
+    cluster's top left."""
+    pad = f"{cluster}_pad"
+    width, height = size
+    along = rankdir in ("TB", "BT")
+    sub.node(pad, "", style="invis", shape="box", fixedsize="true",
+             width=f"{width if along else 0.1:.2f}", height=f"{0.1 if along else height:.2f}")
+    with sub.subgraph() as row:
+        row.attr(rank="same")
+        row.edge(pad, first, style="invis")
+
+
+def _text_size(lines: list[str], fontsize: int) -> tuple[float, float]:
+    """About how large the lines are in inches (Helvetica's average advance is ~0.55 em)."""
+    chars = max((len(line) for line in lines), default=0)
+    return chars * fontsize * 0.55 / 72 + 0.15, len(lines) * fontsize * 1.2 / 72 + 0.1
+
+
+def _layer_node(sub: graphviz.Digraph, g: nx.DiGraph, n: str, node_id: str, t: Theme, stage_frozen: bool) -> None:
+    d = g.nodes[n]
+    meta = d[ir.META]
+    frozen = stage_frozen or (bool(meta.get("params")) and meta.get("trainable") is False)
+    fill = t.frozen if frozen else t.block
+    # the main path in one group: Graphviz keeps its edges straight, side branches go beside it
+    group = {} if _local(g, n).startswith("downsample.") else {"group": "main"}
+    if d[ir.OP] in ("add", "mul"):
+        sub.node(node_id, _label("+" if d[ir.OP] == "add" else "x"), shape="circle", width="0.3", height="0.3",
+                 fixedsize="true", fillcolor=fill, fontsize="12", **group)
+    else:
+        sub.node(node_id, _label(*_layer_lines(g, n)), fillcolor=fill, **group)
+
+
+def _is_frozen(g: nx.DiGraph, stage: int) -> bool:
+    """The rule of the analysis pass: the stem (-1) and the stages below ``frozen_stages`` are frozen."""
+    frozen = g.graph.get("frozen_stages", -1)
+    frozen = -1 if frozen is None else frozen
+    return stage < frozen or bool(g.graph.get("frozen", {}).get(stage, False))
+
+
+def _legend(t: Theme, trainable: str, frozen: bool, outputs: bool, shortcut: bool, downsample: bool) -> str:
+    """An HTML-like table of fixed text (nothing from the spec): fills, then edge styles."""
+    def swatch(fill: str, text: str) -> str:
+        return (f'<tr><td bgcolor="{fill}" color="{t.line}" border="1" width="22" height="12" fixedsize="true"></td>'
+                f'<td align="left">{text}</td></tr>')
+
+    def stroke(color: str, glyphs: str, text: str) -> str:
+        return f'<tr><td><font color="{color}">{glyphs}</font></td><td align="left">{text}</td></tr>'
+
+    rows = [f'<tr><td colspan="2" align="left"><b>legend</b></td></tr>', swatch(trainable, "trainable")]
+    if frozen:
+        rows.append(swatch(t.frozen, "frozen (no gradients)"))
+    if outputs:
+        rows.append(swatch(t.output, "output (out_indices)"))
+    rows.append(stroke(t.line, "&#8212;&#8212;&#8212;", "tensor, CxHxW"))
+    if shortcut:
+        rows.append(stroke(t.shortcut, "- - - -", "identity shortcut"))
+    if downsample:
+        rows.append(stroke(t.downsample, "&#8212;&#8212;&#8212;", "downsample shortcut"))
+    if outputs:
+        rows.append(stroke(t.output_line, "&#183; &#183; &#183; &#183;", "feature output"))
+    return ('<<table border="1" cellborder="0" cellspacing="2" cellpadding="2" '
+            f'color="{t.cluster_line}" bgcolor="{t.background}">' + "".join(rows) + "</table>>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,64 +518,71 @@ def _title_lines(g: nx.DiGraph, name: str) -> list[str]:
     if "macs" in g.graph:
         size_text = f" at {size[0]}x{size[1]}" if size else ""
         facts.append(f"{_count(g.graph['macs'])} MACs{size_text}")
-    frozen = g.graph.get("frozen_stages", -1)
-    if frozen is not None and frozen >= 0:
-        names = ["stem"] + [st["name"] for st in g.graph.get("stages", []) if st["index"] < frozen]
+    if _is_frozen(g, -1):
+        names = ["stem"] + [st["name"] for st in g.graph.get("stages", []) if _is_frozen(g, st["index"])]
         facts.append(f"frozen: {', '.join(names)}")
     return [name or "graphres", ", ".join(facts)] if facts else [name or "graphres"]
 
 
-def _stem_lines(g: nx.DiGraph, unit: _Unit, level: str) -> list[str]:
-    block = g.graph.get("stem", {}).get("block") or g.nodes[unit.nodes[0]].get(ir.BLOCK_TYPE)
-    frozen = g.graph.get("frozen_stages", -1)
-    last = unit.nodes[-1]
-    lines = [f"stem: {block}" + (" (frozen)" if frozen is not None and frozen >= 0 else "")]
+def _stem_lines(g: nx.DiGraph, nodes: list[str], level: str) -> list[str]:
+    stem = g.graph.get("stem", {})
+    block = stem.get("block") or g.nodes[nodes[0]].get(ir.BLOCK_TYPE)
+    last = nodes[-1]
+    lines = [f"stem: {block}" + (" (frozen)" if _is_frozen(g, -1) else "")]
     if level == "block":
-        layers = [_layer_text(g, n) for n in unit.nodes if g.nodes[n][ir.OP] in ("conv", "maxpool", "avgpool")]
+        layers = [_layer_text(g, n) for n in nodes if g.nodes[n][ir.OP] in ("conv",) + _POOLS]
         lines.extend(_wrap(layers, 3))
     lines.append(_join(_shape(g, last), _stride_text(g, last)))
-    lines.append(f"{_count(_params(g, unit.nodes))} params")
+    lines.append(_join(_rf_text(stem.get("rf") or g.nodes[last][ir.META].get("rf")),
+                       f"{_count(_params(g, nodes))} params"))
     return lines
 
 
 def _stage_lines(g: nx.DiGraph, st: dict, frozen: bool) -> list[str]:
+    """A stage's box or cluster header: block type and count, channels, output stride, dilation,
+    receptive field and parameters."""
     nodes = [n for n in g if g.nodes[n].get(ir.STAGE) == st["index"]]
     dil = list(dict.fromkeys(st.get("dilations") or []))
     dil_text = (f"dilation {dil[0]}" if len(dil) == 1 else
                 f"dilations {','.join(map(str, st['dilations']))}" if dil else "")
     stride = st.get("stride", g.nodes[st["output"]][ir.META].get("stride"))
+    rf = st.get("rf") or g.nodes[st["output"]][ir.META].get("rf")
+    params = st.get("params", _params(g, nodes))
     return [f"{st['name']}: {st['block']} x{st['blocks']}" + (" (frozen)" if frozen else ""),
             _join(f"{st['channels']} ch", f"output stride {stride}" if stride is not None else "", dil_text),
-            f"{_count(_params(g, nodes))} params"]
+            _join(_rf_text(rf), f"{_count(params)} params")]
 
 
-def _block_lines(g: nx.DiGraph, st: dict, unit: _Unit) -> list[str]:
-    first, last, count = unit.scopes[0], unit.scopes[-1], len(unit.scopes)
+def _block_lines(g: nx.DiGraph, st: dict, run: _Run, plan: _Plan, shortcut: bool) -> list[str]:
+    first, last, count = run.scopes[0], run.scopes[-1], len(run.scopes)
     if count == 1:
         title = f"{first}: {st['block']}"
     else:
         stage_name = st["name"]
         tail = last[len(stage_name) + 1:] if last.startswith(stage_name + ".") else last
         title = f"{first}-{tail}: {st['block']} x{count}"
-    out_node = _scope_nodes(g, unit, last)[-1]
-    in_nodes = _scope_inputs(g, unit, first)
+    first_nodes = plan.scope_nodes[first]
+    out_node = plan.scope_nodes[last][-1]
+    inside = set(first_nodes)
+    in_nodes = [s for n in first_nodes for s in ir.inputs_of(g, n) if s not in inside]
     extras = []
     if in_nodes:
         in_stride = g.nodes[in_nodes[0]][ir.META].get("stride")
-        out_stride = g.nodes[_scope_nodes(g, unit, first)[-1]][ir.META].get("stride")
+        out_stride = g.nodes[first_nodes[-1]][ir.META].get("stride")
         if in_stride and out_stride and out_stride != in_stride:
             extras.append(f"stride {out_stride // in_stride}")
-    blocks = [int(s.rsplit(".", 1)[1]) for s in unit.scopes if s.rsplit(".", 1)[-1].isdigit()]
+    blocks = [int(s.rsplit(".", 1)[1]) for s in run.scopes if s.rsplit(".", 1)[-1].isdigit()]
     dilations = st.get("dilations") or []
     dils = list(dict.fromkeys(dilations[b] for b in blocks if b < len(dilations)))
     if dils and dils != [1]:
         extras.append(f"dilation {','.join(map(str, dils))}")
     lines = [title, _join(_shape(g, out_node), *extras)]
-    shortcut = [_layer_text(g, n) for n in _scope_nodes(g, unit, first)
-                if _local(g, n).startswith("downsample.") and g.nodes[n][ir.OP] in ("conv", "avgpool", "maxpool")]
     if shortcut:
-        lines.append("downsample: " + ", ".join(shortcut))
-    params = _params(g, unit.nodes)
+        layers = [_layer_text(g, n) for n in first_nodes
+                  if _local(g, n).startswith("downsample.") and g.nodes[n][ir.OP] in ("conv",) + _POOLS]
+        if layers:
+            lines.append("downsample: " + ", ".join(layers))
+    params = _params(g, run.nodes)
     if count > 1:
         lines.append(f"{_count(params)} params ({_count(params // count)} each)")
     else:
@@ -327,13 +590,30 @@ def _block_lines(g: nx.DiGraph, st: dict, unit: _Unit) -> list[str]:
     return lines
 
 
-def _scope_nodes(g: nx.DiGraph, unit: _Unit, scope: str) -> list[str]:
-    return [n for n in unit.nodes if g.nodes[n][ir.SCOPE] == scope]
+def _output_lines(g: nx.DiGraph, k: int, out: dict) -> list[str]:
+    stride = out.get("stride", g.nodes[out["node"]][ir.META].get("stride"))
+    name = out.get("name") or ""
+    return [f"out[{k}]" + (f": {name}" if name else ""),
+            _join(f"{out['channels']} ch", f"stride {stride}" if stride is not None else "")]
 
 
-def _scope_inputs(g: nx.DiGraph, unit: _Unit, scope: str) -> list[str]:
-    inside = set(_scope_nodes(g, unit, scope))
-    return [s for n in _scope_nodes(g, unit, scope) for s in ir.inputs_of(g, n) if s not in inside]
+def _layer_lines(g: nx.DiGraph, n: str) -> list[str]:
+    """A layer node: its name in the block, what it computes (kernel, stride, dilation, groups)
+    and, for a conv, its output channels."""
+    d = g.nodes[n]
+    name = _local(g, n).split(":", 1)[0]  # "relu:1" is the second call of module "relu"
+    op = d[ir.OP]
+    if op == "conv":
+        return [f"{name}: {_layer_text(g, n)}", f"{d.get(ir.OUT_CH)} ch"]
+    if op == "norm":
+        what = str(d[ir.ATTRS].get("type") or g.graph.get("norm", {}).get("type") or "norm")
+    elif op == "act":
+        what = str(d[ir.ATTRS].get("type") or "act")
+    elif op == "global_avgpool":
+        what = "global avgpool"
+    else:
+        what = _layer_text(g, n)
+    return [what if name in ("", what) or what.startswith(name) else f"{name}: {what}"]
 
 
 def _local(g: nx.DiGraph, n: str) -> str:
@@ -350,7 +630,7 @@ def _layer_text(g: nx.DiGraph, n: str) -> str:
         text += f" d{a['dilation']}" if a.get("dilation", 1) != 1 else ""
         text += f" g{a['groups']}" if a.get("groups", 1) != 1 else ""
         return text
-    if d[ir.OP] in ("maxpool", "avgpool"):
+    if d[ir.OP] in _POOLS:
         stride = a.get("stride") if a.get("stride") is not None else a["kernel"]
         return f"{d[ir.OP]}{a['kernel']}x{a['kernel']}" + (f" s{stride}" if stride != 1 else "")
     return str(d[ir.OP])
@@ -366,6 +646,12 @@ def _shape(g: nx.DiGraph, n: str) -> str:
 def _stride_text(g: nx.DiGraph, n: str) -> str:
     stride = g.nodes[n][ir.META].get("stride")
     return f"output stride {stride}" if stride is not None else ""
+
+
+def _rf_text(rf: dict | None) -> str:
+    if not rf:
+        return ""
+    return "receptive field " + ("global" if rf.get("size") is None else str(rf["size"]))
 
 
 def _params(g: nx.DiGraph, nodes: list[str]) -> int:
@@ -387,16 +673,19 @@ def _wrap(items: list[str], per_line: int) -> list[str]:
     return [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
 
 
-def _label(*lines: object) -> graphviz.quoting.NoHtml:
+def _label(*lines: object, align: str = "n") -> graphviz.quoting.NoHtml:
     """Plain label text for DOT: every character shows as itself.
 
     Backslashes are doubled (so ``\\N`` or ``\\l`` in a name are not Graphviz escapes), ``&`` becomes
     ``&amp;`` (so ``&lt;`` in a name is not an entity), newlines become centred line breaks and other
-    control characters spaces. ``nohtml`` stops the graphviz package from treating ``<...>`` as an
+    control characters spaces. ``align="l"`` ends every line with ``\\l`` instead (left-justified
+    lines, for cluster headers). ``nohtml`` stops the graphviz package from treating ``<...>`` as an
     HTML-like label; it quotes the result and escapes the double quotes itself.
     """
     out = []
     for line in lines:
         for part in str(line).replace("\r\n", "\n").replace("\r", "\n").split("\n"):
             out.append(_CONTROL.sub(" ", part).replace("\\", "\\\\").replace("&", "&amp;"))
+    if align == "l":
+        return graphviz.nohtml("".join(part + "\\l" for part in out))
     return graphviz.nohtml("\\n".join(out))
