@@ -150,7 +150,8 @@ def test_block_level_svg(r50, tmp_path):
     assert list(heads) == ["cluster_s0", "cluster_s1", "cluster_s2", "cluster_s3"]
     assert heads["cluster_s2"] == ["layer3: bottleneck x6", "1024 ch, output stride 16, dilation 1",
                                    "receptive field 267, 7.10M params"]
-    assert heads["cluster_s0"][0] == "layer1: bottleneck x3 (frozen)" and heads["cluster_s1"][0] == "layer2: bottleneck x4"
+    assert heads["cluster_s0"][0] == "layer1: bottleneck x3 (frozen)"
+    assert heads["cluster_s1"][0] == "layer2: bottleneck x4"
     assert heads["cluster_s3"][2] == "receptive field 427, 14.96M params"
     texts = svg_texts(out)
     assert "2048x7x7" in texts and "3x224x224" in texts
@@ -175,7 +176,8 @@ def test_layer_level_svg(r50, tmp_path):
     assert heads["cluster_s2_1"] == ["layer3.1-5: bottleneck x5", "1024x14x14", "5.59M params (1.12M each)"]
     assert heads["cluster_s2_0"] == ["layer3.0: bottleneck", "1024x14x14, stride 2", "1.51M params"]
     assert heads["cluster_s2"][0] == "layer3: bottleneck x6"
-    assert heads["cluster_stem"] == ["stem: conv7x7 (frozen)", "64x56x56, output stride 4", "receptive field 11, 9.5K params"]
+    assert heads["cluster_stem"] == ["stem: conv7x7 (frozen)", "64x56x56, output stride 4",
+                                     "receptive field 11, 9.5K params"]
     # input, 4 stem layers, per stage 12 layers in the first block (with downsample) and 10 in the folded one, 4 marks
     assert len(nodes) == 1 + 4 + 4 * (12 + 10) + 4
     assert nodes["conv1"] == ["conv1: conv7x7 s2", "64 ch"]
@@ -381,7 +383,8 @@ def test_layer_ids_never_collide():
     stem = {"kind": "stem", "params": {"channels": "int"}, "out_channels": "channels",
             "layers": [{"name": "out0", "op": "conv", "out": "channels", "kernel": 3, "stride": 2, "padding": 1},
                        {"name": "legend", "op": "norm"}]}
-    g = compile_spec({"graphres": 1, "name": "odd", "blocks": {"odd_stem": stem}, "stem": {"type": "odd_stem", "channels": 64},
+    g = compile_spec({"graphres": 1, "name": "odd", "blocks": {"odd_stem": stem},
+                      "stem": {"type": "odd_stem", "channels": 64},
                       "stages": [{"block": "basic", "blocks": 1, "planes": 64}], "out_indices": [0]}).graph
     dot = to_dot(g, "layer")
     assert 'n1 [label="out0: conv3x3 s2\\n64 ch"' in dot and 'n2 [label="legend: BN"' in dot
@@ -532,7 +535,8 @@ def nasty_graph():
 
 
 def test_brief_escaping_example(tmp_path):
-    g = compile_spec({"graphres": 1, "name": 'a"<b>&\nc', "stages": [{"block": "basic", "blocks": 1, "planes": 64}]}).graph
+    g = compile_spec({"graphres": 1, "name": 'a"<b>&\nc',
+                      "stages": [{"block": "basic", "blocks": 1, "planes": 64}]}).graph
     assert 'label="a\\"<b>&amp;\\nc\\n' in to_dot(g)
     if shutil.which("dot"):
         texts = svg_texts(render(g, tmp_path / "a.svg"))

@@ -490,7 +490,7 @@ def _legend(t: Theme, trainable: str, frozen: bool, outputs: bool, shortcut: boo
     def stroke(color: str, glyphs: str, text: str) -> str:
         return f'<tr><td><font color="{color}">{glyphs}</font></td><td align="left">{text}</td></tr>'
 
-    rows = [f'<tr><td colspan="2" align="left"><b>legend</b></td></tr>', swatch(trainable, "trainable")]
+    rows = ['<tr><td colspan="2" align="left"><b>legend</b></td></tr>', swatch(trainable, "trainable")]
     if frozen:
         rows.append(swatch(t.frozen, "frozen (no gradients)"))
     if outputs:
