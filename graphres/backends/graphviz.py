@@ -356,7 +356,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
             with dg.subgraph(name="cluster_stem") as sub:
                 lines = _stem_lines(g, plan.stem, level)
                 _cluster_attrs(sub, t, lines, stem_frozen, outer=True)
-                _pad_label(sub, "cluster_stem", plan.box[plan.stem[0]], _text_size(lines, 12), rankdir)
+                _pad_label(sub, "cluster_stem", plan.box[plan.stem[0]], _text_width(lines, 12), rankdir)
                 for n in plan.stem:
                     _layer_node(sub, g, n, plan.box[n], t, stem_frozen)
         else:
@@ -380,12 +380,11 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
                 with sub.subgraph(name=f"cluster_{run.id}") as inner:
                     lines = _block_lines(g, st, run, plan, shortcut=False)
                     _cluster_attrs(inner, t, lines, frozen, outer=False)
-                    size = _text_size(lines, 10)
+                    width = _text_width(lines, 10)
                     if k == 0:  # the edge into the stage passes its header too
-                        outer_size = _text_size(stage_lines, 12)
-                        size = (max(size[0], outer_size[0]), size[1] + outer_size[1])
+                        width = max(width, _text_width(stage_lines, 12))
                     first = plan.scope_nodes[run.scopes[0]]
-                    _pad_label(inner, f"cluster_{run.id}", plan.box[first[0]], size, rankdir)
+                    _pad_label(inner, f"cluster_{run.id}", plan.box[first[0]], width, rankdir)
                     for n in first:
                         _layer_node(inner, g, n, plan.box[n], t, frozen)
 
@@ -437,27 +436,25 @@ def _cluster_attrs(sub: graphviz.Digraph, t: Theme, lines: list[str], frozen: bo
              fontname=FONT, fontcolor=t.text, fontsize="12" if outer else "10", labeljust="l")
 
 
-def _pad_label(sub: graphviz.Digraph, cluster: str, first: str, size: tuple[float, float], rankdir: str) -> None:
+def _pad_label(sub: graphviz.Digraph, cluster: str, first: str, width: float, rankdir: str) -> None:
     """Keep edges clear of a cluster's header at layer level.
 
     Graphviz draws an edge that enters a cluster straight through the cluster's label. An invisible
     node as large as the header, beside the cluster's first node in the same rank, moves that node
     (and, through ``group``, the whole main path) away from the header, which sits at the
-    cluster's top left."""
+    cluster's top left. Left to right, edges run below the header and need no pad."""
+    if rankdir not in ("TB", "BT"):
+        return
     pad = f"{cluster}_pad"
-    width, height = size
-    along = rankdir in ("TB", "BT")
-    sub.node(pad, "", style="invis", shape="box", fixedsize="true",
-             width=f"{width if along else 0.1:.2f}", height=f"{0.1 if along else height:.2f}")
+    sub.node(pad, "", style="invis", shape="box", fixedsize="true", width=f"{width:.2f}", height="0.1")
     with sub.subgraph() as row:
         row.attr(rank="same")
         row.edge(pad, first, style="invis")
 
 
-def _text_size(lines: list[str], fontsize: int) -> tuple[float, float]:
-    """About how large the lines are in inches (Helvetica's average advance is ~0.55 em)."""
-    chars = max((len(line) for line in lines), default=0)
-    return chars * fontsize * 0.55 / 72 + 0.15, len(lines) * fontsize * 1.2 / 72 + 0.1
+def _text_width(lines: list[str], fontsize: int) -> float:
+    """About how wide the lines are in inches (Helvetica's average advance is ~0.55 em)."""
+    return max((len(line) for line in lines), default=0) * fontsize * 0.55 / 72 + 0.15
 
 
 def _layer_node(sub: graphviz.Digraph, g: nx.DiGraph, n: str, node_id: str, t: Theme, stage_frozen: bool) -> None:
