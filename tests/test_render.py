@@ -116,9 +116,9 @@ def test_stage_level_svg(r50, tmp_path):
     assert len(nodes) == 10
     assert nodes["input"] == ["input", "3x224x224"]
     assert nodes["stem"] == ["stem: conv7x7 (frozen)", "64x56x56, output stride 4", "receptive field 11, 9.5K params"]
-    assert nodes["s0"] == ["layer1: bottleneck x3 (frozen)", "256 ch, output stride 4, dilation 1",
+    assert nodes["s0"] == ["layer1: bottleneck x3 (frozen)", "256x56x56, output stride 4, dilation 1",
                            "receptive field 35, 215.8K params"]
-    assert nodes["s2"] == ["layer3: bottleneck x6", "1024 ch, output stride 16, dilation 1",
+    assert nodes["s2"] == ["layer3: bottleneck x6", "1024x14x14, output stride 16, dilation 1",
                            "receptive field 267, 7.10M params"]
     assert nodes["s3"][0] == "layer4: bottleneck x3"
     assert [nodes[f"out{k}"] for k in range(4)] == OUTPUT_MARKS_R50
@@ -148,7 +148,7 @@ def test_block_level_svg(r50, tmp_path):
     assert [nodes[f"out{k}"] for k in range(4)] == OUTPUT_MARKS_R50
     heads = clusters(out)
     assert list(heads) == ["cluster_s0", "cluster_s1", "cluster_s2", "cluster_s3"]
-    assert heads["cluster_s2"] == ["layer3: bottleneck x6", "1024 ch, output stride 16, dilation 1",
+    assert heads["cluster_s2"] == ["layer3: bottleneck x6", "1024x14x14, output stride 16, dilation 1",
                                    "receptive field 267, 7.10M params"]
     assert heads["cluster_s0"][0] == "layer1: bottleneck x3 (frozen)"
     assert heads["cluster_s1"][0] == "layer2: bottleneck x4"
@@ -288,7 +288,7 @@ def test_stage_params_sum_to_graph_params(r50):
             per_stage[d[ir.STAGE]] = per_stage.get(d[ir.STAGE], 0) + d[ir.META]["params"]
     assert sum(per_stage.values()) == r50.graph["params"]
     assert gv_backend._count(per_stage[2]) == "7.10M"
-    assert ("layer3: bottleneck x6\\n1024 ch, output stride 16, dilation 1\\nreceptive field 267, 7.10M params"
+    assert ("layer3: bottleneck x6\\n1024x14x14, output stride 16, dilation 1\\nreceptive field 267, 7.10M params"
             in to_dot(r50, "stage"))
 
 
@@ -327,7 +327,7 @@ def test_dilated_resnet50(tmp_path):
                                 "stages.3.dilation=4"]).graph
     out = render(g, tmp_path / "d.svg", level="layer")
     heads = clusters(out)
-    assert heads["cluster_s3"][:2] == ["layer4: bottleneck x3", "2048 ch, output stride 8, dilation 4"]
+    assert heads["cluster_s3"][:2] == ["layer4: bottleneck x3", "2048x28x28, output stride 8, dilation 4"]
     assert heads["cluster_s2_1"] == ["layer3.1-5: bottleneck x5", "1024x28x28, dilation 2", "5.59M params (1.12M each)"]
     assert drawn_nodes(out)["layer4.0.conv2"] == ["conv2: conv3x3 d4", "512 ch"]
     assert drawn_nodes(out)["out3"] == ["out[3]: layer4", "2048 ch, stride 8"]

@@ -536,8 +536,8 @@ def _stem_lines(g: nx.DiGraph, nodes: list[str], level: str) -> list[str]:
 
 
 def _stage_lines(g: nx.DiGraph, st: dict, frozen: bool) -> list[str]:
-    """A stage's box or cluster header: block type and count, channels, output stride, dilation,
-    receptive field and parameters."""
+    """A stage's box or cluster header: block type and count, output shape (channels first),
+    output stride, dilation, receptive field and parameters."""
     nodes = [n for n in g if g.nodes[n].get(ir.STAGE) == st["index"]]
     dil = list(dict.fromkeys(st.get("dilations") or []))
     dil_text = (f"dilation {dil[0]}" if len(dil) == 1 else
@@ -546,7 +546,7 @@ def _stage_lines(g: nx.DiGraph, st: dict, frozen: bool) -> list[str]:
     rf = st.get("rf") or g.nodes[st["output"]][ir.META].get("rf")
     params = st.get("params", _params(g, nodes))
     return [f"{st['name']}: {st['block']} x{st['blocks']}" + (" (frozen)" if frozen else ""),
-            _join(f"{st['channels']} ch", f"output stride {stride}" if stride is not None else "", dil_text),
+            _join(_shape(g, st["output"]), f"output stride {stride}" if stride is not None else "", dil_text),
             _join(_rf_text(rf), f"{_count(params)} params")]
 
 
