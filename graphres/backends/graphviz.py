@@ -410,13 +410,22 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
         mark = f"out{k}"
         dg.node(mark, _label(*_output_lines(g, k, out)), shape="cds", style="filled", fillcolor=t.output,
                 color=t.output_line)
-        dg.edge(plan.box[node], mark, style="dotted", color=t.output_line,
-                **({"ltail": clusters[plan.box[node]]} if plan.box[node] in clusters else {}))
-        if plan.box[node] == f"s{g.nodes[node].get(ir.STAGE)}":
+        box = plan.box[node]
+        if box.startswith("s") and box == f"s{g.nodes[node].get(ir.STAGE)}":
+            dg.edge(box, mark, style="dotted", color=t.output_line)
             with dg.subgraph() as row:  # the mark beside its stage box
                 row.attr(rank="same")
-                row.node(plan.box[node])
+                row.node(box)
                 row.node(mark)
+            continue
+        # inside a cluster, a rank=same would pull the box out of it: an invisible edge from the box's
+        # predecessor puts the mark in the box's rank instead, beside it rather than one rank below
+        feeder = next((e.tail for e in edges if e.head == box and e.kind == "main"), None)
+        dg.edge(box, mark, style="dotted", color=t.output_line,
+                **({"constraint": "false"} if feeder else {}),
+                **({"ltail": clusters[box]} if box in clusters else {}))
+        if feeder:
+            dg.edge(feeder, mark, style="invis")
 
     if legend:
         frozen_any = stem_frozen or any(_is_frozen(g, st["index"]) for st in stages)
