@@ -378,6 +378,21 @@ def test_legend_and_font(r50, tmp_path):
         assert any(name in found for name in ("Liberation Sans", "DejaVu Sans", "Nimbus Sans", "Arial", "Helvetica"))
 
 
+def test_layer_level_side_branches_and_deep_stem():
+    se = to_dot(compile_spec(ROOT / "specs" / "se_resnet18.yaml").graph, "layer")
+    # the main path (back from the block output along first operands) is one straight group;
+    # the squeeze-and-excitation gate and the downsample projection are side branches
+    assert '"layer1.0.bn2" [label="bn2: BN" fillcolor="#ffffff" group=main]' in se
+    assert '"layer1.0.scale" [label="\u00d7" fillcolor="#ffffff" fixedsize=true fontsize=12 group=main height=0.3 ' \
+           'shape=circle width=0.3]' in se
+    assert '"layer1.0.se.pool" [label="se.pool: global avgpool" fillcolor="#ffffff"]' in se
+    assert '"layer2.0.downsample.0" [label="downsample.0: conv1x1 s2\\n128 ch" fillcolor="#ffffff"]' in se
+    assert '"layer1.0.se.gate" -> "layer1.0.scale" [weight=10]' in se
+    deep = to_dot(compile_spec(RESNET50, ["stem.type=deep"]).graph, "layer")
+    assert '"stem.0" [label="stem.0: conv3x3 s2\\n32 ch"' in deep  # stem layers by their state-dict path
+    assert 'label="stem: deep (frozen)\\l64x56x56, output stride 4\\lreceptive field 15, 28.8K params\\l"' in deep
+
+
 def test_layer_ids_never_collide():
     # a stem layer called like a drawn node of its own (out0, legend) gets a neutral id
     stem = {"kind": "stem", "params": {"channels": "int"}, "out_channels": "channels",

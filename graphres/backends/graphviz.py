@@ -351,6 +351,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
         dg.node("input", _label("input", _shape(g, plan.inputs[-1])), shape="oval", fillcolor=t.input,
                 **({"group": "main"} if level == "layer" else {}))
     stem_frozen = _is_frozen(g, -1)
+    main_path = _main_path(g, plan) if level == "layer" else set()
     if plan.stem:
         if level == "layer":
             with dg.subgraph(name="cluster_stem") as sub:
@@ -358,7 +359,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
                 _cluster_attrs(sub, t, lines, stem_frozen, outer=True)
                 _pad_label(sub, "cluster_stem", plan.box[plan.stem[0]], _text_width(lines, 12), rankdir)
                 for n in plan.stem:
-                    _layer_node(sub, g, n, plan.box[n], t, stem_frozen)
+                    _layer_node(sub, g, n, plan.box[n], t, stem_frozen, n in main_path)
         else:
             dg.node("stem", _label(*_stem_lines(g, plan.stem, level)), fillcolor=t.frozen if stem_frozen else t.stage)
 
@@ -386,7 +387,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
                     first = plan.scope_nodes[run.scopes[0]]
                     _pad_label(inner, f"cluster_{run.id}", plan.box[first[0]], width, rankdir)
                     for n in first:
-                        _layer_node(inner, g, n, plan.box[n], t, frozen)
+                        _layer_node(inner, g, n, plan.box[n], t, frozen, n in main_path)
 
     # block boxes -> their stage's cluster, for edges that end at a cluster's border
     clusters = {run.id: f"cluster_s{i}" for i, runs in plan.runs.items() if plan.detail[i] == "block" for run in runs}
@@ -466,18 +467,33 @@ def _text_width(lines: list[str], fontsize: int) -> float:
     return max((len(line) for line in lines), default=0) * fontsize * 0.55 / 72 + 0.15
 
 
-def _layer_node(sub: graphviz.Digraph, g: nx.DiGraph, n: str, node_id: str, t: Theme, stage_frozen: bool) -> None:
+def _layer_node(sub: graphviz.Digraph, g: nx.DiGraph, n: str, node_id: str, t: Theme, stage_frozen: bool,
+                main: bool) -> None:
     d = g.nodes[n]
     meta = d[ir.META]
     frozen = stage_frozen or (bool(meta.get("params")) and meta.get("trainable") is False)
     fill = t.frozen if frozen else t.block
     # the main path in one group: Graphviz keeps its edges straight, side branches go beside it
-    group = {} if _local(g, n).startswith("downsample.") else {"group": "main"}
+    group = {"group": "main"} if main else {}
     if d[ir.OP] in ("add", "mul"):
-        sub.node(node_id, _label("+" if d[ir.OP] == "add" else "x"), shape="circle", width="0.3", height="0.3",
+        sub.node(node_id, _label("+" if d[ir.OP] == "add" else "\u00d7"), shape="circle", width="0.3", height="0.3",
                  fixedsize="true", fillcolor=fill, fontsize="12", **group)
     else:
         sub.node(node_id, _label(*_layer_lines(g, n)), fillcolor=fill, **group)
+
+
+def _main_path(g: nx.DiGraph, plan: _Plan) -> set[str]:
+    """The layers on each block's main path: from the block's output back along first operands.
+    The rest (a downsample projection, a squeeze-and-excitation gate) are side branches."""
+    main: set[str] = set()
+    for nodes in [plan.stem] + list(plan.scope_nodes.values()):
+        inside = set(nodes)
+        n = nodes[-1] if nodes else None
+        while n in inside and n not in main:
+            main.add(n)
+            operands = ir.inputs_of(g, n)
+            n = operands[0] if operands else None
+    return main
 
 
 def _is_frozen(g: nx.DiGraph, stage: int) -> bool:
@@ -607,7 +623,8 @@ def _layer_lines(g: nx.DiGraph, n: str) -> list[str]:
     """A layer node: its name in the block, what it computes (kernel, stride, dilation, groups)
     and, for a conv, its output channels."""
     d = g.nodes[n]
-    name = _local(g, n).split(":", 1)[0]  # "relu:1" is the second call of module "relu"
+    # in a block, the name inside it (conv1); in the stem, the state-dict path (conv1, stem.0)
+    name = (n if (d.get(ir.STAGE) or 0) < 0 else _local(g, n)).split(":", 1)[0]  # relu:1: 2nd call of relu
     op = d[ir.OP]
     if op == "conv":
         return [f"{name}: {_layer_text(g, n)}", f"{d.get(ir.OUT_CH)} ch"]
