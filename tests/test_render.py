@@ -393,6 +393,13 @@ def test_layer_level_side_branches_and_deep_stem():
     assert 'label="stem: deep (frozen)\\l64x56x56, output stride 4\\lreceptive field 15, 28.8K params\\l"' in deep
 
 
+def test_layer_level_shades_norms_without_gradients():
+    dot = to_dot(compile_spec(RESNET18, ["norm.requires_grad=false"]).graph, "layer")
+    assert '"layer2.0.bn1" [label="bn1: BN" fillcolor="#d9d9d9" group=main]' in dot
+    assert '"layer2.0.conv1" [label="conv1: conv3x3 s2\\n128 ch" fillcolor="#ffffff" group=main]' in dot
+    assert '"layer2.0.relu" [label=relu fillcolor="#ffffff" group=main]' in dot
+
+
 def test_layer_ids_never_collide():
     # a stem layer called like a drawn node of its own (out0, legend) gets a neutral id
     stem = {"kind": "stem", "params": {"channels": "int"}, "out_channels": "channels",
