@@ -409,7 +409,7 @@ def test_layer_ids_never_collide():
                       "stem": {"type": "odd_stem", "channels": 64},
                       "stages": [{"block": "basic", "blocks": 1, "planes": 64}], "out_indices": [0]}).graph
     dot = to_dot(g, "layer")
-    assert 'n1 [label="out0: conv3x3 s2\\n64 ch"' in dot and 'n2 [label="legend: BN"' in dot
+    assert '"node~1" [label="out0: conv3x3 s2\\n64 ch"' in dot and '"node~2" [label="legend: BN"' in dot
     assert dot.count("\tout0 [") == 1 and dot.count("\tlegend [") == 1
 
 
@@ -583,4 +583,4 @@ def test_names_are_escaped(tmp_path, level, theme):
     assert any(t.startswith('layer1: <b>&"\\N x2') for t in texts)
     if level == "layer":  # a layer name that is no plain identifier: a neutral node id, the name as text
         assert 'c"<x>&y\\N: conv3x3' in texts
-        assert 'n5 [label="c\\"<x>&amp;y\\\\N: conv3x3\\n64 ch"' in dot
+        assert '"node~5" [label="c\\"<x>&amp;y\\\\N: conv3x3\\n64 ch"' in dot

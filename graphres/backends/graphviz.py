@@ -241,10 +241,11 @@ def _plan(g: nx.DiGraph, order: list[str], level: str, unfolded: set[int]) -> _P
 
 def _node_id(g: nx.DiGraph, n: str, reserved: set[str]) -> str:
     """A layer's drawn id: its state-dict path (``:`` is Graphviz's port separator, so ``#``
-    stands for it), or ``n<order>`` for a name that is not plain or would collide."""
+    stands for it), or ``node~<order>`` for a name that is not plain or would collide (a drawn
+    plain name never contains ``~``, so the two forms cannot meet)."""
     if _SAFE_ID.fullmatch(n) and n not in reserved and not n.startswith("cluster"):
         return n.replace(":", "#")
-    return f"n{g.nodes[n][ir.ORDER]}"
+    return f"node~{g.nodes[n][ir.ORDER]}"
 
 
 def _signature(g: nx.DiGraph, nodes: list[str]) -> tuple:
