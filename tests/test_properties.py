@@ -54,3 +54,6 @@ def test_static_analysis_equals_torch(spec):
     assert counted_flops(model, x) == 2 * g.graph["macs"]
     assert measured_peak(model, x) == g.graph["peak_bytes"]
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == g.graph["trainable_params"]
+    for o, out in zip(g.graph["outputs"], outs):  # the size rule predicts torch's sizes
+        b, s = g.nodes[o["node"]][ir.META]["formula"]
+        assert tuple(out.shape[2:]) == ((h + b) // s, (w + b) // s)
