@@ -30,6 +30,7 @@ dot:
 demo: setup
 	mkdir -p build
 	$(BIN)/graphres validate $(SPEC)
+	$(BIN)/graphres info $(SPEC)
 	$(BIN)/graphres expand specs/mmdet_faster_rcnn_r50.yaml
 	$(BIN)/graphres render $(SPEC) -o build/resnet50.svg
 	$(BIN)/graphres compile $(SPEC) -o build/resnet50.pt2

@@ -2,8 +2,8 @@
 
     python benchmarks/cli.py [--repeats 9]
 
-Prints the median and the range of wall-clock times per command; `validate`, `expand` and
-`render` must stay well under a second (they never import torch).
+Prints the median and the range of wall-clock times per command; `validate`, `info`, `expand`
+and `render` must stay well under a second (they never import torch).
 """
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def main() -> int:
     commands = {
         "python -c 'import torch' (baseline)": [sys.executable, "-c", "import torch"],
         "graphres validate specs/resnet152.yaml": graphres + ["validate", "specs/resnet152.yaml"],
+        "graphres info specs/resnet152.yaml": graphres + ["info", "specs/resnet152.yaml"],
+        "graphres info specs/resnet152.yaml --level layer": graphres + ["info", "specs/resnet152.yaml", "--level",
+                                                                         "layer"],
+        "graphres info specs/resnet152.yaml --json": graphres + ["info", "specs/resnet152.yaml", "--json"],
         "graphres expand specs/mmdet_faster_rcnn_r50.yaml": graphres + ["expand", "specs/mmdet_faster_rcnn_r50.yaml"],
         "graphres render specs/resnet152.yaml (block, svg)": graphres + ["render", "specs/resnet152.yaml", "-o",
                                                                           str(tmp / "r152.svg")],

@@ -1,7 +1,7 @@
-"""Command line: ``graphres validate | expand | render | compile``.
+"""Command line: ``graphres validate | info | expand | render | compile``.
 
 Exit codes: 0 success, 1 errors in the spec (or a checkpoint / Graphviz problem), 2 usage errors.
-Only ``compile`` imports torch; ``validate``, ``expand`` and ``render`` start without it.
+Only ``compile`` imports torch; ``validate``, ``info``, ``expand`` and ``render`` start without it.
 """
 from __future__ import annotations
 
@@ -23,16 +23,18 @@ class _Usage(Exception):
 
 
 def parse_input_size(text: str) -> list[str]:
-    """``--input CxHxW`` or ``HxW`` (``3x512x512``, ``512x512``) -> ``--set`` override strings for
-    ``input.channels`` and ``input.size``, so that a bad value is reported like any override.
-
-    Raises :class:`ValueError` (a usage error) for text of another form."""
-    parts = [p.strip() for p in str(text).lower().split("x")]
-    if len(parts) not in (2, 3) or not all(p.isdigit() and p.isascii() for p in parts):
-        raise ValueError(f"--input expects CxHxW or HxW in pixels, e.g. 3x512x512 or 512x512; got '{text}'")
-    values = [int(p) for p in parts]
-    overrides = [f"input.channels={values[0]}"] if len(values) == 3 else []
-    return overrides + [f"input.size=[{values[-2]}, {values[-1]}]"]
+    """``--input`` as ``--set`` overrides: ``3x512x512`` (channels x height x width), ``512x640``
+    (height x width) or ``512`` (square)."""
+    parts = text.lower().replace("\u00d7", "x").split("x")
+    if not 1 <= len(parts) <= 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise _Usage(f"--input '{text}' must look like CxHxW, HxW or S with positive integers, e.g. 3x512x512")
+    nums = [int(p) for p in parts]
+    if len(nums) == 1:
+        nums = nums * 2
+    out = [f"input.size=[{nums[-2]}, {nums[-1]}]"]
+    if len(nums) == 3:
+        out.append(f"input.channels={nums[0]}")
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     v = command("validate", "check a spec and report every problem with its file:line:col")
     v.add_argument("--strict", action="store_true", help="treat warnings as errors")
     v.add_argument("--json", action="store_true", help="print the diagnostics as JSON")
+    i = command("info", "print shapes, strides, dilations, receptive fields, parameters and MACs, "
+                        "computed from the spec alone")
+    i.add_argument("--level", choices=("stage", "block", "layer"), default="stage",
+                   help="one row per stage (default), per block instance, or per layer")
+    i.add_argument("--input", metavar="CxHxW", help="analyse for this input size instead of the spec's "
+                   "(3x512x512, 512x512 or 512)")
+    i.add_argument("--json", action="store_true", help="print the report as JSON (keys in docs/cli.md)")
+    i.add_argument("--strict", action="store_true", help="treat warnings as errors")
     e = command("expand", "print the fully resolved explicit form of a spec, as YAML")
     e.add_argument("-o", "--output", help="write to this file instead of standard output")
     r = command("render", "draw the spec with Graphviz (svg, png, pdf or dot)")
@@ -62,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--expand", action="append", default=[], metavar="STAGE",
                    help="do not fold the identical blocks of this stage (e.g. layer3; repeatable, "
                         "comma-separated, or 'all')")
-    r.add_argument("--input", metavar="CxHxW", help="input size for the shapes drawn, e.g. 3x512x512 or 512x512 "
-                   "(default: the spec's input)")
+    r.add_argument("--input", metavar="CxHxW", help="draw the shapes for this input size instead of the spec's "
+                   "(3x512x512, 512x512 or 512)")
     r.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="top-to-bottom or left-to-right")
     r.add_argument("--theme", choices=("light", "dark"), default="light", help="colours (default: light)")
     r.add_argument("--no-legend", dest="legend", action="store_false", help="leave out the legend")
@@ -79,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not Path(args.spec).is_file():
             raise _Usage(f"spec file '{args.spec}' not found")
-        return {"validate": _validate, "expand": _expand, "render": _render, "compile": _compile}[args.command](args)
+        return {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile}[args.command](args)
     except _Usage as e:
         parser.exit(EXIT_USAGE, f"graphres: error: {e}\n")
     except SpecError as e:
@@ -99,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _compile_spec(args: argparse.Namespace):
     from .pipeline import compile_spec
-    return compile_spec(args.spec, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "input", None):
+        overrides += parse_input_size(args.input)
+    return compile_spec(args.spec, overrides)
 
 
 def _print_warnings(compiled) -> None:
@@ -125,6 +138,21 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _info(args: argparse.Namespace) -> int:
+    from .backends.info import format_info, info_dict
+    compiled = _compile_spec(args)
+    if args.strict and compiled.warnings:
+        raise SpecError(compiled.warnings, compiled.sources)
+    if args.json:
+        data = info_dict(compiled.graph, args.level)
+        data["diagnostics"] = [d.to_dict() for d in compiled.warnings]
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    _print_warnings(compiled)
+    print(format_info(compiled.graph, args.level, color=use_color(sys.stdout), source=args.spec))
+    return EXIT_OK
+
+
 def _expand(args: argparse.Namespace) -> int:
     import yaml
 
@@ -142,12 +170,7 @@ def _expand(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from .backends.graphviz import render
-    from .pipeline import compile_spec
-    try:
-        size = parse_input_size(args.input) if args.input else []
-    except ValueError as e:
-        raise _Usage(str(e)) from None
-    compiled = compile_spec(args.spec, args.overrides + size)
+    compiled = _compile_spec(args)  # with --input as overrides
     _print_warnings(compiled)
     try:
         out = render(compiled.graph, args.output, level=args.level, fmt=args.format, rankdir=args.rankdir,

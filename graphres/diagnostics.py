@@ -37,7 +37,12 @@ CODES: dict[str, str] = {
     "E032": "spatial size reaches zero",
     "E033": "bad out_indices",
     "E034": "bad frozen_stages",
+    "E040": "dilated kernel larger than its padded input",
     "W001": "dilated stage also strides",
+    "W002": "feature output is 1 pixel wide",
+    "W003": "dilated kernel larger than its input",
+    "W004": "dilation schedule decreases",
+    "W005": "frozen stage after a trainable one",
 }
 
 

@@ -55,7 +55,7 @@ def lower(spec: Spec, diags: DiagnosticBag) -> nx.DiGraph:
         spec.name, input_channels=spec.input_channels, input_size=spec.input_size, norm=dict(spec.norm),
         frozen_stages=spec.frozen_stages, norm_eval=spec.norm_eval, zero_init_residual=spec.zero_init_residual,
         with_cp=spec.with_cp, init=spec.init, out_indices=list(spec.out_indices), stages=[], outputs=[],
-        stem={"block": spec.stem_block},
+        stem={"block": spec.stem_block}, frozen={st.index: True for st in spec.stages if st.frozen},
     )
     ctx = _Ctx(spec, g, diags, {})
     ir.add_node(g, ir.INPUT, "input", **{ir.MODULE: None, ir.IN_CH: spec.input_channels,
@@ -93,7 +93,8 @@ def _lower_all(ctx: _Ctx) -> None:
                 return
         g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": stage.block,
                                   "blocks": stage.blocks, "input": stage_in, "output": x, "channels": ch,
-                                  "dilations": list(stage.dilations)})
+                                  "dilations": list(stage.dilations),
+                                  "spans": {k: spec.doc.span(stage.path + (k,)) for k in ("dilation", "frozen")}})
     for i in spec.out_indices:
         st = g.graph["stages"][i]
         g.graph["outputs"].append({"index": i, "name": st["name"], "node": st["output"], "channels": st["channels"]})

@@ -14,6 +14,7 @@ import networkx as nx
 from .diagnostics import Diagnostic, DiagnosticBag, SourceCache, SpecError
 from .lower import lower
 from .passes.analysis import analyse
+from .passes.checks import check
 from .passes.shapes import infer_shapes
 from .spec.load import load_spec
 from .spec.model import Spec
@@ -40,6 +41,7 @@ def compile_spec(source: str | Path | Mapping[str, Any] | Spec, overrides: Seque
         infer_shapes(graph, diags, input_size)             # shapes, strides, params, MACs
     if not diags.has_errors:
         analyse(graph)                                     # receptive fields, memory, trainable, ...
+        check(graph, spec, diags)                          # findings that need the analysis
     if diags.has_errors:
         raise SpecError(diags.items, spec.sources)
     return Compiled(spec, graph, [d for d in diags if not d.is_error])

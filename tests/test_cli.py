@@ -117,6 +117,8 @@ print("exit", code)
 
 
 @pytest.mark.parametrize("args", [["validate", "specs/resnet152.yaml"], ["expand", "specs/resnet50.yaml"],
+                                  ["info", "specs/resnet152.yaml", "--level", "layer"],
+                                  ["info", "specs/resnet50.yaml", "--json"],
                                   ["render", "specs/resnet50.yaml", "-o", "{tmp}/t.dot"],
                                   ["render", "specs/resnet50.yaml", "-o", "{tmp}/t.svg"]])
 def test_commands_do_not_import_torch(args, tmp_path):

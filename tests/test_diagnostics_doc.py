@@ -1,5 +1,5 @@
 """docs/diagnostics.md and the code agree: every code has a section, and every example there
-produces exactly the message shown."""
+produces exactly the text shown (golden: headline, source line, caret, notes and hint)."""
 import json
 import re
 
@@ -7,7 +7,7 @@ import pytest
 
 import graphres
 from graphres import SpecError
-from graphres.diagnostics import CODES
+from graphres.diagnostics import CODES, format_diagnostic
 
 from conftest import ROOT
 
@@ -35,9 +35,10 @@ def test_example_gives_the_documented_message(code, tmp_path, monkeypatch):
     if spec:
         (tmp_path / "spec.yaml").write_text(spec.group(1))
     try:
-        diags = graphres.compile_spec(target, overrides).warnings
+        compiled = graphres.compile_spec(target, overrides)
+        diags, sources = compiled.warnings, compiled.sources
     except SpecError as e:
-        diags = e.diagnostics
+        diags, sources = e.diagnostics, e.sources
     assert diags, "the example compiled cleanly"
     assert diags[0].code == code
-    assert diags[0].headline() == expected
+    assert format_diagnostic(diags[0], sources, False).rstrip("\n") == expected

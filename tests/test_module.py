@@ -167,3 +167,21 @@ def test_norm_types_and_names(norm, cls, name):
     assert isinstance(getattr(model, name), cls)
     assert "layer1.0.downsample.1" in dict(model.named_modules())
     model.eval()(torch.randn(1, 3, SIZE, SIZE))
+
+
+def test_a_stage_frozen_on_its_own():
+    spec = {"graphres": 1, "input": {"size": [64, 64]}, "norm": {"type": "BN"},
+            "stem": {"type": "conv7x7", "channels": 16},
+            "stages": [{"block": "basic", "blocks": 1, "planes": 16},
+                       {"block": "basic", "blocks": 1, "planes": 32, "stride": 2, "frozen": True},
+                       {"block": "basic", "blocks": 1, "planes": 64, "stride": 2}],
+            "out_indices": [2]}
+    compiled = graphres.compile_spec(spec)
+    assert [d.code for d in compiled.warnings] == ["W005"]
+    model = graphres.build(compiled).train()
+    frozen = {n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"layer2"}
+    assert not model.layer2.training and model.layer1.training and model.layer3.training
+    assert compiled.graph.graph["frozen_params"] == sum(p.numel() for p in model.layer2.parameters())
+    from graphres.spec.emit import to_explicit
+    assert to_explicit(compiled.spec)["stages"][1]["frozen"] is True

@@ -1,11 +1,13 @@
-"""Property: for random valid specs, the static analysis (shapes, strides, parameters) equals what
-the built torch module has and produces."""
+"""Property: for random valid specs, the static analysis (shapes, strides, parameters, trainable
+parameters, MACs, peak activation memory) equals what the built torch module has and does."""
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphres
 from graphres import ir
+
+from test_analysis import counted_flops, measured_peak
 
 
 @st.composite
@@ -24,6 +26,7 @@ def specs(draw):
                 stage.update(groups=groups, base_width=draw(st.sampled_from([4, 8])), base_channels=16)
         stages.append(stage)
     norm = draw(st.sampled_from([{"type": "BN"}, {"type": "GN", "num_groups": 4}, {"type": "IN"}]))
+    norm = dict(norm, requires_grad=draw(st.booleans()))
     return {
         "graphres": 1,
         "input": {"channels": draw(st.integers(1, 4)), "size": [draw(st.integers(17, 70)), draw(st.integers(17, 70))]},
@@ -31,6 +34,7 @@ def specs(draw):
         "stem": {"type": draw(st.sampled_from(["conv7x7", "deep"])), "channels": draw(st.sampled_from([16, 32]))},
         "stages": stages,
         "out_indices": sorted(draw(st.sets(st.integers(0, n - 1), min_size=1))),
+        "frozen_stages": draw(st.integers(-1, n)),
     }
 
 
@@ -42,7 +46,14 @@ def test_static_analysis_equals_torch(spec):
     model = graphres.build(compiled).eval()
     assert sum(p.numel() for p in model.parameters()) == g.graph["params"]
     h, w = spec["input"]["size"]
+    x = torch.randn(1, spec["input"]["channels"], h, w)
     with torch.no_grad():
-        outs = model(torch.randn(1, spec["input"]["channels"], h, w))
+        outs = model(x)
     assert [tuple(o.shape[1:]) for o in outs] == [tuple(g.nodes[o["node"]][ir.META]["shape"]) for o in g.graph["outputs"]]
     assert [o.shape[1] for o in outs] == model.feature_info.channels()
+    assert counted_flops(model, x) == 2 * g.graph["macs"]
+    assert measured_peak(model, x) == g.graph["peak_bytes"]
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == g.graph["trainable_params"]
+    for o, out in zip(g.graph["outputs"], outs):  # the size rule predicts torch's sizes
+        b, s = g.nodes[o["node"]][ir.META]["formula"]
+        assert tuple(out.shape[2:]) == ((h + b) // s, (w + b) // s)

@@ -400,6 +400,17 @@ def test_layer_level_shades_norms_without_gradients():
     assert '"layer2.0.relu" [label=relu fillcolor="#ffffff" group=main]' in dot
 
 
+def test_per_stage_frozen_and_global_receptive_field():
+    g = compile_spec(RESNET18, ["stages.2.frozen=true"]).graph
+    dot = to_dot(g, "stage")
+    assert 's2 [label="layer3: basic x2 (frozen)\\n256x14x14' in dot and 's2 [label="layer3' in dot
+    assert 'fillcolor="#d9d9d9"' in dot.split("\n\ts2 [")[1].split("\n")[0]
+    assert "layer2: basic x2\\n" in dot  # only that stage
+    assert 'label="resnet18\\n11.18M params, 1.81G MACs at 224x224, frozen: layer3"' in dot
+    se = to_dot(compile_spec(ROOT / "specs" / "se_resnet18.yaml").graph, "stage")
+    assert "receptive field global (local 43), 150.2K params" in se
+
+
 def test_layer_ids_never_collide():
     # a stem layer called like a drawn node of its own (out0, legend) gets a neutral id
     stem = {"kind": "stem", "params": {"channels": "int"}, "out_channels": "channels",

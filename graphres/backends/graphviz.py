@@ -541,8 +541,9 @@ def _title_lines(g: nx.DiGraph, name: str) -> list[str]:
     if "macs" in g.graph:
         size_text = f" at {size[0]}x{size[1]}" if size else ""
         facts.append(f"{_count(g.graph['macs'])} MACs{size_text}")
-    if _is_frozen(g, -1):
-        names = ["stem"] + [st["name"] for st in g.graph.get("stages", []) if _is_frozen(g, st["index"])]
+    names = (["stem"] if _is_frozen(g, -1) else []) + [st["name"] for st in g.graph.get("stages", [])
+                                                        if _is_frozen(g, st["index"])]
+    if names:
         facts.append(f"frozen: {', '.join(names)}")
     return [name or "graphres", ", ".join(facts)] if facts else [name or "graphres"]
 
@@ -673,9 +674,14 @@ def _stride_text(g: nx.DiGraph, n: str) -> str:
 
 
 def _rf_text(rf: dict | None) -> str:
+    """``receptive field 427``; after a global pool (an SE gate) ``global``, with the field of the
+    convolutions beside it when the analysis gives it: ``global (local 43)``."""
     if not rf:
         return ""
-    return "receptive field " + ("global" if rf.get("size") is None else str(rf["size"]))
+    if rf.get("size") is not None:
+        return f"receptive field {rf['size']}"
+    local = rf.get("local_size")
+    return "receptive field global" + (f" (local {local})" if local is not None else "")
 
 
 def _params(g: nx.DiGraph, nodes: list[str]) -> int:

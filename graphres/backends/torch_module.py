@@ -200,6 +200,7 @@ class GraphresBackbone(nn.Module):
         norm = g.graph["norm"]
         self.spec_name = g.graph["name"]
         self.frozen_stages = g.graph["frozen_stages"]
+        self._frozen_flags = sorted(g.graph.get("frozen", {}))  # stages frozen on their own
         self.norm_eval = g.graph["norm_eval"]
         self.out_indices = tuple(g.graph["out_indices"])
         order = ir.topological_order(g)
@@ -250,10 +251,11 @@ class GraphresBackbone(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        mods = [getattr(self, name) for name in self._stem_modules]
-        mods += [getattr(self, self.stage_names[i]) for i in range(self.frozen_stages)]
+        mods = []
+        if self.frozen_stages >= 0:
+            mods += [getattr(self, name) for name in self._stem_modules]
+        frozen = sorted(set(range(self.frozen_stages)) | set(self._frozen_flags))
+        mods += [getattr(self, self.stage_names[i]) for i in frozen]
         return mods
 
     def _freeze_stages(self) -> None:

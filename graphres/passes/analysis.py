@@ -10,7 +10,8 @@ Runs after :func:`graphres.passes.shapes.infer_shapes`. It writes, on each node'
     and ``center`` (the input coordinate of the field's centre; pixel ``i`` is centred at
     ``center + i * jump``; negative or beyond the image where padding is counted). Residual
     branches are joined exactly: the field of an ``add`` is the union of its operands' fields.
-    Anything downstream of a global pool has ``size`` ``None`` ("global"). Normalisation layers
+    Anything downstream of a global pool has ``size`` ``None`` ("global"); ``local_size`` is then
+    the field of the paths that avoid global pools (an SE block's convolutions). Normalisation layers
     are treated as pointwise (BatchNorm in eval mode is; GN and IN statistics are not counted).
 ``dilation``
     A conv's own dilation; for other nodes, the largest dilation of a conv with kernel > 1 in the
@@ -57,29 +58,48 @@ def analyse(g: nx.DiGraph) -> None:
 # -- receptive field ----------------------------------------------------------------------------
 
 def _receptive_fields(g: nx.DiGraph, order: list[str]) -> None:
-    # Fields are kept as (lo, hi, jump) of output pixel 0 in input coordinates; lo/hi are None
-    # for a global field.
-    box: dict[str, tuple] = {}
+    # A field is (lo, hi, jump): the input coordinates output pixel 0 can see. ``full`` is None
+    # (unbounded) downstream of a global pool; ``local`` ignores the paths through global pools
+    # (for an SE block: the field of its convolutions), and is None on a global pool itself.
+    full: dict[str, tuple | None] = {}
+    local: dict[str, tuple | None] = {}
+    jumps: dict[str, int] = {}
     for n in order:
         d = g.nodes[n]
         op, a = d[ir.OP], d[ir.ATTRS]
         if op == "input":
-            box[n] = (0, 0, 1)
+            full[n] = local[n] = (0, 0)
+            jumps[n] = 1
         else:
-            srcs = [box[s] for s in ir.inputs_of(g, n)]
-            lo, hi, jump = srcs[0]
-            if op == "global_avgpool" or any(s[0] is None for s in srcs):
-                box[n] = (None, None, jump)
+            srcs = ir.inputs_of(g, n)
+            jump = jumps[srcs[0]]
+            if op == "global_avgpool":
+                full[n] = local[n] = None
             elif op in ("conv", "maxpool", "avgpool"):
                 k, s, p, dil = a["kernel"], a["stride"], a["padding"], a.get("dilation", 1)
-                box[n] = (lo - p * jump, hi + (dil * (k - 1) - p) * jump, jump * s)
-            elif len(srcs) > 1:  # add, mul (and any merge): the union over the operands
-                box[n] = (min(s[0] for s in srcs), max(s[1] for s in srcs), jump)
-            else:  # norm, act: pointwise
-                box[n] = (lo, hi, jump)
-        lo, hi, jump = box[n]
-        d[ir.META]["rf"] = {"size": None if lo is None else hi - lo + 1, "jump": jump,
-                            "center": None if lo is None else (lo + hi) / 2}
+
+                def grow(box):
+                    return None if box is None else (box[0] - p * jump, box[1] + (dil * (k - 1) - p) * jump)
+                full[n], local[n] = grow(full[srcs[0]]), grow(local[srcs[0]])
+                jump *= s
+            else:  # pointwise (norm, act) or a merge (add, mul, ...): the union over the operands
+                full[n] = _union([full[x] for x in srcs], unbounded=True)
+                local[n] = _union([local[x] for x in srcs], unbounded=False)
+            jumps[n] = jump
+        f, loc = full[n], local[n]
+        d[ir.META]["rf"] = {"size": None if f is None else f[1] - f[0] + 1, "jump": jumps[n],
+                            "center": None if f is None else (f[0] + f[1]) / 2,
+                            "local_size": None if loc is None else loc[1] - loc[0] + 1}
+
+
+def _union(boxes: list, unbounded: bool) -> tuple | None:
+    """The union of fields; with ``unbounded``, None (global) absorbs everything, else it is skipped."""
+    if unbounded and any(b is None for b in boxes):
+        return None
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    return min(b[0] for b in boxes), max(b[1] for b in boxes)
 
 
 # -- size formula ---------------------------------------------------------------------------------
@@ -202,8 +222,8 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
 
     A tensor lives from the node that makes it until the last node that reads it; a block's input
     also lives until the block's last node (the caller still holds it), and the outputs named by
-    out_indices live to the end (they are returned). In-place nodes allocate nothing. The input
-    image counts. Parameters, buffers and the allocator's own overheads are not counted."""
+    out_indices live to the end (they are returned), as does the input image (the caller holds
+    it). In-place nodes allocate nothing. Parameters, buffers and the allocator's own overheads are not counted."""
     order = order or ir.topological_order(g)
     pos = {n: i for i, n in enumerate(order)}
     end = len(order)
@@ -220,6 +240,7 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
             sc = g.nodes[succ][ir.SCOPE]
             if sc != g.nodes[n][ir.SCOPE]:
                 last[n] = max(last[n], scope_end[sc])
+    last[ir.INPUT] = end  # the caller holds the image
     for o in g.graph.get("outputs", []):
         last[o["node"]] = end
     # an in-place node shares its operand's storage: the storage lives as long as either

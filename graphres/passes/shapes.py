@@ -44,6 +44,16 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
             params=param_count(d[ir.OP], d[ir.ATTRS], d[ir.IN_CH], out_ch, norm),
             macs=macs(d[ir.OP], d[ir.ATTRS], d[ir.IN_CH], out_ch, hw),
         )
+        a = d[ir.ATTRS]
+        if min(hw) <= 0 and not reported and d[ir.OP] == "conv" and a["dilation"] > 1:
+            reported = True
+            extent = a["dilation"] * (a["kernel"] - 1) + 1
+            padded = "x".join(str(s + 2 * a["padding"]) for s in first["shape"][1:])
+            diags.extend([Diagnostic(
+                "E040", f"dilated conv {n}: its {a['kernel']}x{a['kernel']} kernel with dilation {a['dilation']} "
+                        f"spans {extent} pixels, more than its {'x'.join(map(str, first['shape'][1:]))} input "
+                        f"padded by {a['padding']} ({padded}), for the input size {size[0]}x{size[1]}",
+                _dilation_span(g, d), "lower the stage's dilation (or multi_grid), or use a larger input.size")])
         if min(hw) <= 0 and not reported:
             reported = True
             where = f"stage {d[ir.STAGE]} (layer{d[ir.STAGE] + 1})" if d[ir.STAGE] is not None and d[ir.STAGE] >= 0 \
@@ -60,3 +70,11 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
     g.graph["params"] = sum(g.nodes[n][ir.META].get("params", 0) for n in g)
     g.graph["macs"] = sum(g.nodes[n][ir.META].get("macs", 0) for n in g)
 
+
+
+def _dilation_span(g: nx.DiGraph, d: dict):
+    """Where the node's stage sets its dilation (the stage entry when it does not)."""
+    stages = g.graph["stages"]
+    if d[ir.STAGE] is not None and 0 <= d[ir.STAGE] < len(stages):
+        return stages[d[ir.STAGE]]["spans"]["dilation"]
+    return d[ir.SPAN]

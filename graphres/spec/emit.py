@@ -27,6 +27,8 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
         # other arguments only where they differ from the block's default, so equal networks
         # expand to equal documents
         entry.update(sorted((k, v) for k, v in args.items() if v != params[k].default))
+        if st.frozen:
+            entry["frozen"] = True
         stages.append(entry)
     out: dict[str, Any] = {
         "graphres": FORMAT_VERSION,

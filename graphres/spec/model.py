@@ -19,7 +19,7 @@ from .source import Located, Path
 FORMAT_VERSION = 1
 TOP_KEYS = ("graphres", "name", "input", "norm", "conv", "stem", "stages", "block_args", "out_indices",
             "frozen_stages", "norm_eval", "zero_init_residual", "with_cp", "init", "blocks")
-STAGE_FIELDS = ("block", "blocks", "planes", "stride", "dilation")
+STAGE_FIELDS = ("block", "blocks", "planes", "stride", "dilation", "frozen")
 NORM_KEYS = ("type", "requires_grad", "eps", "momentum", "num_groups", "affine")
 MAX_BLOCKS = 1000  # per stage; far beyond any real network, and a guard against typos like 3000000
 MAX_SIZE = 1 << 16
@@ -42,6 +42,7 @@ class Stage:
     dilations: list[int]  # one per block
     args: dict[str, Arg]  # planes, stride (first block), and every other block argument
     path: Path
+    frozen: bool = False  # this stage's parameters get no gradients (besides frozen_stages' prefix)
 
     @property
     def name(self) -> str:
@@ -254,8 +255,9 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
         else:
             d = r.check(dilation, dpath, int, 1, label=f"stages[{i}].dilation", min=1)
             dilations = [d] * nblocks
+        frozen = bool(r.value(spath + ("frozen",), bool, False, what=f"stages[{i}].frozen"))
         for k, v in item.items():
-            if k in ("block", "blocks", "dilation"):
+            if k in ("block", "blocks", "dilation", "frozen"):
                 continue
             args[k] = Arg(v, spath + (k,))
         if "dilation" in item and "dilation" not in block.params:
@@ -266,7 +268,7 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
             r.diags.add("W001", f"stages[{i}] (layer{i + 1}) has stride {stride} and dilation {max(dilations)}: "
                                 "it both downsamples and dilates", r.span(args["stride"].path),
                         "to keep resolution (output stride 8 or 16) set stride 1 where the dilation rises")
-        stages.append(Stage(i, bname, nblocks, dilations, args, spath))
+        stages.append(Stage(i, bname, nblocks, dilations, args, spath, frozen))
     if stages:
         declared = sorted({p for st in stages for p in blocks[st.block].params})
         for k in block_args:

@@ -1,0 +1,286 @@
+"""Backend: the analysed IR -> the ``graphres info`` report (an 80-column text table, or JSON).
+
+Everything here is read from what the passes wrote (``meta`` on the nodes, the stage entries on
+the graph); nothing is computed from torch. Three levels of rows: ``stage`` (the input, the stem,
+one row per stage), ``block`` (one row per block instance) and ``layer`` (one row per IR node).
+The JSON form has stable keys, documented in docs/cli.md; its ``schema`` number changes when a key
+changes meaning.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+
+from .. import ir
+from ..passes.analysis import BYTES_PER_ELEMENT, format_formula
+
+LEVELS = ("stage", "block", "layer")
+SCHEMA = 1
+WIDTH = 80
+
+_NORM_NAMES = {"BN": "BatchNorm", "SyncBN": "SyncBatchNorm", "GN": "GroupNorm", "IN": "InstanceNorm"}
+
+
+# -- rows -----------------------------------------------------------------------------------------
+
+def _rf(rf: dict) -> dict:
+    return {"size": rf["size"], "jump": rf["jump"], "center": rf["center"], "local_size": rf["local_size"]}
+
+
+def _row(g: nx.DiGraph, name: str, kind: str, what: str, nodes: list[str], frozen: bool) -> dict[str, Any]:
+    out = g.nodes[nodes[-1]][ir.META]
+    metas = [g.nodes[n][ir.META] for n in nodes]
+    dils = [m["dilation"] for m in metas] if kind != "layer" else [out["dilation"]]
+    return {
+        "name": name, "kind": kind, "type": what,
+        "shape": list(out["shape"]), "stride": out["stride"],
+        "dilation": max(dils) if kind == "layer" else _dilation_of(g, nodes),
+        "receptive_field": _rf(out["rf"]),
+        "params": sum(m["params"] for m in metas),
+        "trainable_params": sum(m["params"] for m in metas if m["trainable"]),
+        "macs": sum(m["macs"] for m in metas),
+        "output_bytes": out["bytes"] if kind == "layer" else _numel(out["shape"]) * BYTES_PER_ELEMENT,
+        "frozen": frozen,
+    }
+
+
+def _dilation_of(g: nx.DiGraph, nodes: list[str]) -> int:
+    convs = [g.nodes[n][ir.ATTRS]["dilation"] for n in nodes
+             if g.nodes[n][ir.OP] == "conv" and g.nodes[n][ir.ATTRS]["kernel"] > 1]
+    return max(convs, default=1)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _frozen_stage(g: nx.DiGraph, index: int) -> bool:
+    """Whether stage ``index`` (-1 = the stem) has its parameters frozen."""
+    fs = g.graph.get("frozen_stages", -1)
+    return index < fs or bool(g.graph.get("frozen", {}).get(index))
+
+
+def layer_text(g: nx.DiGraph, n: str) -> str:
+    """A short description of one node: ``conv 3x3/2 d2 g32``, ``BatchNorm``, ``relu``."""
+    d = g.nodes[n]
+    op, a = d[ir.OP], d[ir.ATTRS]
+    if op == "conv" or op in ("maxpool", "avgpool"):
+        text = f"{op} {a['kernel']}x{a['kernel']}" + (f"/{a['stride']}" if a["stride"] != 1 else "")
+        if a.get("dilation", 1) != 1:
+            text += f" d{a['dilation']}"
+        if a.get("groups", 1) != 1:
+            text += f" g{a['groups']}"
+        return text
+    if op == "norm":
+        return _NORM_NAMES.get(g.graph["norm"]["type"], g.graph["norm"]["type"])
+    if op == "act":
+        return a.get("type", "act")
+    if op == "global_avgpool":
+        return "global avgpool"
+    return op
+
+
+def rows(g: nx.DiGraph, level: str) -> list[dict[str, Any]]:
+    order = ir.topological_order(g)
+    by_scope: dict[str, list[str]] = {}
+    for n in order:
+        if n != ir.INPUT:
+            by_scope.setdefault(g.nodes[n][ir.SCOPE], []).append(n)
+    out = [_row(g, "input", "input", "", [ir.INPUT], False)]
+    if level == "layer":
+        for n in order[1:]:
+            stage = g.nodes[n][ir.STAGE]
+            row = _row(g, n, "layer", layer_text(g, n), [n], _frozen_stage(g, stage))
+            row["in_place"] = bool(g.nodes[n][ir.META].get("in_place"))
+            out.append(row)
+        return out
+    out.append(_row(g, "stem", "stem", g.graph["stem"]["block"], by_scope["stem"], _frozen_stage(g, -1)))
+    for st in g.graph["stages"]:
+        scopes = [f"{st['name']}.{b}" for b in range(st["blocks"])]
+        frozen = _frozen_stage(g, st["index"])
+        if level == "stage":
+            nodes = [n for s in scopes for n in by_scope[s]]
+            row = _row(g, st["name"], "stage", f"{st['block']} x{st['blocks']}", nodes, frozen)
+            row["dilations"] = list(st["dilations"])
+            row["blocks"] = st["blocks"]
+            out.append(row)
+        else:
+            for s in scopes:
+                out.append(_row(g, s, "block", st["block"], by_scope[s], frozen))
+    return out
+
+
+# -- JSON -----------------------------------------------------------------------------------------
+
+def info_dict(g: nx.DiGraph, level: str = "stage") -> dict[str, Any]:
+    """The whole report as plain data (the ``--json`` output)."""
+    stages = []
+    for st in g.graph["stages"]:
+        stages.append({
+            "index": st["index"], "name": st["name"], "block": st["block"], "blocks": st["blocks"],
+            "shape": list(st["shape"]), "stride": st["stride"], "dilations": list(st["dilations"]),
+            "receptive_field": _rf(st["rf"]), "params": st["params"], "trainable_params": st["trainable_params"],
+            "macs": st["macs"], "flops": 2 * st["macs"], "output_bytes": st["out_bytes"],
+            "size_formula": _formula_hw(st["formula"]), "frozen": _frozen_stage(g, st["index"]),
+        })
+    outputs = [{"index": o["index"], "name": o["name"], "channels": o["channels"], "stride": o["stride"],
+                "shape": list(o["shape"]), "receptive_field": _rf(o["rf"]),
+                "size_formula": _formula_hw(g.nodes[o["node"]][ir.META]["formula"])}
+               for o in g.graph["outputs"]]
+    size = list(g.nodes[ir.INPUT][ir.META]["shape"])
+    return {
+        "schema": SCHEMA,
+        "name": g.graph["name"],
+        "input": {"channels": size[0], "size": size[1:]},
+        "totals": {
+            "params": g.graph["params"], "trainable_params": g.graph["trainable_params"],
+            "frozen_params": g.graph["frozen_params"], "macs": g.graph["macs"], "flops": 2 * g.graph["macs"],
+            "peak_activation_bytes": g.graph["peak_bytes"],
+        },
+        "stages": stages,
+        "outputs": outputs,
+        "fpn_in_channels": [o["channels"] for o in g.graph["outputs"]],
+        "level": level,
+        "rows": rows(g, level),
+    }
+
+
+def _formula_hw(f) -> str:
+    if f is None:
+        return "-"
+    return f"{format_formula(f, 'H')} x {format_formula(f, 'W')}"
+
+
+# -- text -----------------------------------------------------------------------------------------
+
+def _commas(n: int) -> str:
+    return f"{n:,}"
+
+
+def _compact(n: int) -> str:
+    """Three significant digits with a K/M/G suffix: ``9.54K``, ``118M``, ``1.46G``."""
+    for unit, scale in (("G", 10 ** 9), ("M", 10 ** 6), ("K", 10 ** 3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _rf_text(rf: dict) -> str:
+    return "global" if rf["size"] is None else str(rf["size"])
+
+
+def _dil_text(row: dict) -> str:
+    dils = row.get("dilations")
+    if dils and min(dils) != max(dils):
+        return f"{min(dils)}-{max(dils)}"
+    return str(row["dilation"])
+
+
+def _shape_text(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+class _Style:
+    def __init__(self, color: bool):
+        self.color = color
+
+    def __call__(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.color and text else text
+
+
+def format_info(g: nx.DiGraph, level: str = "stage", color: bool = False, source: str | None = None) -> str:
+    """The human report: a header, the table of ``level`` rows with totals, then the outputs."""
+    style = _Style(color)
+    data = info_dict(g, level)
+    table = data["rows"]
+    first = {"stage": "stage", "block": "block", "layer": "layer"}[level]
+    heads = [first, "out", "type", "output", "stride", "dil", "RF", "params", "MACs"]
+    right = [False, True, False, False, True, True, True, True, True]
+    # the row that produces each feature output
+    marks = {o["name"]: o["index"] for o in data["outputs"]} if level == "stage" else \
+        {o["node"]: o["index"] for o in g.graph["outputs"]} if level == "layer" else \
+        {f"{o['name']}.{g.graph['stages'][o['index']]['blocks'] - 1}": o["index"] for o in g.graph["outputs"]}
+
+    def cells(number) -> list[list[str]]:
+        out = []
+        for r in table:
+            name = r["name"] + ("*" if r["frozen"] else "")
+            out.append([name, str(marks.get(r["name"], "")), r["type"], _shape_text(r["shape"]), str(r["stride"]),
+                        _dil_text(r), _rf_text(r["receptive_field"]),
+                        number(r["params"]) if r["kind"] != "input" else "",
+                        number(r["macs"]) if r["kind"] != "input" else ""])
+        return out
+
+    totals = ["total", "", "", "", "", "", "", _commas(data["totals"]["params"]), _commas(data["totals"]["macs"])]
+    if level == "layer":  # a layer's type already shows its dilation ("conv 3x3 d2")
+        keep = [i for i in range(len(heads)) if heads[i] != "dil"]
+        heads, right = [heads[i] for i in keep], [right[i] for i in keep]
+        totals = [totals[i] for i in keep]
+        full_cells = cells
+        cells = lambda number: [[c[i] for i in keep] for c in full_cells(number)]  # noqa: E731
+    body = cells(_commas)
+    widths = _widths(heads, body + [totals])
+    if sum(widths) + len(widths) - 1 > WIDTH:  # long layer names: abbreviate the per-row counts
+        body = cells(_compact)
+        totals[-2:] = [_compact(data["totals"]["params"]), _compact(data["totals"]["macs"])]
+        widths = _widths(heads, body + [totals])
+
+    def line(values: list[str]) -> str:
+        parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)]
+        return " ".join(parts).rstrip()
+
+    t = data["totals"]
+    inp = data["input"]
+    lines = [style(f"{data['name']}", "1") + f": input {inp['channels']}x{inp['size'][0]}x{inp['size'][1]}"
+             + (f" ({source})" if source else ""), ""]
+    lines.append(style(line(heads), "1"))
+    for r, c in zip(table, body):
+        text = line(c)
+        lines.append(style(text, "2") if r["frozen"] else text)
+    lines.append(line(totals))
+    lines.append("")
+    notes = []
+    if any(r["frozen"] for r in table):
+        notes.append("* frozen")
+    if marks:
+        notes.append("out: feature output index")
+    notes.append("RF: receptive field in pixels")
+    lines.append("; ".join(notes))
+    lines.append("")
+    frozen_txt = f" (trainable {_commas(t['trainable_params'])}, frozen {_commas(t['frozen_params'])})" \
+        if t["frozen_params"] else " (all trainable)"
+    lines.append(f"parameters   {_commas(t['params'])}{frozen_txt}")
+    lines.append(f"MACs         {_commas(t['macs'])} = {t['macs'] / 1e9:.2f} G multiply-accumulates "
+                 "(conv + linear)")
+    lines.append(f"FLOPs        {_commas(t['flops'])} = 2 x MACs")
+    lines.append(f"activations  peak {_bytes(t['peak_activation_bytes'])} per image during the forward "
+                 "(float32)")
+    lines.append("")
+    lines.append(style("outputs", "1") + f"  (FPN in_channels: {data['fpn_in_channels']})")
+    oheads = ["index", "stage", "channels", "stride", "RF", "size", "size rule"]
+    orows = [[str(o["index"]), o["name"], str(o["channels"]), str(o["stride"]), _rf_text(o["receptive_field"]),
+              _shape_text(o["shape"][1:]), o["size_formula"]] for o in data["outputs"]]
+    ow = _widths(oheads, orows)
+    oright = [True, False, True, True, True, False, False]
+
+    def oline(values: list[str]) -> str:
+        return "  " + " ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, ow, oright)).rstrip()
+
+    lines.append(oline(oheads))
+    lines.extend(oline(r) for r in orows)
+    return "\n".join(lines)
+
+
+def _widths(heads: list[str], body: list[list[str]]) -> list[int]:
+    return [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(heads)]
