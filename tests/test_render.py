@@ -373,9 +373,13 @@ def test_legend_and_font(r50, tmp_path):
     # a PostScript name with a generic fallback in SVG; fontconfig resolves it for PNG and PDF
     families = {t.get("font-family") for t in ET.parse(out).getroot().iter(f"{SVG}text")}
     assert families == {"Helvetica,sans-Serif"}
-    if shutil.which("fc-match"):
-        found = subprocess.run(["fc-match", "Helvetica"], capture_output=True, text=True).stdout
-        assert any(name in found for name in ("Liberation Sans", "DejaVu Sans", "Nimbus Sans", "Arial", "Helvetica"))
+    # for PNG and PDF, dot resolves the name to a font file that is installed
+    proc = subprocess.run(["dot", "-v", "-Tpng", "-o", os.devnull], capture_output=True, text=True, timeout=60,
+                          input=f'digraph {{ a [fontname="{gv_backend.FONT}"] }}')
+    resolved = [line for line in proc.stderr.splitlines() if "resolved to" in line]
+    assert resolved, proc.stderr
+    font_file = resolved[0].rsplit(" ", 1)[-1]
+    assert Path(font_file).is_file() and font_file.endswith((".ttf", ".otf", ".pfb", ".t1")), resolved[0]
 
 
 def test_layer_level_side_branches_and_deep_stem():
@@ -391,6 +395,12 @@ def test_layer_level_side_branches_and_deep_stem():
     deep = to_dot(compile_spec(RESNET50, ["stem.type=deep"]).graph, "layer")
     assert '"stem.0" [label="stem.0: conv3x3 s2\\n32 ch"' in deep  # stem layers by their state-dict path
     assert 'label="stem: deep (frozen)\\l64x56x56, output stride 4\\lreceptive field 15, 28.8K params\\l"' in deep
+
+
+def test_resnext_groups():
+    g = compile_spec(RESNET50, ["block_args.groups=32", "block_args.base_width=4"]).graph
+    assert 'label="layer3.1-5: bottleneck x5\\n1024x14x14, groups 32\\n' in to_dot(g, "block")
+    assert '"layer3.0.conv2" [label="conv2: conv3x3 s2 g32\\n512 ch"' in to_dot(g, "layer")
 
 
 def test_layer_level_shades_norms_without_gradients():

@@ -39,10 +39,11 @@ LEVELS = ("stage", "block", "layer")
 RANKDIRS = ("TB", "LR", "BT", "RL")
 THEMES = ("light", "dark")
 SOURCE_FORMATS = ("dot", "gv")  # written as DOT source, no Graphviz program needed
-# A PostScript name: Graphviz writes it to SVG as "Helvetica,sans-Serif" (every viewer has a sans
-# with Helvetica's metrics: Arial, Liberation Sans), and fontconfig maps it for PNG and PDF to
-# Liberation Sans (fonts-liberation2, which the graphviz package recommends) or DejaVu Sans
-# (fonts-dejavu-core, which fontconfig depends on), so it resolves on a fresh Debian.
+# A PostScript name: Graphviz writes it to SVG as "Helvetica,sans-Serif", which every viewer can
+# show (Helvetica, Arial or its sans default); for PNG and PDF, Pango maps it to the default sans,
+# DejaVu Sans on Debian and Ubuntu (fonts-dejavu-core comes with fontconfig, which Graphviz needs;
+# `dot -v` says "Helvetica resolved to DejaVu Sans"), and the layout is measured with that font,
+# which is wider than Helvetica, so text in an SVG viewer never overflows its box.
 FONT = "Helvetica"
 
 INSTALL_HINT = ("Graphviz's 'dot' program was not found on PATH; install Graphviz "
@@ -600,6 +601,9 @@ def _block_lines(g: nx.DiGraph, st: dict, run: _Run, plan: _Plan, shortcut: bool
     dils = list(dict.fromkeys(dilations[b] for b in blocks if b < len(dilations)))
     if dils and dils != [1]:
         extras.append(f"dilation {','.join(map(str, dils))}")
+    groups = max((g.nodes[n][ir.ATTRS].get("groups", 1) for n in first_nodes if g.nodes[n][ir.OP] == "conv"), default=1)
+    if groups != 1:  # ResNeXt
+        extras.append(f"groups {groups}")
     lines = [title, _join(_shape(g, out_node), *extras)]
     if shortcut:
         layers = [_layer_text(g, n) for n in first_nodes
