@@ -279,6 +279,17 @@ def test_every_spec_renders_at_every_level(path, tmp_path):
         assert "legend" in svg_nodes(out)
 
 
+@needs_dot
+@pytest.mark.parametrize("name, level, theme", [("resnet50_block", "block", "light"),
+                                                ("resnet50_layer", "layer", "light"),
+                                                ("resnet50_stage_dark", "stage", "dark")])
+def test_docs_diagrams_are_current(r50, tmp_path, name, level, theme):
+    # the pictures in README.md and docs/cli.md say what the renderer draws today (text, not bytes:
+    # another Graphviz version lays them out differently); regenerate them with the commands in docs/cli.md
+    fresh = render(r50, tmp_path / "fresh.svg", level=level, theme=theme)
+    assert svg_texts(ROOT / "docs" / f"{name}.svg") == svg_texts(fresh)
+
+
 def test_stage_params_sum_to_graph_params(r50):
     # per-stage params (cluster labels) are the sums of node params with that stage index
     from graphres import ir
