@@ -408,13 +408,27 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
             attrs["lhead"] = head_cluster
         dg.edge(e.tail, e.head, label=_label(e.label) if e.label else None, **attrs)
 
-    for k, out in enumerate(outputs):
+    _draw_outputs(dg, g, plan, edges, clusters, t)
+
+    if legend:
+        frozen_any = stem_frozen or any(_is_frozen(g, st["index"]) for st in stages)
+        kinds = {e.kind for e in edges}
+        dg.node("legend", _legend(t, t.stage if level == "stage" else t.block, frozen_any, bool(outputs),
+                                  "shortcut" in kinds, "downsample" in kinds),
+                shape="plaintext", style="", margin="0")
+    return dg
+
+
+def _draw_outputs(dg: graphviz.Digraph, g: nx.DiGraph, plan: _Plan, edges: list[_Edge], clusters: dict[str, str],
+                  t: Theme) -> None:
+    """One green mark per ``out_indices`` output, beside the box or layer that produces it."""
+    for k, out in enumerate(g.graph.get("outputs", [])):
         node = out["node"]
         mark = f"out{k}"
         dg.node(mark, _label(*_output_lines(g, k, out)), shape="cds", style="filled", fillcolor=t.output,
                 color=t.output_line)
         box = plan.box[node]
-        if box.startswith("s") and box == f"s{g.nodes[node].get(ir.STAGE)}":
+        if plan.detail.get(g.nodes[node].get(ir.STAGE)) == "stage":
             dg.edge(box, mark, style="dotted", color=t.output_line)
             with dg.subgraph() as row:  # the mark beside its stage box
                 row.attr(rank="same")
@@ -429,14 +443,6 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
                 **({"ltail": clusters[box]} if box in clusters else {}))
         if feeder:
             dg.edge(feeder, mark, style="invis")
-
-    if legend:
-        frozen_any = stem_frozen or any(_is_frozen(g, st["index"]) for st in stages)
-        kinds = {e.kind for e in edges}
-        dg.node("legend", _legend(t, t.stage if level == "stage" else t.block, frozen_any, bool(outputs),
-                                  "shortcut" in kinds, "downsample" in kinds),
-                shape="plaintext", style="", margin="0")
-    return dg
 
 
 def _cluster_attrs(sub: graphviz.Digraph, t: Theme, lines: list[str], frozen: bool, outer: bool) -> None:
