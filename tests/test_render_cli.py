@@ -53,6 +53,7 @@ def test_render_layer_level_options(tmp_path):
                  "--expand", "layer3,layer4", "--theme", "dark", "--rankdir", "LR", "--no-legend"]) == 0
     dot = out.read_text()
     assert "rankdir=LR" in dot and 'bgcolor="#1b1f24"' in dot and "legend" not in dot
+    assert dot.count("labelloc=b") == 7 and "_pad" not in dot  # left to right: block headers below, no pads
     assert "subgraph cluster_s3_1 {" in dot and 'label="layer4.1: basic\\l' in dot
     assert 'label="layer1.0-1: basic x2\\l' in dot  # layer1 was not expanded
     assert main(["render", "specs/resnet18.yaml", "-o", str(out), "--level", "layer", "--expand", "all"]) == 0

@@ -382,7 +382,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
                     continue
                 with sub.subgraph(name=f"cluster_{run.id}") as inner:
                     lines = _block_lines(g, st, run, plan, shortcut=False)
-                    _cluster_attrs(inner, t, lines, frozen, outer=False)
+                    _cluster_attrs(inner, t, lines, frozen, outer=False, rankdir=rankdir)
                     width = _text_width(lines, 10)
                     if k == 0:  # the edge into the stage passes its header too
                         width = max(width, _text_width(stage_lines, 12))
@@ -445,13 +445,16 @@ def _draw_outputs(dg: graphviz.Digraph, g: nx.DiGraph, plan: _Plan, edges: list[
             dg.edge(feeder, mark, style="invis")
 
 
-def _cluster_attrs(sub: graphviz.Digraph, t: Theme, lines: list[str], frozen: bool, outer: bool) -> None:
+def _cluster_attrs(sub: graphviz.Digraph, t: Theme, lines: list[str], frozen: bool, outer: bool,
+                   rankdir: str = "TB") -> None:
     if outer:
         fill = t.frozen_cluster if frozen else t.cluster
     else:
         fill = t.frozen_run if frozen else t.run
+    # left to right, identity shortcuts arc over the blocks: a block's header goes below, out of their way
+    below = {"labelloc": "b"} if not outer and rankdir in ("LR", "RL") else {}
     sub.attr(label=_label(*lines, align="l"), style="rounded,filled", fillcolor=fill, color=t.cluster_line,
-             fontname=FONT, fontcolor=t.text, fontsize="12" if outer else "10", labeljust="l")
+             fontname=FONT, fontcolor=t.text, fontsize="12" if outer else "10", labeljust="l", **below)
 
 
 def _pad_label(sub: graphviz.Digraph, cluster: str, first: str, width: float, rankdir: str) -> None:
