@@ -17,6 +17,14 @@ GROUND_TRUTH_PARAMS = {
     "resnet101.yaml": 42_500_160,
     "resnet152.yaml": 58_143_808,
     "mmdet_faster_rcnn_r50.yaml": 23_508_032,
+    "resnet50_caffe.yaml": 23_508_032,  # style changes no parameter
+    "resnet50_v1c.yaml": 23_527_264,
+    "resnet50_v1d.yaml": 23_527_264,
+    "resnext50_32x4d.yaml": 22_979_904,
+    "resnext101_32x8d.yaml": 86_742_336,
+    "wide_resnet50_2.yaml": 66_834_240,
+    # ResNet-101 plus the deep stem's difference from the 7x7 stem, which the page gives for depth 50
+    "resnet101_v1d.yaml": 42_500_160 + (23_527_264 - 23_508_032),
 }
 # SE-ResNet-18 as declared in specs/se_resnet18.yaml: ResNet-18 plus, per block, the SE convs
 # (planes -> max(planes // r, 8) -> planes, with biases); r = 16, and r = 8 in the last stage.
