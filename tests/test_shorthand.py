@@ -116,10 +116,10 @@ def test_not_supported_yet(check):
     assert check("type: ResNet\ndepth: 50\ndcn: {type: DCNv2, deform_groups: 1}\n"
                  "stage_with_dcn: [false, true, true, true]\n"
                  "plugins: [{cfg: {type: ContextBlock, ratio: 0.0625}, position: after_conv3}]\n"
-                 "conv_cfg: {type: ConvWS}") == [
+                 "conv_cfg: {type: DCN}") == [
         "s.yaml:5:8: error[E016]: dcn (deformable convolution) is not supported yet",
         "s.yaml:7:12: error[E016]: plugins (ContextBlock, NonLocal2d, GeneralizedAttention) are not supported yet",
-        "s.yaml:8:20: error[E016]: conv type 'ConvWS' (weight-standardised conv) is not supported yet"]
+        "s.yaml:8:20: error[E016]: conv type 'DCN' (deformable conv) is not supported yet"]
 
 
 def test_stage_with_dcn_without_dcn_and_conflicting_init(check):

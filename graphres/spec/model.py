@@ -11,19 +11,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..diagnostics import DiagnosticBag, SourceCache, did_you_mean
-from ..ops import NORM_TYPES
-from .blocks import BlockDef, ParamDef, builtin_blocks, parse_blocks
+from ..ops import ACT_TYPES, CONV_TYPES, NORM_TYPES
+from .blocks import BlockDef, ParamDef, builtin_blocks, check_block_uses, parse_blocks
+from .expr import ExprError, evaluate
 from .reader import MISSING, Reader, describe
 from .source import Located, Path
 
 FORMAT_VERSION = 1
-TOP_KEYS = ("graphres", "name", "input", "norm", "conv", "stem", "stages", "block_args", "out_indices",
-            "frozen_stages", "norm_eval", "zero_init_residual", "with_cp", "init", "blocks")
+TOP_KEYS = ("graphres", "name", "input", "norm", "conv", "act", "stem", "stages", "block_args", "output_stride",
+            "out_indices", "frozen_stages", "norm_eval", "zero_init_residual", "with_cp", "init", "head", "blocks")
+OUTPUT_STRIDES = (8, 16, 32)
 STAGE_FIELDS = ("block", "blocks", "planes", "stride", "dilation")
 NORM_KEYS = ("type", "requires_grad", "eps", "momentum", "num_groups", "affine")
 MAX_BLOCKS = 1000  # per stage; far beyond any real network, and a guard against typos like 3000000
 MAX_SIZE = 1 << 16
-NOT_YET_CONV = {"ConvWS": "weight-standardised conv", "DCN": "deformable conv", "DCNv2": "deformable conv v2"}
+NOT_YET_CONV = {"DCN": "deformable conv", "DCNv2": "deformable conv v2"}
 
 
 @dataclass
@@ -68,6 +70,10 @@ class Spec:
     sources: SourceCache = field(default_factory=SourceCache)
     file: str = "<spec>"
     warnings: list = field(default_factory=list)
+    conv: dict[str, Any] = field(default_factory=lambda: {"type": "Conv2d"})
+    act: str = "relu"
+    head: dict[str, Any] | None = None
+    output_stride: int | None = None
 
     @property
     def num_stages(self) -> int:
@@ -100,7 +106,8 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
             in_size = (checked[0], checked[1])
 
     norm = _parse_norm(r)
-    _parse_conv(r)
+    conv = _parse_conv(r)
+    act = _parse_act(r)
 
     blocks = dict(builtin_blocks(sources))
     user_blocks = parse_blocks(doc, ("blocks",), diags)
@@ -109,6 +116,7 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
             diags.add("E013", f"block '{bname}' is already a built-in block type; choose another name",
                       doc.key_span(("blocks", bname)))
     blocks.update(user_blocks)
+    check_block_uses(blocks, diags)
 
     block_args = r.get(("block_args",), {})
     if not isinstance(block_args, dict):
@@ -119,6 +127,12 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
     stages = _parse_stages(r, blocks, block_args) or []
     declared = r.get(("stages",))
     n = len(declared) if isinstance(declared, list) else len(stages or [])
+    output_stride = None
+    if r.has(("output_stride",)):
+        output_stride = r.value(("output_stride",), int, what="output_stride", choices=OUTPUT_STRIDES)
+        if output_stride is not None and stages and stem_block and not diags.has_errors:
+            _apply_output_stride(r, output_stride, stages, blocks, blocks[stem_block], stem_args)
+    head = _parse_head(r)
 
     out_indices = _parse_out_indices(r, n) if n else []
     frozen = r.value(("frozen_stages",), int, -1, what="frozen_stages")
@@ -137,7 +151,8 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
                 stem_block=stem_block or "conv7x7", stem_args=stem_args, stages=stages,
                 out_indices=out_indices, frozen_stages=frozen if frozen is not None else -1,
                 norm_eval=bool(norm_eval), zero_init_residual=bool(zero_init), with_cp=bool(with_cp),
-                init=init, blocks=blocks, doc=doc, sources=sources, file=file)
+                init=init, blocks=blocks, doc=doc, sources=sources, file=file, conv=conv, act=act or "relu",
+                head=head, output_stride=output_stride)
 
 
 def _parse_norm(r: Reader) -> dict[str, Any]:
@@ -171,17 +186,116 @@ def _parse_norm(r: Reader) -> dict[str, Any]:
     return norm
 
 
-def _parse_conv(r: Reader) -> None:
+def _parse_conv(r: Reader) -> dict[str, Any]:
     path = ("conv",)
-    if r.get(path) is None:
-        return
-    r.mapping(path, ("type",), "conv")
+    if r.get(path, None) is None:
+        return {"type": "Conv2d"}
+    r.mapping(path, ("type", "eps"), "conv")
     conv_type = r.get(path + ("type",), "Conv2d")
     if conv_type in NOT_YET_CONV:
         r.diags.add("E016", f"conv type {conv_type!r} ({NOT_YET_CONV[conv_type]}) is not supported yet",
-                    r.span(path + ("type",)), "use Conv2d")
-    else:
-        r.value(path + ("type",), str, "Conv2d", what="conv.type", choices=("Conv2d",))
+                    r.span(path + ("type",)), "use Conv2d or ConvWS")
+        return {"type": "Conv2d"}
+    conv_type = r.value(path + ("type",), str, "Conv2d", what="conv.type", choices=CONV_TYPES) or "Conv2d"
+    conv = {"type": conv_type}
+    if conv_type == "ConvWS":
+        conv["eps"] = r.value(path + ("eps",), float, 1e-5, what="conv.eps", min=0)
+    elif r.has(path + ("eps",)):
+        r.diags.add("E017", "conv.eps only applies to ConvWS (weight standardisation)",
+                    r.doc.key_span(path + ("eps",)), "remove eps, or set type: ConvWS")
+    return conv
+
+
+def _parse_act(r: Reader) -> str | None:
+    """``act: {type: silu}``: the activation of every ``act`` layer that does not name its own."""
+    path = ("act",)
+    if not r.has(path):
+        return "relu"
+    r.mapping(path, ("type",), "act", required=("type",))
+    return r.value(path + ("type",), str, "relu", what="act.type", choices=ACT_TYPES)
+
+
+def _parse_head(r: Reader) -> dict[str, Any] | None:
+    """``head: {num_classes: 1000}``: global average pool (``avgpool``) and a linear layer (``fc``)."""
+    path = ("head",)
+    if r.get(path, None) is None:
+        return None
+    r.mapping(path, ("num_classes",), "head", required=("num_classes",))
+    classes = r.value(path + ("num_classes",), int, what="head.num_classes", min=1, max=1 << 20)
+    return {"num_classes": classes} if classes is not None else None
+
+
+def stem_stride(block: BlockDef, args: dict[str, Arg]) -> int | None:
+    """The stem's reduction, read statically from its layers' strides (None if an expression fails)."""
+    env: dict[str, Any] = {k: p.default for k, p in block.params.items() if p.default is not MISSING}
+    env.update({k: a.value for k, a in args.items()})
+    stride = 1
+    try:
+        for name, expr, _ in block.lets:
+            env[name] = evaluate(expr, env) if isinstance(expr, str) else expr
+        stack = list(block.layers)
+        while stack:
+            layer = stack.pop(0)
+            when = evaluate(layer.when, env) if isinstance(layer.when, str) else layer.when
+            if not when:
+                continue
+            if layer.seq is not None:
+                stack[:0] = layer.layers
+                continue
+            value = lambda key, default: (evaluate(layer.attrs[key], env)  # noqa: E731
+                                          if isinstance(layer.attrs.get(key), str) else layer.attrs.get(key, default))
+            if layer.op == "conv":
+                stride *= value("stride", 1)
+            elif layer.op in ("maxpool", "avgpool"):
+                step = value("stride", None)
+                stride *= step if step is not None else value("kernel", 1)
+    except (ExprError, TypeError, KeyError):
+        return None
+    return stride if isinstance(stride, int) and stride > 0 else None
+
+
+def _apply_output_stride(r: Reader, target: int, stages: list[Stage], blocks: dict[str, BlockDef],
+                         stem: BlockDef, stem_args: dict[str, Arg]) -> None:
+    """Trade the strides that would take the network past ``target`` for dilation, as torchvision's
+    ``replace_stride_with_dilation``: such a stage gets stride 1, the running dilation is multiplied
+    by the stride it gave up, and the stage's first block keeps the previous dilation."""
+    path = ("output_stride",)
+    current = stem_stride(stem, stem_args)
+    if current is None:
+        r.diags.add("E051", "output_stride cannot be checked: the stem's stride is not a constant",
+                    r.span(path))
+        return
+    dilation = 1
+    for st in stages:
+        block = blocks[st.block]
+        stride = st.args["stride"].value if "stride" in st.args else (
+            block.params["stride"].default if "stride" in block.params else 1)
+        if current * stride > target:
+            stated = r.get(st.path + ("dilation",), MISSING)
+            if stated is not MISSING and stated != 1 and stated != [1] * st.blocks:
+                r.diags.add("E052", f"stages[{st.index}] ({st.name}) sets dilation {stated} but output_stride "
+                                    f"{target} trades its stride {stride} for dilation",
+                            r.span(st.path + ("dilation",)),
+                            "leave the dilation to output_stride, or write stride and dilation yourself "
+                            "and drop output_stride")
+                return
+            if "dilation" not in block.params or "stride" not in block.params:
+                missing = "dilation" if "dilation" not in block.params else "stride"
+                r.diags.add("E052", f"output_stride {target} needs {st.name} to trade its stride {stride} for "
+                                    f"dilation, but block '{st.block}' has no parameter '{missing}'",
+                            r.span(path))
+                return
+            previous, dilation = dilation, dilation * stride
+            st.args["stride"] = Arg(1, st.args["stride"].path if "stride" in st.args else st.path)
+            st.dilations = [previous] + [dilation] * (st.blocks - 1)
+        else:
+            current *= stride
+            dilation = max(dilation, st.dilations[-1])
+    if current != target:
+        strides = ", ".join(str(st.args["stride"].value if "stride" in st.args else 1) for st in stages)
+        r.diags.add("E051", f"output_stride is declared {target} but the network reaches {current} "
+                            f"(stem {stem_stride(stem, stem_args)}, stage strides {strides})", r.span(path),
+                    f"declare output_stride: {current}, or raise stage strides to reach {target}")
 
 
 def _parse_stem(r: Reader, blocks: dict[str, BlockDef], in_ch: int) -> tuple[str | None, dict[str, Arg]]:
