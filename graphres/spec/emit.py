@@ -33,6 +33,8 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
         "name": spec.name,
         "input": {"channels": spec.input_channels, "size": list(spec.input_size)},
         "norm": norm,
+        "conv": dict(spec.conv),
+        "act": {"type": spec.act},
         "stem": stem,
         "stages": stages,
         "out_indices": list(spec.out_indices),
@@ -41,6 +43,12 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
         "zero_init_residual": spec.zero_init_residual,
         "with_cp": spec.with_cp,
     }
+    if spec.output_stride is not None:
+        # the stages above already carry the traded strides and dilations; the declaration stays
+        # as a check that re-reading this document confirms
+        out["output_stride"] = spec.output_stride
+    if spec.head is not None:
+        out["head"] = dict(spec.head)
     if spec.init:
         out["init"] = {"type": spec.init["type"], "checkpoint": spec.init["checkpoint"]}
     user_blocks = {name: spec.doc.data["blocks"][name] for name, b in spec.blocks.items() if not b.builtin}
