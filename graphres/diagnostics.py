@@ -37,6 +37,10 @@ CODES: dict[str, str] = {
     "E032": "spatial size reaches zero",
     "E033": "bad out_indices",
     "E034": "bad frozen_stages",
+    "E050": "block uses itself",
+    "E051": "output stride differs from the declared one",
+    "E052": "output_stride cannot trade a stage's stride",
+    "E053": "linear input is not 1x1",
     "W001": "dilated stage also strides",
 }
 

@@ -166,9 +166,13 @@ def _parse_norm(r: Reader) -> dict[str, Any]:
         norm_type = "BN"
     else:
         norm_type = r.value(path + ("type",), str, "BN", what="norm.type", choices=NORM_TYPES)
+    frozen = norm_type == "FrozenBN"
     norm = {"type": norm_type or "BN",
-            "requires_grad": r.value(path + ("requires_grad",), bool, True, what="norm.requires_grad"),
+            "requires_grad": r.value(path + ("requires_grad",), bool, not frozen, what="norm.requires_grad"),
             "eps": r.value(path + ("eps",), float, 1e-5, what="norm.eps", min=0)}
+    if frozen and norm["requires_grad"]:
+        r.diags.add("E017", "FrozenBN never trains its parameters, but norm.requires_grad is true",
+                    r.span(path + ("requires_grad",)), "remove requires_grad, or use type: BN")
     momentum = r.get(path + ("momentum",))
     if momentum is not MISSING:
         norm["momentum"] = r.value(path + ("momentum",), (float, type(None)), 0.1, what="norm.momentum")
