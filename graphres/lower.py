@@ -80,9 +80,9 @@ def _lower_all(ctx: _Ctx) -> None:
         block = spec.blocks[stage.block]
         stage_in = x
         for b in range(stage.blocks):
-            args = {k: v for k, v in stage.args.items()}
+            args = stage.block_args(b)
             extra = {}
-            if "stride" in block.params and b > 0:
+            if "stride" in block.params and b > 0 and "stride" not in stage.per_block:
                 extra["stride"] = 1
             if "dilation" in block.params:
                 extra["dilation"] = stage.dilations[b]

@@ -89,7 +89,8 @@ def test_depth_and_type_errors(check):
     assert check("type: ResNeXt\ndepth: 18") == [
         "s.yaml:4:10: error[E013]: depth = 18 is not a ResNeXt depth (50, 101, 152)"]
     assert check("type: Resnet\ndepth: 50") == [
-        "s.yaml:3:9: error[E013]: backbone type 'Resnet' is not one of 'ResNet', 'ResNetV1c', 'ResNetV1d', 'ResNeXt'"]
+        "s.yaml:3:9: error[E013]: backbone type 'Resnet' is not one of 'ResNet', 'ResNetV1c', 'ResNetV1d', 'ResNeXt' "
+        "(optionally prefixed mmdet. or mmseg.)"]
     assert check("depth: 50") == [
         "s.yaml:3:3: error[E012]: backbone needs 'type' (one of ResNet, ResNetV1c, ResNetV1d, ResNeXt)"]
 

@@ -27,6 +27,7 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
         # other arguments only where they differ from the block's default, so equal networks
         # expand to equal documents
         entry.update(sorted((k, v) for k, v in args.items() if v != params[k].default))
+        entry.update(sorted((k, [a.value for a in values]) for k, values in st.per_block.items()))
         stages.append(entry)
     out: dict[str, Any] = {
         "graphres": FORMAT_VERSION,

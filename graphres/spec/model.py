@@ -44,6 +44,11 @@ class Stage:
     dilations: list[int]  # one per block
     args: dict[str, Arg]  # planes, stride (first block), and every other block argument
     path: Path
+    per_block: dict[str, list[Arg]] = field(default_factory=dict)  # arguments given block by block
+
+    def block_args(self, b: int) -> dict[str, Arg]:
+        """The arguments of block ``b``: the stage's, with the per-block lists' ``b``-th values."""
+        return {**self.args, **{k: values[b] for k, values in self.per_block.items()}}
 
     @property
     def name(self) -> str:
@@ -272,6 +277,10 @@ def _apply_output_stride(r: Reader, target: int, stages: list[Stage], blocks: di
     dilation = 1
     for st in stages:
         block = blocks[st.block]
+        if "stride" in st.per_block:
+            r.diags.add("E052", f"output_stride cannot be combined with the block-by-block strides of {st.name}",
+                        r.span(st.path + ("stride",)), "give the stage one stride, or drop output_stride")
+            return
         stride = st.args["stride"].value if "stride" in st.args else (
             block.params["stride"].default if "stride" in block.params else 1)
         if current * stride > target:
@@ -372,19 +381,44 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
         else:
             d = r.check(dilation, dpath, int, 1, label=f"stages[{i}].dilation", min=1)
             dilations = [d] * nblocks
+        per_block: dict[str, list[Arg]] = {}
         for k, v in item.items():
             if k in ("block", "blocks", "dilation"):
+                continue
+            if isinstance(v, list) and k in block.params:  # one value per block
+                if len(v) != nblocks:
+                    r.diags.add("E015", f"stages[{i}].{k} lists {len(v)} values for {nblocks} blocks",
+                                r.span(spath + (k,)), f"give one {k} per block, or a single value for all")
+                    continue
+                per_block[k] = [Arg(x, spath + (k, j)) for j, x in enumerate(v)]
+                v = v[0]
+                for j, x in enumerate(item[k][1:], 1):
+                    p = block.params[k]
+                    r.check(x, spath + (k, j), p.type, None, label=f"stages[{i}].{k}[{j}]", choices=p.choices,
+                            min=p.min)
+                args[k] = Arg(v, spath + (k, 0))
                 continue
             args[k] = Arg(v, spath + (k,))
         if "dilation" in item and "dilation" not in block.params:
             r.diags.add("E010", f"block '{bname}' has no parameter 'dilation'", r.doc.key_span(dpath))
         _check_args(r, block, args, f"block '{bname}'", spath, exclude=("dilation",), label=f"stages[{i}].")
-        stride = args["stride"].value if "stride" in args else 1
+        for k in per_block:
+            if k in args:
+                args[k] = Arg(item[k], spath + (k,))
+            else:
+                per_block[k] = []
+        stride = max(args["stride"].value) if "stride" in args and "stride" in per_block else \
+            args["stride"].value if "stride" in args else 1
+        for k in [k for k, values in per_block.items() if not values]:
+            del per_block[k]
+            args.pop(k, None)
+        for k in per_block:
+            del args[k]
         if stride > 1 and max(dilations) > 1:
             r.diags.add("W001", f"stages[{i}] (layer{i + 1}) has stride {stride} and dilation {max(dilations)}: "
                                 "it both downsamples and dilates", r.span(args["stride"].path),
                         "to keep resolution (output stride 8 or 16) set stride 1 where the dilation rises")
-        stages.append(Stage(i, bname, nblocks, dilations, args, spath))
+        stages.append(Stage(i, bname, nblocks, dilations, args, spath, per_block))
     if stages:
         declared = sorted({p for st in stages for p in blocks[st.block].params})
         for k in block_args:
@@ -407,7 +441,8 @@ def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, own
             continue
         p: ParamDef = params[k]
         where = "block_args." if arg.path[:1] == ("block_args",) else label
-        checked = r.check(arg.value, arg.path, p.type, None, label=where + k, choices=p.choices, min=p.min)
+        index = f"[{arg.path[-1]}]" if isinstance(arg.path[-1], int) else ""  # a per-block list's first value
+        checked = r.check(arg.value, arg.path, p.type, None, label=where + k + index, choices=p.choices, min=p.min)
         if checked is None:
             del args[k]
             exclude += (k,)  # already reported as given but wrong; not also as missing
