@@ -3,7 +3,8 @@
 Checkpoints are untrusted input: ``torch.load(weights_only=True)`` only. Accepted layouts: a bare
 state dict, or one wrapped in ``state_dict`` / ``model``; keys may carry ``module.`` (DataParallel)
 and ``backbone.`` (detector) prefixes. Loading is strict except for a classifier head (``fc.*``,
-loaded too when the spec has ``head``) and, for a whole detector, its non-backbone parts; every other difference is reported by name.
+loaded too when the spec has ``head``) and, for a whole detector, its non-backbone parts; every
+other difference is reported by name.
 """
 from __future__ import annotations
 
