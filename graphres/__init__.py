@@ -48,5 +48,8 @@ def _style_of(compiled: Compiled) -> str | None:
     for stage in spec.stages:
         block = spec.blocks[stage.block]
         if "style" in block.params and block.reads("style"):
-            styles.add(stage.args["style"].value if "style" in stage.args else block.params["style"].default)
+            if "style" in stage.per_block:
+                styles.update(a.value for a in stage.per_block["style"])
+            else:
+                styles.add(stage.args["style"].value if "style" in stage.args else block.params["style"].default)
     return styles.pop() if len(styles) == 1 else None
