@@ -171,7 +171,9 @@ VARIANTS = {
     "v1c": ("specs/resnet50_v1c.yaml", dict(depth=50, deep_stem=True)),
     "v1d": ("specs/resnet50_v1d.yaml", dict(depth=50, deep_stem=True, avg_down=True)),
     "wide": ("specs/wide_resnet50_2.yaml", dict(depth=50, widths=[128, 256, 512, 1024])),
-    "resnext101": ("specs/resnext101_32x8d.yaml", dict(depth=101, groups=32, base_width=8)),
+    # the 32x8d width rule of specs/resnext101_32x8d.yaml on 50 layers (101 layers cost CI time, not coverage)
+    "resnext50_32x8d": ({"graphres": 1, "backbone": {"type": "ResNeXt", "depth": 50, "groups": 32, "base_width": 8}},
+                        dict(depth=50, groups=32, base_width=8)),
     "caffe": ("specs/resnet50_caffe.yaml", dict(depth=50, style="caffe")),
     "deeplab": ("specs/deeplabv3_r50_d8.yaml",
                 dict(depth=50, deep_stem=True, strides=(1, 2, 1, 1), dilations=(1, 1, [1, 2, 2, 2, 2, 2], [2, 4, 4]))),
