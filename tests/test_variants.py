@@ -12,7 +12,7 @@ from graphres import SpecError, ir
 from graphres.backends.graphviz import to_dot
 from reference_resnet import RefResNet, WSConv, randomise
 
-from conftest import SPECS
+from conftest import SPECS, run_cli
 
 SIZE = 64
 
@@ -343,3 +343,16 @@ def test_every_spec_trains_one_step_and_draws(path):
     torch.optim.SGD(trainable, lr=0.01).step()
     for level in ("stage", "block"):
         assert to_dot(compiled.graph, level).startswith("digraph")
+
+
+def test_validate_says_a_classifier_returns_logits():
+    r = run_cli("validate", "specs/resnet50_classifier.yaml")
+    assert r.returncode == 0
+    assert r.stdout == ("specs/resnet50_classifier.yaml: ok: resnet50_classifier: 4 stages, 16 blocks, 25,557,032 "
+                        "parameters; outputs logits (1000 classes); features layer1 (256 ch, stride 4), layer2 "
+                        "(512 ch, stride 8), layer3 (1024 ch, stride 16), layer4 (2048 ch, stride 32)\n")
+
+
+def test_act_may_be_a_type_name():
+    g = graphres.compile_spec("specs/resnet18.yaml", ["act=gelu"]).graph
+    assert g.nodes["layer1.0.relu"][ir.ATTRS]["type"] == "gelu"

@@ -220,6 +220,8 @@ def _parse_act(r: Reader) -> str | None:
     path = ("act",)
     if not r.has(path):
         return "relu"
+    if isinstance(r.get(path), str):  # act: silu
+        return r.value(path, str, "relu", what="act", choices=ACT_TYPES)
     r.mapping(path, ("type",), "act", required=("type",))
     return r.value(path + ("type",), str, "relu", what="act.type", choices=ACT_TYPES)
 
@@ -229,7 +231,9 @@ def _parse_head(r: Reader) -> dict[str, Any] | None:
     path = ("head",)
     if r.get(path, None) is None:
         return None
-    r.mapping(path, ("num_classes",), "head", required=("num_classes",))
+    head = r.mapping(path, ("num_classes",), "head", required=("num_classes",))
+    if not isinstance(head, dict) or "num_classes" not in head:
+        return None  # already reported
     classes = r.value(path + ("num_classes",), int, what="head.num_classes", min=1, max=1 << 20)
     return {"num_classes": classes} if classes is not None else None
 
