@@ -77,9 +77,9 @@ def _lower_all(ctx: _Ctx) -> None:
     except _Abort:
         return
     for stage in spec.stages:
-        block = spec.blocks[stage.block]
         stage_in = x
         for b in range(stage.blocks):
+            block = spec.blocks[stage.block_type(b)]
             args = stage.block_args(b)
             extra = {}
             if "stride" in block.params and b > 0 and "stride" not in stage.per_block:
@@ -92,7 +92,7 @@ def _lower_all(ctx: _Ctx) -> None:
                                         spec.doc.span(stage.path), f"stages[{stage.index}]")
             except _Abort:
                 return
-        g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": stage.block,
+        g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": "/".join(stage.block_types),
                                   "blocks": stage.blocks, "input": stage_in, "output": x, "channels": ch,
                                   "dilations": list(stage.dilations)})
     for i in spec.out_indices:

@@ -214,3 +214,69 @@ def test_per_block_list_length_is_checked():
         graphres.compile_spec({"graphres": 1, "stages": [{"block": "bottleneck", "blocks": 2, "planes": 64,
                                                           "groups": [1, 2, 4]}]})
     assert [d.message for d in e.value.diagnostics] == ["stages[0].groups lists 3 values for 2 blocks"]
+
+
+MIXED_STAGE = """
+    graphres: 1
+    input: {size: 64}
+    blocks:
+      se:
+        params: {reduction: {type: int, default: 16}}
+        out_channels: in_channels
+        layers:
+          - {name: pool, op: global_avgpool}
+          - {name: fc1, op: conv, out: in_channels // reduction, kernel: 1, bias: true}
+          - {name: relu, op: act}
+          - {name: fc2, op: conv, out: in_channels, kernel: 1, bias: true}
+          - {name: gate, op: act, type: sigmoid}
+          - {name: scale, op: mul, from: [input, gate]}
+      se_bottleneck:
+        params:
+          planes: int
+          stride: {type: int, default: 1}
+          dilation: {type: int, default: 1}
+          reduction: {type: int, default: 16}
+        out_channels: planes * 4
+        layers:
+          - {name: body, block: bottleneck, planes: planes, stride: stride, dilation: dilation}
+          - {name: se, block: se, reduction: reduction}
+    stages:
+      - {block: bottleneck, blocks: 3, planes: 64}
+      - {block: [bottleneck, bottleneck, se_bottleneck], blocks: 3, planes: 128, stride: 2, reduction: 8}
+    """
+
+
+def test_a_stage_may_mix_block_types(write_spec):
+    compiled = graphres.compile_spec(write_spec(MIXED_STAGE))
+    g = compiled.graph
+    assert g.nodes["layer2.0.conv2"][ir.ATTRS]["stride"] == 2  # stride: first block only, as ever
+    assert g.nodes["layer2.2.body.conv2"][ir.ATTRS]["stride"] == 1
+    assert g.nodes["layer2.2.se.fc1"][ir.OUT_CH] == 512 // 8  # reduction goes to the type that declares it
+    assert g.graph["stages"][1]["block"] == "bottleneck/se_bottleneck"
+    plain = graphres.compile_spec(write_spec(MIXED_STAGE.replace("se_bottleneck], blocks", "bottleneck], blocks")
+                                             .replace(", reduction: 8}", "}"), "plain.yaml"))
+    assert g.graph["params"] - plain.graph.graph["params"] == 512 * 64 + 64 + 64 * 512 + 512  # one SE gate
+    model = graphres.build(compiled)
+    assert sum(p.numel() for p in model.parameters()) == g.graph["params"]
+    assert "layer2.2.se.fc2.bias" in model.state_dict() and "layer2.1.se.fc2.bias" not in model.state_dict()
+    from graphres.spec.emit import to_explicit
+    doc = to_explicit(compiled.spec)
+    assert doc["stages"][1]["block"] == ["bottleneck", "bottleneck", "se_bottleneck"]
+    assert to_explicit(graphres.compile_spec(doc).spec) == doc
+
+
+def test_mixed_block_types_are_checked(write_spec):
+    path = write_spec(MIXED_STAGE.replace("[bottleneck, bottleneck, se_bottleneck]", "[bottleneck, se_botleneck]"))
+    with pytest.raises(SpecError) as e:
+        graphres.compile_spec(path)
+    assert [d.message for d in e.value.diagnostics] == ["stages[1].block lists 2 block types for 3 blocks"]
+    path = write_spec(MIXED_STAGE.replace("[bottleneck, bottleneck, se_bottleneck]", "[bottleneck, bottleneck, seb]"))
+    with pytest.raises(SpecError) as e:
+        graphres.compile_spec(path)
+    assert [d.headline().replace(str(path), "spec.yaml") for d in e.value.diagnostics] == [
+        "spec.yaml:26:38: error[E020]: block type 'seb' is not a known block type"]
+    path = write_spec(MIXED_STAGE.replace("reduction: 8}", "reduktion: 8}"))
+    with pytest.raises(SpecError) as e:
+        graphres.compile_spec(path)
+    assert [d.message for d in e.value.diagnostics] == [
+        "blocks 'bottleneck', 'se_bottleneck' have no parameter 'reduktion'"]

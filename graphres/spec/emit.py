@@ -16,8 +16,11 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
     stem = {"type": spec.stem_block, **{k: a.value for k, a in sorted(spec.stem_args.items())}}
     stages = []
     for st in spec.stages:
-        params = spec.blocks[st.block].params
-        entry: dict[str, Any] = {"block": st.block, "blocks": st.blocks}
+        params: dict = {}
+        for name in st.block_types:
+            for k, p in spec.blocks[name].params.items():
+                params.setdefault(k, p)
+        entry: dict[str, Any] = {"block": list(st.types) if st.types else st.block, "blocks": st.blocks}
         args = {k: a.value for k, a in st.args.items()}
         for key in ("planes", "stride"):
             if key in params:

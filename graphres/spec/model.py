@@ -45,6 +45,15 @@ class Stage:
     args: dict[str, Arg]  # planes, stride (first block), and every other block argument
     path: Path
     per_block: dict[str, list[Arg]] = field(default_factory=dict)  # arguments given block by block
+    types: list[str] = field(default_factory=list)  # the block type of each block (a stage may mix them)
+
+    def block_type(self, b: int) -> str:
+        return self.types[b] if self.types else self.block
+
+    @property
+    def block_types(self) -> list[str]:
+        """The distinct block types of the stage, in order."""
+        return list(dict.fromkeys(self.types or [self.block]))
 
     def block_args(self, b: int) -> dict[str, Arg]:
         """The arguments of block ``b``: the stage's, with the per-block lists' ``b``-th values."""
@@ -280,7 +289,7 @@ def _apply_output_stride(r: Reader, target: int, stages: list[Stage], blocks: di
         return
     dilation = 1
     for st in stages:
-        block = blocks[st.block]
+        block = _merged(blocks, st.block_types)
         if "stride" in st.per_block:
             r.diags.add("E052", f"output_stride cannot be combined with the block-by-block strides of {st.name}",
                         r.span(st.path + ("stride",)), "give the stage one stride, or drop output_stride")
@@ -296,10 +305,12 @@ def _apply_output_stride(r: Reader, target: int, stages: list[Stage], blocks: di
                             "leave the dilation to output_stride, or write stride and dilation yourself "
                             "and drop output_stride")
                 return
-            if "dilation" not in block.params or "stride" not in block.params:
-                missing = "dilation" if "dilation" not in block.params else "stride"
+            lacking = [t for t in st.block_types
+                       if "dilation" not in blocks[t].params or "stride" not in blocks[t].params]
+            if lacking:
+                missing = "dilation" if "dilation" not in blocks[lacking[0]].params else "stride"
                 r.diags.add("E052", f"output_stride {target} needs {st.name} to trade its stride {stride} for "
-                                    f"dilation, but block '{st.block}' has no parameter '{missing}'",
+                                    f"dilation, but block '{lacking[0]}' has no parameter '{missing}'",
                             r.span(path))
                 return
             previous, dilation = dilation, dilation * stride
@@ -357,16 +368,34 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
         if not isinstance(item, dict):
             r.diags.add("E011", f"stage {i} must be a mapping, found {describe(item)}", r.span(spath))
             continue
-        bname = r.value(spath + ("block",), str, what=f"stages[{i}].block")
         nblocks = r.value(spath + ("blocks",), int, what=f"stages[{i}].blocks", min=1, max=MAX_BLOCKS)
-        if bname is None or nblocks is None:
+        raw = item.get("block")
+        if isinstance(raw, list):  # a block type per block
+            if nblocks is not None and len(raw) != nblocks:
+                r.diags.add("E015", f"stages[{i}].block lists {len(raw)} block types for {nblocks} blocks",
+                            r.span(spath + ("block",)), "give one block type per block, or a single one for all")
+                continue
+            types = [r.check(t, spath + ("block", j), str, None, label=f"stages[{i}].block[{j}]")
+                     for j, t in enumerate(raw)]
+            tpaths = [spath + ("block", j) for j in range(len(raw))]
+        else:
+            types = [r.value(spath + ("block",), str, what=f"stages[{i}].block")]
+            tpaths = [spath + ("block",)]
+        if None in types or nblocks is None or not types:
             continue
-        if bname not in block_names:
-            hint = did_you_mean(bname, block_names) or f"block types: {', '.join(block_names)}"
-            what = "is a stem, not a block" if bname in blocks else "is not a known block type"
-            r.diags.add("E020", f"block type {bname!r} {what}", r.span(spath + ("block",)), hint)
+        unknown = False
+        for t, tpath in zip(types, tpaths):
+            if t not in block_names:
+                hint = did_you_mean(t, block_names) or f"block types: {', '.join(block_names)}"
+                what = "is a stem, not a block" if t in blocks else "is not a known block type"
+                r.diags.add("E020", f"block type {t!r} {what}", r.span(tpath), hint)
+                unknown = True
+        if unknown:
             continue
-        block = blocks[bname]
+        bname = types[0]
+        distinct = list(dict.fromkeys(types))
+        block = _merged(blocks, distinct)
+        bname_text = f"block '{bname}'" if len(distinct) == 1 else f"blocks {', '.join(map(repr, distinct))}"
         args: dict[str, Arg] = {}
         for k, v in block_args.items():
             if k in block.params:  # global block arguments apply where the block declares them
@@ -404,8 +433,9 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
                 continue
             args[k] = Arg(v, spath + (k,))
         if "dilation" in item and "dilation" not in block.params:
-            r.diags.add("E010", f"block '{bname}' has no parameter 'dilation'", r.doc.key_span(dpath))
-        _check_args(r, block, args, f"block '{bname}'", spath, exclude=("dilation",), label=f"stages[{i}].")
+            r.diags.add("E010", f"{bname_text} {'has' if len(distinct) == 1 else 'have'} no parameter 'dilation'",
+                        r.doc.key_span(dpath))
+        _check_args(r, block, args, bname_text, spath, exclude=("dilation",), label=f"stages[{i}].")
         for k in per_block:
             if k in args:
                 args[k] = Arg(item[k], spath + (k,))
@@ -413,6 +443,7 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
                 per_block[k] = []
         stride = max(args["stride"].value) if "stride" in args and "stride" in per_block else \
             args["stride"].value if "stride" in args else 1
+        stride_span = r.span(args["stride"].path) if "stride" in args else r.span(spath)
         for k in [k for k, values in per_block.items() if not values]:
             del per_block[k]
             args.pop(k, None)
@@ -420,11 +451,12 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
             del args[k]
         if stride > 1 and max(dilations) > 1:
             r.diags.add("W001", f"stages[{i}] (layer{i + 1}) has stride {stride} and dilation {max(dilations)}: "
-                                "it both downsamples and dilates", r.span(args["stride"].path),
+                                "it both downsamples and dilates", stride_span,
                         "to keep resolution (output stride 8 or 16) set stride 1 where the dilation rises")
-        stages.append(Stage(i, bname, nblocks, dilations, args, spath, per_block))
+        stages.append(Stage(i, bname, nblocks, dilations, args, spath, per_block,
+                            types if len(distinct) > 1 else []))
     if stages:
-        declared = sorted({p for st in stages for p in blocks[st.block].params})
+        declared = sorted({p for st in stages for t in st.block_types for p in blocks[t].params})
         for k in block_args:
             if k not in used_block_args:
                 r.diags.add("E010", f"block_args sets '{k}', a parameter of none of the stages' blocks",
@@ -433,12 +465,30 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
     return stages
 
 
+@dataclass
+class _Params:
+    params: dict[str, ParamDef]
+
+
+def _merged(blocks: dict[str, BlockDef], names: list[str]) -> BlockDef | _Params:
+    """The block itself, or for a stage that mixes block types the union of their parameters
+    (an argument goes to every type that declares it; each type's required ones must be given)."""
+    if len(names) == 1:
+        return blocks[names[0]]
+    params: dict[str, ParamDef] = {}
+    for name in names:
+        for k, p in blocks[name].params.items():
+            params.setdefault(k, p)
+    return _Params(params)
+
+
 def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, owner: Path, exclude: tuple = (),
                 label: str = "") -> None:
     params = block.params
     for k, arg in list(args.items()):
         if k not in params:
-            r.diags.add("E010", f"{what} has no parameter '{k}'", r.doc.key_span(arg.path),
+            r.diags.add("E010", f"{what} {'have' if what.startswith('blocks ') else 'has'} no parameter '{k}'",
+                        r.doc.key_span(arg.path),
                         did_you_mean(k, list(params) + list(STAGE_FIELDS)) or
                         (f"its parameters: {', '.join(params)}" if params else None))
             del args[k]
