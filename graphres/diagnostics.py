@@ -42,6 +42,7 @@ CODES: dict[str, str] = {
     "E052": "output_stride cannot trade a stage's stride",
     "E053": "linear input is not 1x1",
     "W001": "dilated stage also strides",
+    "W010": "later stage keeps resolution without dilation",
 }
 
 

@@ -356,3 +356,15 @@ def test_validate_says_a_classifier_returns_logits():
 def test_act_may_be_a_type_name():
     g = graphres.compile_spec("specs/resnet18.yaml", ["act=gelu"]).graph
     assert g.nodes["layer1.0.relu"][ir.ATTRS]["type"] == "gelu"
+
+
+def test_half_done_output_stride_change_warns(write_spec):
+    path = write_spec("""
+        graphres: 1
+        backbone: {type: ResNet, depth: 50, strides: [1, 2, 2, 1]}
+        """)
+    compiled = graphres.compile_spec(path)
+    assert [d.headline() for d in compiled.warnings] == [
+        f"{path}:2:56: warning[W010]: stages[3] (layer4) keeps the resolution (stride 1) without dilation: its 3x3 "
+        "convs see half the context they would with stride 2"]
+    assert graphres.compile_spec(path, ["backbone.dilations=[1,1,1,2]"]).warnings == []

@@ -453,6 +453,15 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
             r.diags.add("W001", f"stages[{i}] (layer{i + 1}) has stride {stride} and dilation {max(dilations)}: "
                                 "it both downsamples and dilates", stride_span,
                         "to keep resolution (output stride 8 or 16) set stride 1 where the dilation rises")
+        stated_dilation = item.get("dilation", 1)
+        if (i > 0 and item.get("stride", 1) == 1 and stride == 1 and "stride" not in per_block
+                and max(dilations) == 1 and stated_dilation in (1, [1] * nblocks)
+                and "dilation" in block.params and "stride" in block.params):
+            r.diags.add("W010", f"stages[{i}] (layer{i + 1}) keeps the resolution (stride 1) without dilation: "
+                                "its 3x3 convs see half the context they would with stride 2",
+                        stride_span,
+                        "for output stride 16 or 8 raise this stage's dilation (stride 2 -> dilation 2), "
+                        "or declare output_stride and leave strides and dilations to it")
         stages.append(Stage(i, bname, nblocks, dilations, args, spath, per_block,
                             types if len(distinct) > 1 else []))
     if stages:
