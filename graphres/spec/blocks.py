@@ -317,25 +317,23 @@ def check_block_uses(blocks: dict[str, BlockDef], diags: DiagnosticBag) -> None:
                 if p.default is MISSING and key not in layer.attrs:
                     diags.add("E012", f"layer '{layer.name}' uses block '{layer.block}' without its parameter "
                                       f"'{key}'", r.span(layer.path))
-    reported: set[frozenset] = set()
+    done: set[str] = set()  # blocks whose uses have all been followed (each is walked once)
 
     def visit(name: str, trail: list[str]) -> None:
         for target, layer in uses.get(name, []):
             if target in trail:
                 cycle = trail[trail.index(target):] + [target]
-                key = frozenset(cycle)
-                if key not in reported:
-                    reported.add(key)
-                    first = blocks[cycle[0]]
-                    at = next(lay for t, lay in uses[cycle[0]] if t == cycle[1])
-                    diags.add("E050", f"block '{cycle[0]}' uses itself: {' -> '.join(cycle)}",
-                              first.doc.span(at.path + ("block",)),
-                              "a block may use other blocks, but not itself, directly or through others")
-                continue
-            visit(target, trail + [target])
+                at = next(lay for t, lay in uses[cycle[0]] if t == cycle[1])
+                diags.add("E050", f"block '{cycle[0]}' uses itself: {' -> '.join(cycle)}",
+                          blocks[cycle[0]].doc.span(at.path + ("block",)),
+                          "a block may use other blocks, but not itself, directly or through others")
+            elif target not in done:
+                visit(target, trail + [target])
+        done.add(name)
 
     for name in uses:
-        visit(name, [name])
+        if name not in done:
+            visit(name, [name])
 
 
 def _parse_layer(r: Reader, item: dict, path: Path, known: set[str], where: str) -> LayerDef | None:
