@@ -46,7 +46,10 @@ def _style_of(compiled: Compiled) -> str | None:
     spec = compiled.spec
     styles = set()
     for stage in spec.stages:
-        block = spec.blocks[stage.block]
-        if "style" in block.params and block.reads("style"):
-            styles.add(stage.args["style"].value if "style" in stage.args else block.params["style"].default)
+        if any("style" in spec.blocks[t].params and spec.blocks[t].reads("style") for t in stage.block_types):
+            if "style" in stage.per_block:
+                styles.update(a.value for a in stage.per_block["style"])
+            else:
+                block = spec.blocks[next(t for t in stage.block_types if "style" in spec.blocks[t].params)]
+                styles.add(stage.args["style"].value if "style" in stage.args else block.params["style"].default)
     return styles.pop() if len(styles) == 1 else None

@@ -133,6 +133,8 @@ def _validate(args: argparse.Namespace) -> int:
     blocks = sum(st["blocks"] for st in g.graph["stages"])
     outs = ", ".join(f"{o['name']} ({o['channels']} ch, stride {g.nodes[o['node']]['meta']['stride']})"
                      for o in g.graph["outputs"])
+    if g.graph.get("head"):  # a classifier: forward returns the logits, forward_features the stages
+        outs = f"logits ({g.graph['head']['num_classes']} classes); features {outs}"
     print(f"{args.spec}: ok: {g.graph['name']}: {len(g.graph['stages'])} stages, {blocks} blocks, "
           f"{g.graph['params']:,} parameters; outputs {outs}")
     return EXIT_OK

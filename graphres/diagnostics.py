@@ -38,11 +38,16 @@ CODES: dict[str, str] = {
     "E033": "bad out_indices",
     "E034": "bad frozen_stages",
     "E040": "dilated kernel larger than its padded input",
+    "E050": "block uses itself",
+    "E051": "output stride differs from the declared one",
+    "E052": "output_stride cannot trade a stage's stride",
+    "E053": "linear input is not 1x1",
     "W001": "dilated stage also strides",
     "W002": "feature output is 1 pixel wide",
     "W003": "dilated kernel larger than its input",
     "W004": "dilation schedule decreases",
     "W005": "frozen stage after a trainable one",
+    "W010": "later stage keeps resolution without dilation",
 }
 
 

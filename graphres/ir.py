@@ -18,7 +18,7 @@ MODULE = "module"  # state-dict path of the module this node calls, None for fun
 IN_CH = "in_channels"
 OUT_CH = "out_channels"
 SCOPE = "scope"  # block instance: "stem", "layer1.0", ...
-STAGE = "stage"  # stage index (0 = layer1), -1 for the stem, None for the input
+STAGE = "stage"  # stage index (0 = layer1), -1 for the stem, None for the input and the head (scope "head")
 BLOCK_TYPE = "block_type"
 SPAN = "span"  # where the user asked for this node (the stage or stem entry)
 DEF_SPAN = "def_span"  # where the layer is defined (block definition)

@@ -55,7 +55,8 @@ def lower(spec: Spec, diags: DiagnosticBag) -> nx.DiGraph:
         spec.name, input_channels=spec.input_channels, input_size=spec.input_size, norm=dict(spec.norm),
         frozen_stages=spec.frozen_stages, norm_eval=spec.norm_eval, zero_init_residual=spec.zero_init_residual,
         with_cp=spec.with_cp, init=spec.init, out_indices=list(spec.out_indices), stages=[], outputs=[],
-        stem={"block": spec.stem_block}, frozen={st.index: True for st in spec.stages if st.frozen},
+        stem={"block": spec.stem_block}, conv=dict(spec.conv), act=spec.act, head=None,
+        output_stride=spec.output_stride, frozen={st.index: True for st in spec.stages if st.frozen},
     )
     ctx = _Ctx(spec, g, diags, {})
     ir.add_node(g, ir.INPUT, "input", **{ir.MODULE: None, ir.IN_CH: spec.input_channels,
@@ -76,12 +77,12 @@ def _lower_all(ctx: _Ctx) -> None:
     except _Abort:
         return
     for stage in spec.stages:
-        block = spec.blocks[stage.block]
         stage_in = x
         for b in range(stage.blocks):
-            args = {k: v for k, v in stage.args.items()}
+            block = spec.blocks[stage.block_type(b)]
+            args = stage.block_args(b)
             extra = {}
-            if "stride" in block.params and b > 0:
+            if "stride" in block.params and b > 0 and "stride" not in stage.per_block:
                 extra["stride"] = 1
             if "dilation" in block.params:
                 extra["dilation"] = stage.dilations[b]
@@ -91,13 +92,28 @@ def _lower_all(ctx: _Ctx) -> None:
                                         spec.doc.span(stage.path), f"stages[{stage.index}]")
             except _Abort:
                 return
-        g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": stage.block,
+        g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": "/".join(stage.block_types),
                                   "blocks": stage.blocks, "input": stage_in, "output": x, "channels": ch,
                                   "dilations": list(stage.dilations),
                                   "spans": {k: spec.doc.span(stage.path + (k,)) for k in ("dilation", "frozen")}})
     for i in spec.out_indices:
         st = g.graph["stages"][i]
         g.graph["outputs"].append({"index": i, "name": st["name"], "node": st["output"], "channels": st["channels"]})
+    if spec.head is not None:
+        _lower_head(ctx, x, ch)
+
+
+def _lower_head(ctx: _Ctx, x: str, ch: int) -> None:
+    """torchvision's classifier: ``avgpool`` (global average) then ``fc`` (linear), in scope 'head'."""
+    g, spec = ctx.g, ctx.spec
+    span = spec.doc.span(("head",))
+    classes = spec.head["num_classes"]
+    common = {ir.SCOPE: "head", ir.STAGE: None, ir.BLOCK_TYPE: "head", ir.SPAN: span, ir.DEF_SPAN: span}
+    ir.add_node(g, "avgpool", "global_avgpool", [x], **{ir.ATTRS: {}, ir.MODULE: "avgpool", ir.IN_CH: ch,
+                                                         ir.OUT_CH: ch, **common})
+    ir.add_node(g, "fc", "linear", ["avgpool"], **{ir.ATTRS: {"out": classes, "bias": True}, ir.MODULE: "fc",
+                                                    ir.IN_CH: ch, ir.OUT_CH: classes, **common})
+    g.graph["head"] = {"num_classes": classes, "input": x, "nodes": ["avgpool", "fc"], "output": "fc"}
 
 
 def _report_gn(ctx: _Ctx) -> None:
@@ -156,6 +172,11 @@ def _lower_layers(ctx: _Ctx, inst: _Instance, layers: list[LayerDef], names: dic
             names[layer.seq] = out
             prev = out
             continue
+        if layer.block is not None:
+            local = _local_name(ctx, inst, layer)
+            prev = _lower_use(ctx, inst, layer, local, inputs)
+            names[local] = prev
+            continue
         if seq is not None:
             local = f"{seq}.{index}"
             index += 1
@@ -164,6 +185,57 @@ def _lower_layers(ctx: _Ctx, inst: _Instance, layers: list[LayerDef], names: dic
         prev = _emit(ctx, inst, layer, local, inputs)
         names[local] = prev
     return prev
+
+
+def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[tuple[str, int]]
+               ) -> tuple[str, int]:
+    """Instantiate the block type a layer uses; its modules nest under the layer's name
+    (``layer1.0.se.fc1``) and stay part of the enclosing block instance."""
+    block = ctx.spec.blocks[layer.block]
+    if len(inputs) != 1:
+        _error(ctx, inst, "E023", f"a layer using block '{block.name}' takes 1 input, got {len(inputs)}",
+               inst.block.doc.span(layer.path + ("from",)), layer.path)
+    x, in_ch = inputs[0]
+    env: dict[str, Any] = {"in_channels": in_ch}
+    for name, p in block.params.items():
+        if name in layer.attrs:
+            value = _eval(ctx, inst, layer.attrs[name], layer.path + (name,), f"{block.name}.{name}",
+                          kind=p.type if p.type is not str else None)
+            problem = (f"must be {_TYPE_NAMES[p.type]}, got {value!r}" if not _is_type(value, p.type) else
+                       f"= {value} must be >= {p.min}" if p.min is not None and value < p.min else
+                       f"= {value!r} is not one of {', '.join(map(repr, p.choices))}"
+                       if p.choices and value not in p.choices else None)
+            if problem:
+                _error(ctx, inst, "E014" if "must be >=" in problem else "E013" if "one of" in problem else "E011",
+                       f"argument {name} of block '{block.name}' {problem}",
+                       inst.block.doc.span(layer.path + (name,)), layer.path)
+            env[name] = value
+        elif p.default is not MISSING:
+            env[name] = p.default
+    inner = _Instance(block, inst.scope, inst.prefix + local + ".", inst.stage, inst.span, env,
+                      f"{inst.where}, layer '{local}' (block '{block.name}')")
+    if inst.prefix.count(".") > 64:  # cycles are refused when parsing; this guards the recursion itself
+        _error(ctx, inst, "E050", f"blocks nest more than 64 deep at '{local}'", inst.block.doc.span(layer.path),
+               layer.path)
+    for name, expr, path in block.lets:
+        env[name] = _eval(ctx, inner, expr, path, f"let '{name}'")
+    out_ch = _eval(ctx, inner, block.out_channels, block.path + ("out_channels",), "out_channels", kind=int)
+    env["out_channels"] = out_ch
+    node, ch = _lower_layers(ctx, inner, block.layers, {"input": (x, in_ch)}, (x, in_ch), seq=None)
+    if ch != out_ch:
+        _error(ctx, inner, "E030", f"block '{block.name}' declares out_channels = {out_ch} but its last layer "
+                                   f"gives {ch} channels", block.doc.span(block.path + ("out_channels",)),
+               block.layers[-1].path)
+    return node, ch
+
+
+_TYPE_NAMES = {int: "an integer", bool: "a boolean", str: "a string"}
+
+
+def _is_type(value: Any, kind: type) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def _local_name(ctx: _Ctx, inst: _Instance, layer: LayerDef) -> str:
@@ -200,6 +272,8 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
             attrs[attr] = value
         elif default is not REQUIRED:
             attrs[attr] = default
+    if layer.op == "act" and "type" not in layer.attrs:
+        attrs["type"] = ctx.spec.act  # the spec's act: section (relu by default)
     if layer.op == "conv" and attrs["padding"] is None:
         attrs["padding"] = attrs["dilation"] * (attrs["kernel"] - 1) // 2  # "same" for odd kernels
     if layer.op in ("maxpool", "avgpool") and attrs["stride"] is None:
@@ -220,6 +294,10 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
         if in_ch % groups or out_ch % groups:
             _error(ctx, inst, "E030", f"conv groups = {groups} must divide its {in_ch} input and {out_ch} output "
                                       f"channels", inst.block.doc.span(layer.path + ("groups",)), layer.path)
+    elif layer.op == "linear":
+        out_ch = attrs["out"]
+    elif layer.op == "concat":
+        out_ch = sum(c for _, c in inputs)
     elif layer.op == "norm":
         num_groups = ctx.spec.norm.get("num_groups")
         if ctx.spec.norm["type"] == "GN" and num_groups and in_ch % num_groups:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-NORM_TYPES = ("BN", "SyncBN", "GN", "IN")
-NORM_ABBR = {"BN": "bn", "SyncBN": "bn", "GN": "gn", "IN": "in"}
+NORM_TYPES = ("BN", "SyncBN", "FrozenBN", "GN", "IN")
+NORM_ABBR = {"BN": "bn", "SyncBN": "bn", "FrozenBN": "bn", "GN": "gn", "IN": "in"}
+CONV_TYPES = ("Conv2d", "ConvWS")
 ACT_TYPES = ("relu", "relu6", "silu", "gelu", "leaky_relu", "hardswish", "sigmoid", "hardsigmoid")
 
 
@@ -42,6 +43,10 @@ OPS: dict[str, OpDef] = {
         OpDef("add", "element-wise sum of its inputs (same shape)", {}, has_module=False, arity=(2, 8)),
         OpDef("mul", "element-wise product; the second input may be 1x1 spatially (broadcast)", {},
               has_module=False, arity=(2, 2)),
+        OpDef("concat", "concatenation of its inputs along the channels, in 'from' order (same spatial size)", {},
+              has_module=False, arity=(2, 8)),
+        OpDef("linear", "fully connected layer over a 1x1 input (after global_avgpool); bias on by default",
+              {"out": REQUIRED, "bias": True}),
     ]
 }
 
@@ -91,6 +96,8 @@ def param_count(op: str, attrs: dict, in_channels: int, out_channels: int, norm:
     if op == "conv":
         count = out_channels * (in_channels // attrs["groups"]) * attrs["kernel"] ** 2
         return count + (out_channels if attrs["bias"] else 0)
+    if op == "linear":
+        return out_channels * in_channels + (out_channels if attrs["bias"] else 0)
     if op == "norm" and norm is not None:
         affine = norm.get("affine", norm["type"] != "IN")
         return 2 * out_channels if affine else 0
@@ -98,8 +105,11 @@ def param_count(op: str, attrs: dict, in_channels: int, out_channels: int, norm:
 
 
 def macs(op: str, attrs: dict, in_channels: int, out_channels: int, out_size: tuple[int, int]) -> int:
-    """Multiply-accumulates of conv layers, padding counted (torchvision's convention)."""
+    """Multiply-accumulates of conv and linear layers, padding counted (torchvision's convention);
+    norms, activations, pools, adds, muls and concats count 0, as torch's FlopCounterMode does."""
     if op == "conv":
         return out_channels * out_size[0] * out_size[1] * (in_channels // attrs["groups"]) * attrs["kernel"] ** 2
+    if op == "linear":
+        return out_channels * in_channels
     return 0
 

@@ -26,10 +26,13 @@ def specs(draw):
                 stage.update(groups=groups, base_width=draw(st.sampled_from([4, 8])), base_channels=16)
         stages.append(stage)
     norm = draw(st.sampled_from([{"type": "BN"}, {"type": "GN", "num_groups": 4}, {"type": "IN"}]))
+    # InstanceNorm needs more than one spatial position (torch raises on 1x1): keep the last map >= 2x2
+    low = 17 if norm["type"] != "IN" else 2 * 4 * 2 ** sum(s["stride"] == 2 for s in stages) + 1
     norm = dict(norm, requires_grad=draw(st.booleans()))
     return {
         "graphres": 1,
-        "input": {"channels": draw(st.integers(1, 4)), "size": [draw(st.integers(17, 70)), draw(st.integers(17, 70))]},
+        "input": {"channels": draw(st.integers(1, 4)),
+                  "size": [draw(st.integers(low, max(70, low + 10))), draw(st.integers(low, max(70, low + 10)))]},
         "norm": norm,
         "stem": {"type": draw(st.sampled_from(["conv7x7", "deep"])), "channels": draw(st.sampled_from([16, 32]))},
         "stages": stages,

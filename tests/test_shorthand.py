@@ -89,7 +89,8 @@ def test_depth_and_type_errors(check):
     assert check("type: ResNeXt\ndepth: 18") == [
         "s.yaml:4:10: error[E013]: depth = 18 is not a ResNeXt depth (50, 101, 152)"]
     assert check("type: Resnet\ndepth: 50") == [
-        "s.yaml:3:9: error[E013]: backbone type 'Resnet' is not one of 'ResNet', 'ResNetV1c', 'ResNetV1d', 'ResNeXt'"]
+        "s.yaml:3:9: error[E013]: backbone type 'Resnet' is not one of 'ResNet', 'ResNetV1c', 'ResNetV1d', 'ResNeXt' "
+        "(optionally prefixed mmdet. or mmseg.)"]
     assert check("depth: 50") == [
         "s.yaml:3:3: error[E012]: backbone needs 'type' (one of ResNet, ResNetV1c, ResNetV1d, ResNeXt)"]
 
@@ -116,10 +117,10 @@ def test_not_supported_yet(check):
     assert check("type: ResNet\ndepth: 50\ndcn: {type: DCNv2, deform_groups: 1}\n"
                  "stage_with_dcn: [false, true, true, true]\n"
                  "plugins: [{cfg: {type: ContextBlock, ratio: 0.0625}, position: after_conv3}]\n"
-                 "conv_cfg: {type: ConvWS}") == [
+                 "conv_cfg: {type: DCN}") == [
         "s.yaml:5:8: error[E016]: dcn (deformable convolution) is not supported yet",
         "s.yaml:7:12: error[E016]: plugins (ContextBlock, NonLocal2d, GeneralizedAttention) are not supported yet",
-        "s.yaml:8:20: error[E016]: conv type 'ConvWS' (weight-standardised conv) is not supported yet"]
+        "s.yaml:8:20: error[E016]: conv type 'DCN' (deformable conv) is not supported yet"]
 
 
 def test_stage_with_dcn_without_dcn_and_conflicting_init(check):

@@ -103,7 +103,7 @@ def test_block_args_key_no_block_has(check):
 
 
 @pytest.mark.parametrize("norm,expected", [
-    ("{type: BatchNorm}", "spec.yaml:9:14: error[E013]: norm.type = 'BatchNorm' is not one of 'BN', 'SyncBN', 'GN', 'IN'"),
+    ("{type: BatchNorm}", "spec.yaml:9:14: error[E013]: norm.type = 'BatchNorm' is not one of 'BN', 'SyncBN', 'FrozenBN', 'GN', 'IN'"),
     ("{type: LN}", "spec.yaml:9:14: error[E013]: norm type 'LN' is not supported: it normalises the last "
                    "dimension and fails on NCHW feature maps"),
     ("{type: GN}", "spec.yaml:9:7: error[E012]: missing required key 'norm.num_groups'"),

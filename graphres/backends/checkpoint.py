@@ -2,8 +2,9 @@
 
 Checkpoints are untrusted input: ``torch.load(weights_only=True)`` only. Accepted layouts: a bare
 state dict, or one wrapped in ``state_dict`` / ``model``; keys may carry ``module.`` (DataParallel)
-and ``backbone.`` (detector) prefixes. Loading is strict except for a classifier head (``fc.*``)
-and, for a whole detector, its non-backbone parts; every other difference is reported by name.
+and ``backbone.`` (detector) prefixes. Loading is strict except for a classifier head (``fc.*``,
+loaded too when the spec has ``head``) and, for a whole detector, its non-backbone parts; every
+other difference is reported by name.
 """
 from __future__ import annotations
 
@@ -67,15 +68,16 @@ def checkpoint_style(meta: dict) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def normalise_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Strip ``module.`` and ``backbone.`` prefixes; return the backbone keys and the ignored ones."""
+def normalise_keys(sd: dict[str, torch.Tensor], keep_head: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Strip ``module.`` and ``backbone.`` prefixes; return the backbone keys and the ignored ones
+    (``fc.*`` among them unless ``keep_head``: the model has a classification head to load)."""
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     ignored: list[str] = []
     if any(k.startswith("backbone.") for k in sd):
         ignored = sorted(k for k in sd if not k.startswith("backbone."))
         sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-    head = sorted(k for k in sd if k.startswith("fc."))
+    head = [] if keep_head else sorted(k for k in sd if k.startswith("fc."))
     for k in head:
         del sd[k]
     return sd, head + ignored
@@ -88,8 +90,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None
     checkpoint loads silently into a pytorch-style model with wrong numerics. Where the checkpoint's
     metadata records its style and it differs, a :class:`CheckpointWarning` says so."""
     raw, meta = read_state_dict(path)
-    sd, ignored = normalise_keys(raw)
     own = model.state_dict()
+    sd, ignored = normalise_keys(raw, keep_head="fc.weight" in own)
     optional = {k for k in own if k.endswith("num_batches_tracked")}  # absent from old checkpoints
     missing = sorted(k for k in own if k not in sd and k not in optional)
     unexpected = sorted(k for k in sd if k not in own)

@@ -60,6 +60,8 @@ def _numel(shape) -> int:
 
 def _frozen_stage(g: nx.DiGraph, index: int) -> bool:
     """Whether stage ``index`` (-1 = the stem) has its parameters frozen."""
+    if index is None:  # the input, or a classification head (never frozen)
+        return False
     fs = g.graph.get("frozen_stages", -1)
     return index < fs or bool(g.graph.get("frozen", {}).get(index))
 
@@ -110,7 +112,12 @@ def rows(g: nx.DiGraph, level: str) -> list[dict[str, Any]]:
             out.append(row)
         else:
             for s in scopes:
-                out.append(_row(g, s, "block", st["block"], by_scope[s], frozen))
+                out.append(_row(g, s, "block", g.nodes[by_scope[s][-1]][ir.BLOCK_TYPE] or st["block"],
+                                by_scope[s], frozen))
+    head = g.graph.get("head")
+    if head:
+        out.append(_row(g, "head", "head", " + ".join(head["nodes"]), head["nodes"],
+                        False))
     return out
 
 

@@ -15,11 +15,13 @@ from typing import Callable, Sequence
 
 import networkx as nx
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from .. import ir
+from ..diagnostics import GraphresError
 
 _ACTS: dict[str, Callable[[bool], nn.Module]] = {
     "relu": lambda inplace: nn.ReLU(inplace=inplace),
@@ -59,10 +61,66 @@ class FeatureInfoList(list):
         return [f.module for f in self]
 
 
-def make_module(op: str, attrs: dict, in_ch: int, out_ch: int, norm: dict, inplace: bool) -> nn.Module:
+class ConvWS2d(nn.Conv2d):
+    """Weight-standardised convolution (Qiao et al.; mmcv's ConvWS2d): before each call, every output
+    channel's weight is shifted to mean 0 and divided by its (unbiased) standard deviation + eps."""
+
+    def __init__(self, *args, eps: float = 1e-5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        flat = w.reshape(w.shape[0], -1)
+        mean = flat.mean(dim=1).reshape(-1, 1, 1, 1)
+        std = flat.std(dim=1).reshape(-1, 1, 1, 1)
+        return self._conv_forward(x, (w - mean) / (std + self.eps), self.bias)
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose affine parameters do not train and whose statistics never update: it always
+    normalises with the stored running statistics, in train mode too (detectron2's FrozenBN).
+    Keys are BatchNorm2d's, so torchvision and OpenMMLab checkpoints load into it."""
+
+    def train(self, mode: bool = True) -> "FrozenBatchNorm2d":
+        return super().train(False)
+
+
+class SyncBNError(GraphresError, RuntimeError):
+    """SyncBN cannot synchronise in this setting; the message says how to fix it."""
+
+
+class SyncBatchNorm2d(nn.SyncBatchNorm):
+    """``nn.SyncBatchNorm`` with a defined single-process behaviour.
+
+    Without a process group, or with a group of one process, there is nothing to synchronise: the
+    layer computes exactly what BatchNorm2d computes (torch itself refuses CPU tensors as soon as
+    any process group exists, even a one-process one). With several processes and CPU tensors it
+    raises :class:`SyncBNError` naming the fix instead of torch's bare error."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and dist.is_available() and dist.is_initialized():
+            group = self.process_group or dist.group.WORLD
+            size = dist.get_world_size(group)
+            if size == 1:
+                return _BatchNorm.forward(self, x)
+            if x.device.type == "cpu":
+                raise SyncBNError(
+                    f"SyncBN synchronises batch statistics across the {size} processes of the process group, "
+                    f"which torch supports for GPU tensors only, but this input is on the CPU; run on GPUs, "
+                    f"or use norm: {{type: BN}} (or model.eval()) for CPU training")
+        return super().forward(x)
+
+
+def make_module(op: str, attrs: dict, in_ch: int, out_ch: int, norm: dict, inplace: bool,
+                conv: dict | None = None) -> nn.Module:
     if op == "conv":
-        return nn.Conv2d(in_ch, out_ch, attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"],
-                         attrs["groups"], bias=attrs["bias"])
+        args = (in_ch, out_ch, attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"])
+        if conv and conv.get("type") == "ConvWS":
+            return ConvWS2d(*args, bias=attrs["bias"], eps=conv.get("eps", 1e-5))
+        return nn.Conv2d(*args, bias=attrs["bias"])
+    if op == "linear":
+        return Linear(in_ch, out_ch, bias=attrs["bias"])
     if op == "norm":
         return make_norm(norm, out_ch)
     if op == "act":
@@ -83,7 +141,9 @@ def make_norm(norm: dict, channels: int) -> nn.Module:
     if kind == "BN":
         layer = nn.BatchNorm2d(channels, eps=eps, momentum=momentum, affine=norm.get("affine", True))
     elif kind == "SyncBN":
-        layer = nn.SyncBatchNorm(channels, eps=eps, momentum=momentum, affine=norm.get("affine", True))
+        layer = SyncBatchNorm2d(channels, eps=eps, momentum=momentum, affine=norm.get("affine", True))
+    elif kind == "FrozenBN":
+        layer = FrozenBatchNorm2d(channels, eps=eps, momentum=momentum, affine=norm.get("affine", True))
     elif kind == "GN":
         layer = nn.GroupNorm(norm["num_groups"], channels, eps=eps, affine=norm.get("affine", True))
     elif kind == "IN":
@@ -91,8 +151,20 @@ def make_norm(norm: dict, channels: int) -> nn.Module:
     else:
         raise AssertionError(kind)
     for p in layer.parameters():
-        p.requires_grad = norm.get("requires_grad", True)
+        p.requires_grad = norm.get("requires_grad", True) and kind != "FrozenBN"
     return layer
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` over a 1x1 feature map: flattens (N, C, 1, 1) to (N, C) first, as torchvision's
+    ResNet does between ``avgpool`` and ``fc``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.flatten(x, 1) if x.dim() > 2 else x)
+
+
+def _concat(*xs: torch.Tensor) -> torch.Tensor:
+    return torch.cat(xs, dim=1)
 
 
 def _functional(op: str, inplace: bool) -> Callable:
@@ -100,6 +172,8 @@ def _functional(op: str, inplace: bool) -> Callable:
         return operator.iadd if inplace else operator.add
     if op == "mul":
         return operator.mul
+    if op == "concat":
+        return _concat
     raise AssertionError(op)
 
 
@@ -119,6 +193,7 @@ def _install(root: nn.Module, path: str, module: nn.Module) -> None:
 
 def _build_plan(g: nx.DiGraph, nodes: Sequence[str], input_node: str, root: nn.Module, prefix: str,
                 norm: dict) -> list[tuple[Callable, tuple[int, ...], tuple[int, ...]]]:
+    conv = g.graph.get("conv")
     """Create the modules of ``nodes`` under ``root`` and return their call plan.
 
     The plan is a list of (callable, operand slots, slots to free afterwards); slot 0 is the input,
@@ -141,7 +216,7 @@ def _build_plan(g: nx.DiGraph, nodes: Sequence[str], input_node: str, root: nn.M
                 if isinstance(module, nn.ReLU) and module.inplace and not sole:
                     module.inplace = False
             except AttributeError:
-                module = make_module(d[ir.OP], d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], norm, sole)
+                module = make_module(d[ir.OP], d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], norm, sole, conv)
                 _install(root, rel, module)
             fn: Callable = module
         else:
@@ -193,7 +268,10 @@ class GraphBlock(nn.Module):
 
 
 class GraphresBackbone(nn.Module):
-    """A backbone compiled from a graphres spec; forward returns the tuple of out_indices outputs."""
+    """A backbone compiled from a graphres spec; forward returns the tuple of out_indices outputs.
+
+    With the spec's ``head`` it is a classifier, as torchvision's ResNet: forward returns the logits
+    (N, num_classes) and :meth:`forward_features` the tuple of out_indices outputs."""
 
     def __init__(self, g: nx.DiGraph, init: bool = True):
         super().__init__()
@@ -209,6 +287,7 @@ class GraphresBackbone(nn.Module):
             if n != ir.INPUT:
                 by_scope.setdefault(g.nodes[n][ir.SCOPE], []).append(n)
         self._stem_plan = _build_plan(g, by_scope["stem"], ir.INPUT, self, "", norm)
+        head = g.graph.get("head")
         self._stem_modules = sorted({g.nodes[n][ir.MODULE].split(".")[0] for n in by_scope["stem"]
                                      if g.nodes[n][ir.MODULE]}, key=list(self._modules).index)
         self.stage_names: list[str] = []
@@ -223,6 +302,8 @@ class GraphresBackbone(nn.Module):
             self.add_module(st["name"], nn.Sequential(*blocks))
             self.stage_names.append(st["name"])
         self._out_set = frozenset(self.out_indices)
+        self._head_plan = _build_plan(g, head["nodes"], head["input"], self, "", norm) if head else None
+        self.num_classes = head["num_classes"] if head else None
         self.feature_info = FeatureInfoList(
             FeatureInfo(o["index"], o["name"], o["channels"], g.nodes[o["node"]][ir.META].get("stride", 0))
             for o in g.graph["outputs"])
@@ -274,14 +355,24 @@ class GraphresBackbone(nn.Module):
                     m.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _stages(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         x = _run(self._stem_plan, x)
         outs = []
         for i, name in enumerate(self.stage_names):
             x = getattr(self, name)(x)
             if i in self._out_set:
                 outs.append(x)
-        return tuple(outs)
+        return tuple(outs), x
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The out_indices stage outputs (what forward returns when the spec has no head)."""
+        return self._stages(x)[0]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
+        outs, last = self._stages(x)
+        if self._head_plan is not None:
+            return _run(self._head_plan, last)
+        return outs
 
 
 def build_module(g: nx.DiGraph, init: bool = True) -> GraphresBackbone:

@@ -221,7 +221,8 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     the torch backend.
 
     A tensor lives from the node that makes it until the last node that reads it; a block's input
-    also lives until the block's last node (the caller still holds it), and the outputs named by
+    also lives until the block's last node, and a stage's input until the stage's last node (the
+    callers still hold them), and the outputs named by
     out_indices live to the end (they are returned), as does the input image (the caller holds
     it). In-place nodes allocate nothing. Parameters, buffers and the allocator's own overheads are not counted."""
     order = order or ir.topological_order(g)
@@ -240,6 +241,11 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
             sc = g.nodes[succ][ir.SCOPE]
             if sc != g.nodes[n][ir.SCOPE]:
                 last[n] = max(last[n], scope_end[sc])
+    # and forward() holds a stage's input until the stage (an nn.Sequential of blocks) returns
+    for st in g.graph.get("stages", []):
+        stage_nodes = [pos[n] for n in order if g.nodes[n][ir.STAGE] == st["index"]]
+        if stage_nodes and st["input"] in last:
+            last[st["input"]] = max(last[st["input"]], max(stage_nodes))
     last[ir.INPUT] = end  # the caller holds the image
     for o in g.graph.get("outputs", []):
         last[o["node"]] = end

@@ -26,7 +26,11 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
         srcs = ir.inputs_of(g, n)
         first = g.nodes[srcs[0]][ir.META]
         hw = out_hw(d[ir.OP], d[ir.ATTRS], first["shape"][1:])
-        if d[ir.OP] in ("add", "mul"):
+        if d[ir.OP] == "linear" and tuple(first["shape"][1:]) != (1, 1) and not reported:
+            diags.add("E053", f"'linear' at {n} needs a 1x1 input, got {'x'.join(map(str, first['shape'][1:]))}",
+                      d[ir.DEF_SPAN] or d[ir.SPAN], "put a global_avgpool before it")
+            reported = True
+        if d[ir.OP] in ("add", "mul", "concat"):
             shapes = [g.nodes[s][ir.META]["shape"][1:] for s in srcs]
             bad = [s for s in shapes[1:] if s != shapes[0] and not (d[ir.OP] == "mul" and s == (1, 1))]
             if bad and not reported:

@@ -24,6 +24,7 @@ STR_ATTRS = {("act", "type")}
 BLOCK_KEYS = ("doc", "kind", "params", "let", "out_channels", "layers")
 LAYER_KEYS = ("name", "op", "from", "when")
 SEQ_KEYS = ("seq", "from", "when", "layers")
+USE_KEYS = ("name", "block", "from", "when")  # plus the used block's parameters
 IMPLICIT_NAMES = ("in_channels", "out_channels")
 
 
@@ -39,7 +40,8 @@ class ParamDef:
 
 @dataclass
 class LayerDef:
-    """One layer (``op`` set) or a numbered group of layers (``seq`` set)."""
+    """One layer (``op`` set), a numbered group of layers (``seq`` set) or a use of another block
+    type (``block`` set; ``attrs`` then holds its arguments as expressions)."""
 
     path: Path
     name: str | None = None
@@ -49,6 +51,7 @@ class LayerDef:
     when: Any = True  # bool or expression text
     seq: str | None = None
     layers: list["LayerDef"] = field(default_factory=list)
+    block: str | None = None
 
 
 @dataclass
@@ -220,6 +223,8 @@ def _parse_layers(r: Reader, path: Path, known: set[str], where: str) -> list[La
             continue
         if "seq" in item:
             layer = _parse_seq(r, item, lpath, known, where)
+        elif "block" in item and "op" not in item:
+            layer = _parse_use(r, item, lpath, known, where)
         else:
             layer = _parse_layer(r, item, lpath, known, where)
         if layer is not None:
@@ -255,6 +260,80 @@ def _parse_seq(r: Reader, item: dict, path: Path, known: set[str], where: str) -
             r.diags.add("E013", f"layers inside seq '{name}' are numbered 0, 1, ...: drop their names and groups",
                         r.doc.key_span(sub.path + (("seq",) if sub.seq else ("name",))))
     return layer
+
+
+def _parse_use(r: Reader, item: dict, path: Path, known: set[str], where: str) -> LayerDef | None:
+    """A layer that instantiates another block type: ``{name: se, block: se, reduction: 16}``.
+
+    Whether the block exists, its arguments and cycles are checked by :func:`check_block_uses`
+    once every block type is known."""
+    bname = item.get("block")
+    if not isinstance(bname, str) or not bname:
+        r.diags.add("E011", f"block must be a block type name, found {describe(bname)}", r.span(path + ("block",)))
+        return None
+    name = item.get("name", bname)  # by default the modules are named after the block type
+    if not isinstance(name, str) or not name:
+        r.diags.add("E011", f"layer name must be a string, found {describe(name)}", r.span(path + ("name",)))
+        return None
+    layer = LayerDef(path, name=name, block=bname)
+    _parse_common(r, item, path, known, layer)
+    for key, value in item.items():
+        if key in USE_KEYS:
+            continue
+        _check_expr(r, value, path + (key,), known, f"{bname}.{key}")
+        layer.attrs[str(key)] = value
+    return layer
+
+
+def check_block_uses(blocks: dict[str, BlockDef], diags: DiagnosticBag) -> None:
+    """Check the layers that use other block types: the type exists and is a block, the arguments
+    are its parameters, the required ones are given, and no block uses itself (directly or not)."""
+    uses: dict[str, list[tuple[str, LayerDef]]] = {}
+    for bname, block in blocks.items():
+        if block.builtin:
+            continue
+        r = Reader(block.doc, diags)
+        stack = list(block.layers)
+        while stack:
+            layer = stack.pop(0)
+            stack[:0] = layer.layers
+            if layer.block is None:
+                continue
+            target = blocks.get(layer.block)
+            names = [n for n, b in blocks.items() if b.kind == "block"]
+            if target is None or target.kind != "block":
+                what = "is a stem, not a block" if target is not None else "is not a known block type"
+                diags.add("E020", f"block type {layer.block!r} {what}", r.span(layer.path + ("block",)),
+                          did_you_mean(layer.block, names) or f"block types: {', '.join(names)}")
+                continue
+            uses.setdefault(bname, []).append((layer.block, layer))
+            for key in layer.attrs:
+                if key not in target.params:
+                    diags.add("E010", f"block '{layer.block}' has no parameter '{key}'",
+                              r.doc.key_span(layer.path + (key,)),
+                              did_you_mean(key, target.params) or
+                              (f"its parameters: {', '.join(target.params)}" if target.params else None))
+            for key, p in target.params.items():
+                if p.default is MISSING and key not in layer.attrs:
+                    diags.add("E012", f"layer '{layer.name}' uses block '{layer.block}' without its parameter "
+                                      f"'{key}'", r.span(layer.path))
+    done: set[str] = set()  # blocks whose uses have all been followed (each is walked once)
+
+    def visit(name: str, trail: list[str]) -> None:
+        for target, layer in uses.get(name, []):
+            if target in trail:
+                cycle = trail[trail.index(target):] + [target]
+                at = next(lay for t, lay in uses[cycle[0]] if t == cycle[1])
+                diags.add("E050", f"block '{cycle[0]}' uses itself: {' -> '.join(cycle)}",
+                          blocks[cycle[0]].doc.span(at.path + ("block",)),
+                          "a block may use other blocks, but not itself, directly or through others")
+            elif target not in done:
+                visit(target, trail + [target])
+        done.add(name)
+
+    for name in uses:
+        if name not in done:
+            visit(name, [name])
 
 
 def _parse_layer(r: Reader, item: dict, path: Path, known: set[str], where: str) -> LayerDef | None:

@@ -16,8 +16,11 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
     stem = {"type": spec.stem_block, **{k: a.value for k, a in sorted(spec.stem_args.items())}}
     stages = []
     for st in spec.stages:
-        params = spec.blocks[st.block].params
-        entry: dict[str, Any] = {"block": st.block, "blocks": st.blocks}
+        params: dict = {}
+        for name in st.block_types:
+            for k, p in spec.blocks[name].params.items():
+                params.setdefault(k, p)
+        entry: dict[str, Any] = {"block": list(st.types) if st.types else st.block, "blocks": st.blocks}
         args = {k: a.value for k, a in st.args.items()}
         for key in ("planes", "stride"):
             if key in params:
@@ -27,6 +30,7 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
         # other arguments only where they differ from the block's default, so equal networks
         # expand to equal documents
         entry.update(sorted((k, v) for k, v in args.items() if v != params[k].default))
+        entry.update(sorted((k, [a.value for a in values]) for k, values in st.per_block.items()))
         if st.frozen:
             entry["frozen"] = True
         stages.append(entry)
@@ -35,6 +39,8 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
         "name": spec.name,
         "input": {"channels": spec.input_channels, "size": list(spec.input_size)},
         "norm": norm,
+        "conv": dict(spec.conv),
+        "act": {"type": spec.act},
         "stem": stem,
         "stages": stages,
         "out_indices": list(spec.out_indices),
@@ -43,6 +49,12 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
         "zero_init_residual": spec.zero_init_residual,
         "with_cp": spec.with_cp,
     }
+    if spec.output_stride is not None:
+        # the stages above already carry the traded strides and dilations; the declaration stays
+        # as a check that re-reading this document confirms
+        out["output_stride"] = spec.output_stride
+    if spec.head is not None:
+        out["head"] = dict(spec.head)
     if spec.init:
         out["init"] = {"type": spec.init["type"], "checkpoint": spec.init["checkpoint"]}
     user_blocks = {name: spec.doc.data["blocks"][name] for name, b in spec.blocks.items() if not b.builtin}

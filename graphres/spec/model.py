@@ -11,19 +11,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..diagnostics import DiagnosticBag, SourceCache, did_you_mean
-from ..ops import NORM_TYPES
-from .blocks import BlockDef, ParamDef, builtin_blocks, parse_blocks
+from ..ops import ACT_TYPES, CONV_TYPES, NORM_TYPES
+from .blocks import BlockDef, ParamDef, builtin_blocks, check_block_uses, parse_blocks
+from .expr import ExprError, evaluate
 from .reader import MISSING, Reader, describe
 from .source import Located, Path
 
 FORMAT_VERSION = 1
-TOP_KEYS = ("graphres", "name", "input", "norm", "conv", "stem", "stages", "block_args", "out_indices",
-            "frozen_stages", "norm_eval", "zero_init_residual", "with_cp", "init", "blocks")
+TOP_KEYS = ("graphres", "name", "input", "norm", "conv", "act", "stem", "stages", "block_args", "output_stride",
+            "out_indices", "frozen_stages", "norm_eval", "zero_init_residual", "with_cp", "init", "head", "blocks")
+OUTPUT_STRIDES = (8, 16, 32)
 STAGE_FIELDS = ("block", "blocks", "planes", "stride", "dilation", "frozen")
 NORM_KEYS = ("type", "requires_grad", "eps", "momentum", "num_groups", "affine")
 MAX_BLOCKS = 1000  # per stage; far beyond any real network, and a guard against typos like 3000000
 MAX_SIZE = 1 << 16
-NOT_YET_CONV = {"ConvWS": "weight-standardised conv", "DCN": "deformable conv", "DCNv2": "deformable conv v2"}
+NOT_YET_CONV = {"DCN": "deformable conv", "DCNv2": "deformable conv v2"}
 
 
 @dataclass
@@ -42,7 +44,21 @@ class Stage:
     dilations: list[int]  # one per block
     args: dict[str, Arg]  # planes, stride (first block), and every other block argument
     path: Path
+    per_block: dict[str, list[Arg]] = field(default_factory=dict)  # arguments given block by block
+    types: list[str] = field(default_factory=list)  # the block type of each block (a stage may mix them)
     frozen: bool = False  # this stage's parameters get no gradients (besides frozen_stages' prefix)
+
+    def block_type(self, b: int) -> str:
+        return self.types[b] if self.types else self.block
+
+    @property
+    def block_types(self) -> list[str]:
+        """The distinct block types of the stage, in order."""
+        return list(dict.fromkeys(self.types or [self.block]))
+
+    def block_args(self, b: int) -> dict[str, Arg]:
+        """The arguments of block ``b``: the stage's, with the per-block lists' ``b``-th values."""
+        return {**self.args, **{k: values[b] for k, values in self.per_block.items()}}
 
     @property
     def name(self) -> str:
@@ -69,6 +85,10 @@ class Spec:
     sources: SourceCache = field(default_factory=SourceCache)
     file: str = "<spec>"
     warnings: list = field(default_factory=list)
+    conv: dict[str, Any] = field(default_factory=lambda: {"type": "Conv2d"})
+    act: str = "relu"
+    head: dict[str, Any] | None = None
+    output_stride: int | None = None
 
     @property
     def num_stages(self) -> int:
@@ -101,7 +121,8 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
             in_size = (checked[0], checked[1])
 
     norm = _parse_norm(r)
-    _parse_conv(r)
+    conv = _parse_conv(r)
+    act = _parse_act(r)
 
     blocks = dict(builtin_blocks(sources))
     user_blocks = parse_blocks(doc, ("blocks",), diags)
@@ -110,6 +131,7 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
             diags.add("E013", f"block '{bname}' is already a built-in block type; choose another name",
                       doc.key_span(("blocks", bname)))
     blocks.update(user_blocks)
+    check_block_uses(blocks, diags)
 
     block_args = r.get(("block_args",), {})
     if not isinstance(block_args, dict):
@@ -120,6 +142,12 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
     stages = _parse_stages(r, blocks, block_args) or []
     declared = r.get(("stages",))
     n = len(declared) if isinstance(declared, list) else len(stages or [])
+    output_stride = None
+    if r.has(("output_stride",)):
+        output_stride = r.value(("output_stride",), int, what="output_stride", choices=OUTPUT_STRIDES)
+        if output_stride is not None and stages and stem_block and not diags.has_errors:
+            _apply_output_stride(r, output_stride, stages, blocks, blocks[stem_block], stem_args)
+    head = _parse_head(r)
 
     out_indices = _parse_out_indices(r, n) if n else []
     frozen = r.value(("frozen_stages",), int, -1, what="frozen_stages")
@@ -138,7 +166,8 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
                 stem_block=stem_block or "conv7x7", stem_args=stem_args, stages=stages,
                 out_indices=out_indices, frozen_stages=frozen if frozen is not None else -1,
                 norm_eval=bool(norm_eval), zero_init_residual=bool(zero_init), with_cp=bool(with_cp),
-                init=init, blocks=blocks, doc=doc, sources=sources, file=file)
+                init=init, blocks=blocks, doc=doc, sources=sources, file=file, conv=conv, act=act or "relu",
+                head=head, output_stride=output_stride)
 
 
 def _parse_norm(r: Reader) -> dict[str, Any]:
@@ -152,9 +181,13 @@ def _parse_norm(r: Reader) -> dict[str, Any]:
         norm_type = "BN"
     else:
         norm_type = r.value(path + ("type",), str, "BN", what="norm.type", choices=NORM_TYPES)
+    frozen = norm_type == "FrozenBN"
     norm = {"type": norm_type or "BN",
-            "requires_grad": r.value(path + ("requires_grad",), bool, True, what="norm.requires_grad"),
+            "requires_grad": r.value(path + ("requires_grad",), bool, not frozen, what="norm.requires_grad"),
             "eps": r.value(path + ("eps",), float, 1e-5, what="norm.eps", min=0)}
+    if frozen and norm["requires_grad"]:
+        r.diags.add("E017", "FrozenBN never trains its parameters, but norm.requires_grad is true",
+                    r.span(path + ("requires_grad",)), "remove requires_grad, or use type: BN")
     momentum = r.get(path + ("momentum",))
     if momentum is not MISSING:
         norm["momentum"] = r.value(path + ("momentum",), (float, type(None)), 0.1, what="norm.momentum")
@@ -172,17 +205,126 @@ def _parse_norm(r: Reader) -> dict[str, Any]:
     return norm
 
 
-def _parse_conv(r: Reader) -> None:
+def _parse_conv(r: Reader) -> dict[str, Any]:
     path = ("conv",)
-    if r.get(path) is None:
-        return
-    r.mapping(path, ("type",), "conv")
+    if r.get(path, None) is None:
+        return {"type": "Conv2d"}
+    r.mapping(path, ("type", "eps"), "conv")
     conv_type = r.get(path + ("type",), "Conv2d")
     if conv_type in NOT_YET_CONV:
         r.diags.add("E016", f"conv type {conv_type!r} ({NOT_YET_CONV[conv_type]}) is not supported yet",
-                    r.span(path + ("type",)), "use Conv2d")
-    else:
-        r.value(path + ("type",), str, "Conv2d", what="conv.type", choices=("Conv2d",))
+                    r.span(path + ("type",)), "use Conv2d or ConvWS")
+        return {"type": "Conv2d"}
+    conv_type = r.value(path + ("type",), str, "Conv2d", what="conv.type", choices=CONV_TYPES) or "Conv2d"
+    conv = {"type": conv_type}
+    if conv_type == "ConvWS":
+        conv["eps"] = r.value(path + ("eps",), float, 1e-5, what="conv.eps", min=0)
+    elif r.has(path + ("eps",)):
+        r.diags.add("E017", "conv.eps only applies to ConvWS (weight standardisation)",
+                    r.doc.key_span(path + ("eps",)), "remove eps, or set type: ConvWS")
+    return conv
+
+
+def _parse_act(r: Reader) -> str | None:
+    """``act: {type: silu}``: the activation of every ``act`` layer that does not name its own."""
+    path = ("act",)
+    if not r.has(path):
+        return "relu"
+    if isinstance(r.get(path), str):  # act: silu
+        return r.value(path, str, "relu", what="act", choices=ACT_TYPES)
+    r.mapping(path, ("type",), "act", required=("type",))
+    return r.value(path + ("type",), str, "relu", what="act.type", choices=ACT_TYPES)
+
+
+def _parse_head(r: Reader) -> dict[str, Any] | None:
+    """``head: {num_classes: 1000}``: global average pool (``avgpool``) and a linear layer (``fc``)."""
+    path = ("head",)
+    if r.get(path, None) is None:
+        return None
+    head = r.mapping(path, ("num_classes",), "head", required=("num_classes",))
+    if not isinstance(head, dict) or "num_classes" not in head:
+        return None  # already reported
+    classes = r.value(path + ("num_classes",), int, what="head.num_classes", min=1, max=1 << 20)
+    return {"num_classes": classes} if classes is not None else None
+
+
+def stem_stride(block: BlockDef, args: dict[str, Arg]) -> int | None:
+    """The stem's reduction, read statically from its layers' strides (None if an expression fails)."""
+    env: dict[str, Any] = {k: p.default for k, p in block.params.items() if p.default is not MISSING}
+    env.update({k: a.value for k, a in args.items()})
+    stride = 1
+    try:
+        for name, expr, _ in block.lets:
+            env[name] = evaluate(expr, env) if isinstance(expr, str) else expr
+        stack = list(block.layers)
+        while stack:
+            layer = stack.pop(0)
+            when = evaluate(layer.when, env) if isinstance(layer.when, str) else layer.when
+            if not when:
+                continue
+            if layer.seq is not None:
+                stack[:0] = layer.layers
+                continue
+            value = lambda key, default: (evaluate(layer.attrs[key], env)  # noqa: E731
+                                          if isinstance(layer.attrs.get(key), str) else layer.attrs.get(key, default))
+            if layer.op == "conv":
+                stride *= value("stride", 1)
+            elif layer.op in ("maxpool", "avgpool"):
+                step = value("stride", None)
+                stride *= step if step is not None else value("kernel", 1)
+    except (ExprError, TypeError, KeyError):
+        return None
+    return stride if isinstance(stride, int) and stride > 0 else None
+
+
+def _apply_output_stride(r: Reader, target: int, stages: list[Stage], blocks: dict[str, BlockDef],
+                         stem: BlockDef, stem_args: dict[str, Arg]) -> None:
+    """Trade the strides that would take the network past ``target`` for dilation, as torchvision's
+    ``replace_stride_with_dilation``: such a stage gets stride 1, the running dilation is multiplied
+    by the stride it gave up, and the stage's first block keeps the previous dilation."""
+    path = ("output_stride",)
+    current = stem_stride(stem, stem_args)
+    if current is None:
+        r.diags.add("E051", "output_stride cannot be checked: the stem's stride is not a constant",
+                    r.span(path))
+        return
+    dilation = 1
+    for st in stages:
+        block = _merged(blocks, st.block_types)
+        if "stride" in st.per_block:
+            r.diags.add("E052", f"output_stride cannot be combined with the block-by-block strides of {st.name}",
+                        r.span(st.path + ("stride",)), "give the stage one stride, or drop output_stride")
+            return
+        stride = st.args["stride"].value if "stride" in st.args else (
+            block.params["stride"].default if "stride" in block.params else 1)
+        if current * stride > target:
+            stated = r.get(st.path + ("dilation",), MISSING)
+            if stated is not MISSING and stated != 1 and stated != [1] * st.blocks:
+                r.diags.add("E052", f"stages[{st.index}] ({st.name}) sets dilation {stated} but output_stride "
+                                    f"{target} trades its stride {stride} for dilation",
+                            r.span(st.path + ("dilation",)),
+                            "leave the dilation to output_stride, or write stride and dilation yourself "
+                            "and drop output_stride")
+                return
+            lacking = [t for t in st.block_types
+                       if "dilation" not in blocks[t].params or "stride" not in blocks[t].params]
+            if lacking:
+                missing = "dilation" if "dilation" not in blocks[lacking[0]].params else "stride"
+                r.diags.add("E052", f"output_stride {target} needs {st.name} to trade its stride {stride} for "
+                                    f"dilation, but block '{lacking[0]}' has no parameter '{missing}'",
+                            r.span(path))
+                return
+            previous, dilation = dilation, dilation * stride
+            st.args["stride"] = Arg(1, st.args["stride"].path if "stride" in st.args else st.path)
+            st.dilations = [previous] + [dilation] * (st.blocks - 1)
+        else:
+            current *= stride
+            dilation = max(dilation, st.dilations[-1])
+    if current != target:
+        strides = ", ".join(str(st.args["stride"].value if "stride" in st.args else 1) for st in stages)
+        r.diags.add("E051", f"output_stride is declared {target} but the network reaches {current} "
+                            f"(stem {stem_stride(stem, stem_args)}, stage strides {strides})", r.span(path),
+                    f"declare output_stride: {current}, or raise stage strides to reach {target}")
 
 
 def _parse_stem(r: Reader, blocks: dict[str, BlockDef], in_ch: int) -> tuple[str | None, dict[str, Arg]]:
@@ -227,16 +369,34 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
         if not isinstance(item, dict):
             r.diags.add("E011", f"stage {i} must be a mapping, found {describe(item)}", r.span(spath))
             continue
-        bname = r.value(spath + ("block",), str, what=f"stages[{i}].block")
         nblocks = r.value(spath + ("blocks",), int, what=f"stages[{i}].blocks", min=1, max=MAX_BLOCKS)
-        if bname is None or nblocks is None:
+        raw = item.get("block")
+        if isinstance(raw, list):  # a block type per block
+            if nblocks is not None and len(raw) != nblocks:
+                r.diags.add("E015", f"stages[{i}].block lists {len(raw)} block types for {nblocks} blocks",
+                            r.span(spath + ("block",)), "give one block type per block, or a single one for all")
+                continue
+            types = [r.check(t, spath + ("block", j), str, None, label=f"stages[{i}].block[{j}]")
+                     for j, t in enumerate(raw)]
+            tpaths = [spath + ("block", j) for j in range(len(raw))]
+        else:
+            types = [r.value(spath + ("block",), str, what=f"stages[{i}].block")]
+            tpaths = [spath + ("block",)]
+        if None in types or nblocks is None or not types:
             continue
-        if bname not in block_names:
-            hint = did_you_mean(bname, block_names) or f"block types: {', '.join(block_names)}"
-            what = "is a stem, not a block" if bname in blocks else "is not a known block type"
-            r.diags.add("E020", f"block type {bname!r} {what}", r.span(spath + ("block",)), hint)
+        unknown = False
+        for t, tpath in zip(types, tpaths):
+            if t not in block_names:
+                hint = did_you_mean(t, block_names) or f"block types: {', '.join(block_names)}"
+                what = "is a stem, not a block" if t in blocks else "is not a known block type"
+                r.diags.add("E020", f"block type {t!r} {what}", r.span(tpath), hint)
+                unknown = True
+        if unknown:
             continue
-        block = blocks[bname]
+        bname = types[0]
+        distinct = list(dict.fromkeys(types))
+        block = _merged(blocks, distinct)
+        bname_text = f"block '{bname}'" if len(distinct) == 1 else f"blocks {', '.join(map(repr, distinct))}"
         args: dict[str, Arg] = {}
         for k, v in block_args.items():
             if k in block.params:  # global block arguments apply where the block declares them
@@ -256,21 +416,58 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
             d = r.check(dilation, dpath, int, 1, label=f"stages[{i}].dilation", min=1)
             dilations = [d] * nblocks
         frozen = bool(r.value(spath + ("frozen",), bool, False, what=f"stages[{i}].frozen"))
+        per_block: dict[str, list[Arg]] = {}
         for k, v in item.items():
             if k in ("block", "blocks", "dilation", "frozen"):
                 continue
+            if isinstance(v, list) and k in block.params:  # one value per block
+                if len(v) != nblocks:
+                    r.diags.add("E015", f"stages[{i}].{k} lists {len(v)} values for {nblocks} blocks",
+                                r.span(spath + (k,)), f"give one {k} per block, or a single value for all")
+                    continue
+                per_block[k] = [Arg(x, spath + (k, j)) for j, x in enumerate(v)]
+                v = v[0]
+                for j, x in enumerate(item[k][1:], 1):
+                    p = block.params[k]
+                    r.check(x, spath + (k, j), p.type, None, label=f"stages[{i}].{k}[{j}]", choices=p.choices,
+                            min=p.min)
+                args[k] = Arg(v, spath + (k, 0))
+                continue
             args[k] = Arg(v, spath + (k,))
         if "dilation" in item and "dilation" not in block.params:
-            r.diags.add("E010", f"block '{bname}' has no parameter 'dilation'", r.doc.key_span(dpath))
-        _check_args(r, block, args, f"block '{bname}'", spath, exclude=("dilation",), label=f"stages[{i}].")
-        stride = args["stride"].value if "stride" in args else 1
+            r.diags.add("E010", f"{bname_text} {'has' if len(distinct) == 1 else 'have'} no parameter 'dilation'",
+                        r.doc.key_span(dpath))
+        _check_args(r, block, args, bname_text, spath, exclude=("dilation",), label=f"stages[{i}].")
+        for k in per_block:
+            if k in args:
+                args[k] = Arg(item[k], spath + (k,))
+            else:
+                per_block[k] = []
+        stride = max(args["stride"].value) if "stride" in args and "stride" in per_block else \
+            args["stride"].value if "stride" in args else 1
+        stride_span = r.span(args["stride"].path) if "stride" in args else r.span(spath)
+        for k in [k for k, values in per_block.items() if not values]:
+            del per_block[k]
+            args.pop(k, None)
+        for k in per_block:
+            del args[k]
         if stride > 1 and max(dilations) > 1:
             r.diags.add("W001", f"stages[{i}] (layer{i + 1}) has stride {stride} and dilation {max(dilations)}: "
-                                "it both downsamples and dilates", r.span(args["stride"].path),
+                                "it both downsamples and dilates", stride_span,
                         "to keep resolution (output stride 8 or 16) set stride 1 where the dilation rises")
-        stages.append(Stage(i, bname, nblocks, dilations, args, spath, frozen))
+        stated_dilation = item.get("dilation", 1)
+        if (i > 0 and item.get("stride", 1) == 1 and stride == 1 and "stride" not in per_block
+                and max(dilations) == 1 and stated_dilation in (1, [1] * nblocks)
+                and "dilation" in block.params and "stride" in block.params):
+            r.diags.add("W010", f"stages[{i}] (layer{i + 1}) keeps the resolution (stride 1) without dilation: "
+                                "its 3x3 convs see half the context they would with stride 2",
+                        stride_span,
+                        "for output stride 16 or 8 raise this stage's dilation (stride 2 -> dilation 2), "
+                        "or declare output_stride and leave strides and dilations to it")
+        stages.append(Stage(i, bname, nblocks, dilations, args, spath, per_block,
+                            types if len(distinct) > 1 else [], frozen))
     if stages:
-        declared = sorted({p for st in stages for p in blocks[st.block].params})
+        declared = sorted({p for st in stages for t in st.block_types for p in blocks[t].params})
         for k in block_args:
             if k not in used_block_args:
                 r.diags.add("E010", f"block_args sets '{k}', a parameter of none of the stages' blocks",
@@ -279,19 +476,38 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
     return stages
 
 
+@dataclass
+class _Params:
+    params: dict[str, ParamDef]
+
+
+def _merged(blocks: dict[str, BlockDef], names: list[str]) -> BlockDef | _Params:
+    """The block itself, or for a stage that mixes block types the union of their parameters
+    (an argument goes to every type that declares it; each type's required ones must be given)."""
+    if len(names) == 1:
+        return blocks[names[0]]
+    params: dict[str, ParamDef] = {}
+    for name in names:
+        for k, p in blocks[name].params.items():
+            params.setdefault(k, p)
+    return _Params(params)
+
+
 def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, owner: Path, exclude: tuple = (),
                 label: str = "") -> None:
     params = block.params
     for k, arg in list(args.items()):
         if k not in params:
-            r.diags.add("E010", f"{what} has no parameter '{k}'", r.doc.key_span(arg.path),
+            r.diags.add("E010", f"{what} {'have' if what.startswith('blocks ') else 'has'} no parameter '{k}'",
+                        r.doc.key_span(arg.path),
                         did_you_mean(k, list(params) + list(STAGE_FIELDS)) or
                         (f"its parameters: {', '.join(params)}" if params else None))
             del args[k]
             continue
         p: ParamDef = params[k]
         where = "block_args." if arg.path[:1] == ("block_args",) else label
-        checked = r.check(arg.value, arg.path, p.type, None, label=where + k, choices=p.choices, min=p.min)
+        index = f"[{arg.path[-1]}]" if isinstance(arg.path[-1], int) else ""  # a per-block list's first value
+        checked = r.check(arg.value, arg.path, p.type, None, label=where + k + index, choices=p.choices, min=p.min)
         if checked is None:
             del args[k]
             exclude += (k,)  # already reported as given but wrong; not also as missing

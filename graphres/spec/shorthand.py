@@ -26,11 +26,14 @@ TYPES = {
     "ResNetV1d": (True, True, tuple(ARCH), ()),
     "ResNeXt": (False, False, (50, 101, 152), ("groups", "base_width")),
 }
+MMSEG_KEYS = ("contract_dilation", "multi_grid")
+MMSEG_TYPES = ("ResNet", "ResNetV1c", "ResNetV1d")
+SCOPES = ("mmdet", "mmseg")
 COMMON_KEYS = ("type", "depth", "in_channels", "stem_channels", "base_channels", "num_stages", "strides",
                "dilations", "out_indices", "style", "deep_stem", "avg_down", "frozen_stages", "conv_cfg",
                "norm_cfg", "norm_eval", "dcn", "stage_with_dcn", "plugins", "with_cp", "zero_init_residual",
                "init_cfg", "pretrained")
-OUTER_KEYS = ("graphres", "name", "input", "backbone")
+OUTER_KEYS = ("graphres", "name", "input", "default_scope", "backbone")
 
 
 def is_shorthand(doc: Located) -> bool:
@@ -73,17 +76,38 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
         if key in doc.data:
             copy((key,), (key,))
 
+    scope = r.value(("default_scope",), str, "mmdet", what="default_scope", choices=SCOPES) or "mmdet"
     btype = data.get("type", MISSING)
     if btype is MISSING:
         diags.add("E012", "backbone needs 'type' (one of ResNet, ResNetV1c, ResNetV1d, ResNeXt)", r.span(bb))
         return out
-    if not isinstance(btype, str) or btype not in TYPES:
-        diags.add("E013", f"backbone type {btype!r} is not one of {', '.join(repr(t) for t in TYPES)}",
-                  r.span(bb + ("type",)), did_you_mean(str(btype), TYPES))
+    known = list(TYPES) + [f"mmdet.{t}" for t in TYPES] + [f"mmseg.{t}" for t in MMSEG_TYPES]
+    if not isinstance(btype, str) or btype not in known:
+        hint = did_you_mean(str(btype), known)
+        if isinstance(btype, str) and btype.startswith("mmseg.") and btype[6:] in TYPES:
+            hint = f"mmsegmentation has {', '.join(MMSEG_TYPES)}; ResNeXt is mmdetection's (mmdet.ResNeXt)"
+        diags.add("E013", f"backbone type {btype!r} is not one of {', '.join(repr(t) for t in TYPES)} "
+                          f"(optionally prefixed mmdet. or mmseg.)", r.span(bb + ("type",)), hint)
+        return out
+    if "." in btype:
+        scope, btype = btype.split(".", 1)
+    mmseg = scope == "mmseg"
+    if mmseg and btype not in MMSEG_TYPES:
+        diags.add("E013", f"backbone type {btype!r} is not an mmsegmentation type (default_scope is mmseg)",
+                  r.span(bb + ("type",)), f"mmsegmentation has {', '.join(MMSEG_TYPES)}; write mmdet.{btype}")
         return out
     deep_default, avg_default, depths, extra = TYPES[btype]
-    r.mapping(bb, COMMON_KEYS + extra, f"a {btype} backbone")
+    extra = extra + (MMSEG_KEYS if mmseg else ())
+    r.mapping(bb, COMMON_KEYS + extra + (() if mmseg else MMSEG_KEYS), f"a {btype} backbone")
     at = lambda k: bb + (k,)  # noqa: E731
+    if not mmseg:
+        for key in MMSEG_KEYS:
+            if r.has(at(key)):
+                diags.add("E010", f"{key} is an option of mmsegmentation's {btype}, not mmdetection's",
+                          r.doc.key_span(at(key)),
+                          f"write type: mmseg.{btype if btype in MMSEG_TYPES else 'ResNetV1c'}, or add "
+                          f"default_scope: mmseg beside backbone (mmsegmentation's defaults then apply: "
+                          f"norm_eval false, stem_channels 64)")
 
     depth = r.value(at("depth"), int, what="depth")
     if depth is not None and depth not in depths:
@@ -111,7 +135,9 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
 
     base = r.value(at("base_channels"), int, 64, what="base_channels", min=1) or 64
     stem_ch = r.get(at("stem_channels"), None)
-    if stem_ch is None:
+    if stem_ch is None and mmseg:
+        stem_ch, stem_src = 64, bb  # mmsegmentation's default, whatever base_channels is
+    elif stem_ch is None:
         stem_ch, stem_src = base, at("base_channels") if r.has(at("base_channels")) else bb
     else:
         stem_ch = r.check(stem_ch, at("stem_channels"), int, base, label="stem_channels", min=1)
@@ -135,26 +161,29 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
         put(("block_args", "avg_down"), True, at("avg_down") if r.has(at("avg_down")) else at("type"))
     if block == "bottleneck" and base != 64:
         put(("block_args", "base_channels"), base, at("base_channels"))
-    for key in extra:
+    for key in TYPES[btype][3]:
         if r.has(at(key)):
             put(("block_args", key), r.get(at(key)), at(key))
 
+    per_block = _mmseg_dilations(r, at, counts, dilations, num_stages) if mmseg else {}
     stages = []
     put(("stages",), stages, at("depth"))
     for i in range(num_stages):
         stages.append({"block": block, "blocks": counts[i], "planes": base * 2 ** i,
-                       "stride": strides[i], "dilation": dilations[i]})
+                       "stride": strides[i], "dilation": per_block.get(i, dilations[i])})
         for k in ("block", "blocks", "planes"):
             out.spans[("stages", i, k)] = doc.span(at("depth"))
         out.spans[("stages", i, "stride")] = doc.span(at("strides") + ((i,) if r.has(at("strides")) else ()))
         out.spans[("stages", i, "dilation")] = doc.span(at("dilations") + ((i,) if r.has(at("dilations")) else ()))
+        if i in per_block and r.has(at("multi_grid")) and i == num_stages - 1:
+            out.spans[("stages", i, "dilation")] = doc.span(at("multi_grid"))
         out.spans[("stages", i)] = doc.span(at("depth"))
 
     for key in ("out_indices", "frozen_stages", "norm_eval", "with_cp", "zero_init_residual"):
         if r.has(at(key)):
             copy((key,), at(key))
     if not r.has(at("norm_eval")):
-        put(("norm_eval",), True, bb)  # OpenMMLab's default
+        put(("norm_eval",), not mmseg, bb)  # mmdetection's default is true, mmsegmentation's false
     if r.has(at("norm_cfg")):
         copy(("norm",), at("norm_cfg"))
     conv_cfg = r.get(at("conv_cfg"), None)
@@ -201,3 +230,26 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
             diags.add("E011", f"init_cfg must be a mapping, found {describe(init_cfg)}", r.span(at("init_cfg")))
     return out
 
+
+
+def _mmseg_dilations(r: Reader, at, counts: list[int], dilations: list[int], num_stages: int) -> dict[int, list]:
+    """mmsegmentation's per-block dilations: ``contract_dilation`` gives the first block of a dilated
+    stage half the stage's dilation; ``multi_grid`` lists the last stage's dilations block by block
+    (they replace the stage dilation, they are not multiplied by it)."""
+    contract = r.value(at("contract_dilation"), bool, False, what="contract_dilation")
+    out: dict[int, list] = {}
+    if contract:
+        for i in range(num_stages):
+            if dilations[i] > 1:
+                out[i] = [dilations[i] // 2] + [dilations[i]] * (counts[i] - 1)
+    grid = r.get(at("multi_grid"), None)
+    if grid is not None:
+        last = num_stages - 1
+        values = r.int_list(at("multi_grid"), None, what="multi_grid", min=1)
+        if values is not None and len(values) != counts[last]:
+            r.diags.add("E015", f"multi_grid has {len(values)} values but the last stage (layer{last + 1}) has "
+                                f"{counts[last]} blocks", r.span(at("multi_grid")),
+                        f"give one dilation per block of layer{last + 1}: {counts[last]} values")
+        elif values is not None:
+            out[last] = list(values)
+    return out
