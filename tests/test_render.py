@@ -616,3 +616,18 @@ def test_names_are_escaped(tmp_path, level, theme):
     if level == "layer":  # a layer name that is no plain identifier: a neutral node id, the name as text
         assert 'c"<x>&y\\N: conv3x3' in texts
         assert '"node~5" [label="c\\"<x>&amp;y\\\\N: conv3x3\\n64 ch"' in dot
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_classification_head_has_its_own_box(tmp_path, level):
+    g = compile_spec(ROOT / "specs" / "resnet50_classifier.yaml").graph
+    out = render(g, tmp_path / "cls.svg", level=level)
+    nodes = svg_nodes(out)
+    assert nodes["input"] == ["input", "3x224x224"]
+    if level == "layer":
+        assert nodes["avgpool"][0] == "avgpool: global avgpool" and nodes["fc"][0] == "fc: linear"
+        assert "head: avgpool + fc" in svg_texts(out)
+    else:
+        assert nodes["head"] == ["head: avgpool + fc", "1000 classes, 2.05M params"]
+    edges = [e.find(f"{SVG}title").text for e in ET.parse(out).getroot().iter(f"{SVG}g") if e.get("class") == "edge"]
+    assert not any(e.endswith("->input") for e in edges)

@@ -184,6 +184,7 @@ class _Plan:
     scope_nodes: dict[str, list[str]]  # block instance -> its IR nodes
     stem: list[str]
     inputs: list[str]
+    head: list[str]  # a classification head's layers (scope "head")
 
 
 def _plan(g: nx.DiGraph, order: list[str], level: str, unfolded: set[int]) -> _Plan:
@@ -192,10 +193,13 @@ def _plan(g: nx.DiGraph, order: list[str], level: str, unfolded: set[int]) -> _P
     scopes: dict[int, list[str]] = {st["index"]: [] for st in stages}
     stem: list[str] = []
     inputs: list[str] = []
+    head: list[str] = []
     for n in order:
         d = g.nodes[n]
         stage = d.get(ir.STAGE)
-        if d[ir.OP] == "input" or stage is None:
+        if d[ir.OP] != "input" and d.get(ir.SCOPE) == "head":
+            head.append(n)
+        elif d[ir.OP] == "input" or stage is None:
             inputs.append(n)
         elif stage < 0:
             stem.append(n)
@@ -209,10 +213,12 @@ def _plan(g: nx.DiGraph, order: list[str], level: str, unfolded: set[int]) -> _P
     detail = {i: level for i in scopes}
     if level == "stage":
         detail.update({i: "block" for i in unfolded})
-    reserved = {"input", "stem", "legend"} | {f"out{k}" for k in range(len(g.graph.get("outputs", [])))}
+    reserved = {"input", "stem", "head", "legend"} | {f"out{k}" for k in range(len(g.graph.get("outputs", [])))}
     box: dict[str, str] = {n: "input" for n in inputs}
     for n in stem:
         box[n] = "stem" if level != "layer" else _node_id(g, n, reserved)
+    for n in head:
+        box[n] = "head" if level != "layer" else _node_id(g, n, reserved)
     runs: dict[int, list[_Run]] = {}
     run_of: dict[str, _Run] = {}
     for stage, stage_scopes in scopes.items():
@@ -237,7 +243,7 @@ def _plan(g: nx.DiGraph, order: list[str], level: str, unfolded: set[int]) -> _P
                 first = scope_nodes[run.scopes[0]]
                 by_local = {_local(g, n): _node_id(g, n, reserved) for n in first}
                 box.update({n: by_local[_local(g, n)] for n in run.nodes})
-    return _Plan(level, box, runs, detail, run_of, scope_nodes, stem, inputs)
+    return _Plan(level, box, runs, detail, run_of, scope_nodes, stem, inputs, head)
 
 
 def _node_id(g: nx.DiGraph, n: str, reserved: set[str]) -> str:
@@ -390,6 +396,16 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
                     _pad_label(inner, f"cluster_{run.id}", plan.box[first[0]], width, rankdir)
                     for n in first:
                         _layer_node(inner, g, n, plan.box[n], t, frozen, n in main_path)
+
+    if plan.head:
+        if level == "layer":
+            with dg.subgraph(name="cluster_head") as sub:
+                lines = _head_lines(g, plan.head)
+                _cluster_attrs(sub, t, lines, False, outer=True)
+                for n in plan.head:
+                    _layer_node(sub, g, n, plan.box[n], t, False, n in main_path)
+        else:
+            dg.node("head", _label(*_head_lines(g, plan.head)), fillcolor=t.stage)
 
     # block boxes -> their stage's cluster, for edges that end at a cluster's border
     clusters = {run.id: f"cluster_s{i}" for i, runs in plan.runs.items() if plan.detail[i] == "block" for run in runs}
@@ -570,6 +586,14 @@ def _stem_lines(g: nx.DiGraph, nodes: list[str], level: str) -> list[str]:
     lines.append(_join(_rf_text(stem.get("rf") or g.nodes[last][ir.META].get("rf")),
                        f"{_count(_params(g, nodes))} params"))
     return lines
+
+
+def _head_lines(g: nx.DiGraph, nodes: list[str]) -> list[str]:
+    """The classification head: its layers, the logits' size and its parameters."""
+    head = g.graph.get("head") or {}
+    classes = head.get("num_classes") or g.nodes[nodes[-1]][ir.OUT_CH]
+    return [f"head: {' + '.join(_local(g, n) for n in nodes)}",
+            f"{classes} classes, {_count(_params(g, nodes))} params"]
 
 
 def _stage_lines(g: nx.DiGraph, st: dict, frozen: bool) -> list[str]:
