@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not Path(args.spec).is_file():
             raise _Usage(f"spec file '{args.spec}' not found")
-        return {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile}[args.command](args)
+        commands = {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile}
+        return commands[args.command](args)
     except _Usage as e:
         parser.exit(EXIT_USAGE, f"graphres: error: {e}\n")
     except SpecError as e:

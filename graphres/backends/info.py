@@ -219,23 +219,22 @@ def format_info(g: nx.DiGraph, level: str = "stage", color: bool = False, source
         {o["node"]: o["index"] for o in g.graph["outputs"]} if level == "layer" else \
         {f"{o['name']}.{g.graph['stages'][o['index']]['blocks'] - 1}": o["index"] for o in g.graph["outputs"]}
 
+    # a layer's type already shows its dilation ("conv 3x3 d2"): no dil column at layer level
+    keep = [i for i, h in enumerate(heads) if not (level == "layer" and h == "dil")]
+
     def cells(number) -> list[list[str]]:
         out = []
         for r in table:
             name = r["name"] + ("*" if r["frozen"] else "")
-            out.append([name, str(marks.get(r["name"], "")), r["type"], _shape_text(r["shape"]), str(r["stride"]),
-                        _dil_text(r), _rf_text(r["receptive_field"]),
-                        number(r["params"]) if r["kind"] != "input" else "",
-                        number(r["macs"]) if r["kind"] != "input" else ""])
+            row = [name, str(marks.get(r["name"], "")), r["type"], _shape_text(r["shape"]), str(r["stride"]),
+                   _dil_text(r), _rf_text(r["receptive_field"]),
+                   number(r["params"]) if r["kind"] != "input" else "",
+                   number(r["macs"]) if r["kind"] != "input" else ""]
+            out.append([row[i] for i in keep])
         return out
 
-    totals = ["total", "", "", "", "", "", "", _commas(data["totals"]["params"]), _commas(data["totals"]["macs"])]
-    if level == "layer":  # a layer's type already shows its dilation ("conv 3x3 d2")
-        keep = [i for i in range(len(heads)) if heads[i] != "dil"]
-        heads, right = [heads[i] for i in keep], [right[i] for i in keep]
-        totals = [totals[i] for i in keep]
-        full_cells = cells
-        cells = lambda number: [[c[i] for i in keep] for c in full_cells(number)]  # noqa: E731
+    heads, right = [heads[i] for i in keep], [right[i] for i in keep]
+    totals = ["total"] + [""] * (len(keep) - 3) + [_commas(data["totals"]["params"]), _commas(data["totals"]["macs"])]
     body = cells(_commas)
     widths = _widths(heads, body + [totals])
     if sum(widths) + len(widths) - 1 > WIDTH:  # long layer names: abbreviate the per-row counts
