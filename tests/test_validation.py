@@ -271,3 +271,17 @@ def test_absurd_sizes_are_refused_before_building(check):
         "spec.yaml:5:33: error[E014]: stages[0].blocks = 3000000 must be <= 1000"]
     assert check(R50.replace("planes: 512", "planes: 1000000")) == [
         "spec.yaml:8:5: error[E014]: conv.out = 4000000 channels is more than graphres builds (1048576)"]
+
+
+@pytest.mark.parametrize("name, meant", [("BatchNorm2d", "BN"), ("GroupNorm", "GN"), ("SyncBatchNorm", "SyncBN"),
+                                         ("InstanceNorm2d", "IN"), ("FrozenBatchNorm2d", "FrozenBN")])
+def test_torch_norm_class_names_get_the_short_name(diagnose, name, meant):
+    d = diagnose(R50, [f"norm.type={name}"])[0]
+    assert (d.code, d.hint) == ("E013", f"did you mean '{meant}'? graphres uses the short names of mmcv's norm_cfg")
+
+
+def test_mmcv_2d_norm_aliases_are_accepted(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(R50)
+    for alias, short in (("BN2d", "BN"), ("IN2d", "IN")):
+        assert graphres.compile_spec(path, [f"norm.type={alias}"]).spec.norm["type"] == short

@@ -170,6 +170,15 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
                 head=head, output_stride=output_stride)
 
 
+_NORM_ALIASES = {"batchnorm": "BN", "batchnorm2d": "BN", "bn2d": "BN", "syncbatchnorm": "SyncBN", "syncbn2d": "SyncBN",
+                 "groupnorm": "GN", "instancenorm": "IN", "instancenorm2d": "IN", "in2d": "IN",
+                 "frozenbatchnorm2d": "FrozenBN", "frozenbatchnorm": "FrozenBN", "frozenbn2d": "FrozenBN"}
+
+
+def _norm_alias(name: str) -> str | None:
+    return _NORM_ALIASES.get(name.lower().replace("_", ""))
+
+
 def _parse_norm(r: Reader) -> dict[str, Any]:
     path = ("norm",)
     r.mapping(path, NORM_KEYS, "norm")
@@ -178,6 +187,14 @@ def _parse_norm(r: Reader) -> dict[str, Any]:
         r.diags.add("E013", f"norm type {norm_type!r} is not supported: it normalises the last dimension "
                             "and fails on NCHW feature maps", r.span(path + ("type",)),
                     "use GN with num_groups: 1 for a layer-norm over (C, H, W), or BN/SyncBN/IN")
+        norm_type = "BN"
+    elif norm_type in ("BN2d", "IN2d"):  # mmcv registers these names too: the same layers
+        norm_type = norm_type[:2]
+    elif isinstance(norm_type, str) and norm_type not in NORM_TYPES and _norm_alias(norm_type):
+        # PyTorch class names and mmcv registry aliases (BatchNorm2d, BN2d, GroupNorm, ...)
+        r.diags.add("E013", f"norm.type = {norm_type!r} is not one of {', '.join(map(repr, NORM_TYPES))}",
+                    r.span(path + ("type",)), f"did you mean '{_norm_alias(norm_type)}'? graphres uses the short "
+                                              "names of mmcv's norm_cfg")
         norm_type = "BN"
     else:
         norm_type = r.value(path + ("type",), str, "BN", what="norm.type", choices=NORM_TYPES)
