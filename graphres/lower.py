@@ -198,9 +198,13 @@ def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: 
     x, in_ch = inputs[0]
     env: dict[str, Any] = {"in_channels": in_ch}
     for name, p in block.params.items():
+        raw = layer.attrs.get(name)
         if name in layer.attrs:
-            value = _eval(ctx, inst, layer.attrs[name], layer.path + (name,), f"{block.name}.{name}",
-                          kind=p.type if p.type is not str else None)
+            if p.type is str and isinstance(raw, str) and raw.strip().isidentifier() and raw.strip() not in inst.env:
+                value = raw.strip()  # a bare word that names nothing here is the string itself: style: caffe
+            else:
+                value = _eval(ctx, inst, raw, layer.path + (name,), f"{block.name}.{name}",
+                              kind=p.type if p.type is not str else None)
             problem = (f"must be {_TYPE_NAMES[p.type]}, got {value!r}" if not _is_type(value, p.type) else
                        f"= {value} must be >= {p.min}" if p.min is not None and value < p.min else
                        f"= {value!r} is not one of {', '.join(map(repr, p.choices))}"
@@ -208,7 +212,9 @@ def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: 
             if problem:
                 _error(ctx, inst, "E014" if "must be >=" in problem else "E013" if "one of" in problem else "E011",
                        f"argument {name} of block '{block.name}' {problem}",
-                       inst.block.doc.span(layer.path + (name,)), layer.path)
+                       inst.block.doc.span(layer.path + (name,)), layer.path,
+                       did_you_mean(value, [str(c) for c in p.choices]) if p.choices and isinstance(value, str)
+                       else None)
             env[name] = value
         elif p.default is not MISSING:
             env[name] = p.default

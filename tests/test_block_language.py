@@ -280,3 +280,34 @@ def test_mixed_block_types_are_checked(write_spec):
         graphres.compile_spec(path)
     assert [d.message for d in e.value.diagnostics] == [
         "blocks 'bottleneck', 'se_bottleneck' have no parameter 'reduktion'"]
+
+
+WRAP = """
+    graphres: 1
+    input: {size: 64}
+    blocks:
+      wrap:
+        params: {planes: int, style: {type: str, default: pytorch}}
+        out_channels: planes * 4
+        layers:
+          - {name: inner, block: bottleneck, planes: planes, style: STYLE, stride: 2}
+    stages: [{block: wrap, blocks: 1, planes: 16}]
+    """
+
+
+def test_a_bare_word_is_a_string_argument_unless_it_names_something(write_spec):
+    def conv_strides(style):
+        g = graphres.compile_spec(write_spec(WRAP.replace("STYLE", style))).graph
+        return g.nodes["layer1.0.inner.conv1"][ir.ATTRS]["stride"], g.nodes["layer1.0.inner.conv2"][ir.ATTRS]["stride"]
+    assert conv_strides("caffe") == (2, 1)  # the string 'caffe': stride on the 1x1 conv
+    assert conv_strides('"\'caffe\'"') == (2, 1)  # the quoted expression means the same
+    assert conv_strides("style") == (1, 2)  # the enclosing block's own style (pytorch by default)
+    with pytest.raises(SpecError) as e:
+        graphres.compile_spec(write_spec(WRAP.replace("STYLE", "cafe")))
+    d = e.value.diagnostics[0]
+    assert d.headline().split("/")[-1] == ("spec.yaml:8:65: error[E013]: argument style of block 'bottleneck' = "
+                                           "'cafe' is not one of 'pytorch', 'caffe'")
+    assert d.hint == "did you mean 'caffe'?"
+    # an integer parameter takes no bare word: that is an unknown name
+    assert errors(write_spec, WRAP.replace("planes: planes", "planes: plane").replace("STYLE", "caffe")) == [
+        "spec.yaml:8:50: error[E022]: unknown name 'plane' in bottleneck.planes"]

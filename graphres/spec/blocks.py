@@ -52,6 +52,7 @@ class LayerDef:
     seq: str | None = None
     layers: list["LayerDef"] = field(default_factory=list)
     block: str | None = None
+    bare: dict[str, Any] = field(default_factory=dict)  # used-block arguments written as a bare word -> names in scope
 
 
 @dataclass
@@ -280,7 +281,10 @@ def _parse_use(r: Reader, item: dict, path: Path, known: set[str], where: str) -
     for key, value in item.items():
         if key in USE_KEYS:
             continue
-        _check_expr(r, value, path + (key,), known, f"{bname}.{key}")
+        if isinstance(value, str) and value.strip().isidentifier() and value.strip() not in known:
+            layer.bare[str(key)] = known  # a bare word: a string argument, or an unknown name (check_block_uses)
+        else:
+            _check_expr(r, value, path + (key,), known, f"{bname}.{key}")
         layer.attrs[str(key)] = value
     return layer
 
@@ -313,6 +317,10 @@ def check_block_uses(blocks: dict[str, BlockDef], diags: DiagnosticBag) -> None:
                               r.doc.key_span(layer.path + (key,)),
                               did_you_mean(key, target.params) or
                               (f"its parameters: {', '.join(target.params)}" if target.params else None))
+            for key, known in layer.bare.items():
+                p = target.params.get(key)
+                if p is not None and p.type is not str:  # only a string parameter takes a bare word
+                    _check_expr(r, layer.attrs[key], layer.path + (key,), known, f"{layer.block}.{key}")
             for key, p in target.params.items():
                 if p.default is MISSING and key not in layer.attrs:
                     diags.add("E012", f"layer '{layer.name}' uses block '{layer.block}' without its parameter "
