@@ -3,7 +3,8 @@ the CPU torch that the tests use).
 
 For each torchvision ResNet variant, a randomly initialised torchvision model's state dict is saved
 as a checkpoint, loaded by graphres (strictly, apart from fc.*), and the stage outputs of both are
-compared on the same input. Run where torchvision is installed:
+compared on the same input; with specs/resnet50_classifier.yaml the whole classifier loads strictly,
+fc included, and the logits are compared. Run where torchvision is installed:
 
     python benchmarks/torchvision_parity.py [--device cuda]
 """
@@ -38,17 +39,16 @@ def cases():
     yield "resnet50", tvm.resnet50, ROOT / "specs/resnet50.yaml", []
     yield "resnet101", tvm.resnet101, ROOT / "specs/resnet101.yaml", []
     yield "resnet152", tvm.resnet152, ROOT / "specs/resnet152.yaml", []
-    yield ("resnext50_32x4d", tvm.resnext50_32x4d,
-           {"backbone": {"type": "ResNeXt", "depth": 50, "groups": 32, "base_width": 4}}, [])
-    yield ("resnext101_32x8d", tvm.resnext101_32x8d,
-           {"backbone": {"type": "ResNeXt", "depth": 101, "groups": 32, "base_width": 8}}, [])
-    yield ("wide_resnet50_2", tvm.wide_resnet50_2, ROOT / "specs/resnet50.yaml",
-           [f"stages.{i}.width={128 * 2 ** i}" for i in range(4)])
+    yield "resnext50_32x4d", tvm.resnext50_32x4d, ROOT / "specs/resnext50_32x4d.yaml", []
+    yield "resnext101_32x8d", tvm.resnext101_32x8d, ROOT / "specs/resnext101_32x8d.yaml", []
+    yield "wide_resnet50_2", tvm.wide_resnet50_2, ROOT / "specs/wide_resnet50_2.yaml", []
     # torchvision's replace_stride_with_dilation=[False, True, True] (output stride 8)
     yield ("resnet50 os8", lambda: tvm.resnet50(replace_stride_with_dilation=[False, True, True]),
-           ROOT / "specs/resnet50.yaml",
-           ["stages.2.stride=1", "stages.2.dilation=[1, 2, 2, 2, 2, 2]", "stages.3.stride=1",
-            "stages.3.dilation=[2, 4, 4]"])
+           ROOT / "specs/resnet50_os8.yaml", [])
+    yield ("resnet50 os16", lambda: tvm.resnet50(replace_stride_with_dilation=[False, False, True]),
+           ROOT / "specs/resnet50.yaml", ["output_stride=16"])
+    # the whole classifier: fc included, loaded strictly, logits compared
+    yield "resnet50 + head", tvm.resnet50, ROOT / "specs/resnet50_classifier.yaml", []
 
 
 def main() -> int:
@@ -59,7 +59,7 @@ def main() -> int:
     torch.manual_seed(0)
     failures = 0
     print(f"torch {torch.__version__}, device {args.device}")
-    print("| model | params (graphres, backbone) | ignored keys | max abs diff (stage outputs) | result |")
+    print("| model | params (graphres) | ignored keys | max abs diff (stage outputs or logits) | result |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, make, spec, overrides in cases():
@@ -76,11 +76,13 @@ def main() -> int:
             ours = graphres.build(spec, overrides, checkpoint=path).eval()
             tv, ours = tv.to(args.device), ours.to(args.device)
             x = torch.randn(2, 3, args.size, args.size, device=args.device)
+            head = "head" in name
             with torch.no_grad():
-                a, b = ours(x), stages_of(tv, x)
+                a, b = ((ours(x),), (tv(x),)) if head else (ours(x), stages_of(tv, x))
             diff = max((u - v).abs().max().item() for u, v in zip(a, b))
-            shapes_ok = all(u.shape == v.shape for u, v in zip(a, b))
-            ok = shapes_ok and diff <= 1e-4 and ours.load_report.ignored == ["fc.bias", "fc.weight"]
+            shapes_ok = len(a) == len(b) and all(u.shape == v.shape for u, v in zip(a, b))
+            ignored = [] if head else ["fc.bias", "fc.weight"]
+            ok = shapes_ok and diff <= 1e-4 and ours.load_report.ignored == ignored
             failures += not ok
             params = sum(p.numel() for p in ours.parameters())
             print(f"| {name} | {params:,} | {', '.join(ours.load_report.ignored)} | {diff:.2e} | "

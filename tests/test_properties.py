@@ -1,5 +1,7 @@
 """Property: for random valid specs, the static analysis (shapes, strides, parameters, trainable
 parameters, MACs, peak activation memory) equals what the built torch module has and does."""
+import os
+
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,7 +43,7 @@ def specs(draw):
     }
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("GRAPHRES_PROPERTY_EXAMPLES", 100)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs())
 def test_static_analysis_equals_torch(spec):
     compiled = graphres.compile_spec(spec)

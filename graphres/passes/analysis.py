@@ -224,7 +224,8 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     also lives until the block's last node, and a stage's input until the stage's last node (the
     callers still hold them), and the outputs named by
     out_indices live to the end (they are returned), as does the input image (the caller holds
-    it). In-place nodes allocate nothing. Parameters, buffers and the allocator's own overheads are not counted."""
+    it). In-place nodes allocate nothing; a max pool also holds its int64 indices while it runs
+    (torch computes them even without autograd). Parameters, buffers and the allocator's own overheads are not counted."""
     order = order or ir.topological_order(g)
     pos = {n: i for i, n in enumerate(order)}
     end = len(order)
@@ -261,7 +262,10 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     releases: dict[int, int] = {}
     for i, n in enumerate(order):
         live += g.nodes[n][ir.META]["bytes"]
-        peak = max(peak, live)
+        # torch's max pooling also returns int64 indices (twice the output's float32 bytes), freed
+        # as soon as the op returns
+        scratch = 2 * g.nodes[n][ir.META]["bytes"] if g.nodes[n][ir.OP] == "maxpool" else 0
+        peak = max(peak, live + scratch)
         if owner[n] == n:
             step = free_at[n]
             releases[step] = releases.get(step, 0) + g.nodes[n][ir.META]["bytes"]
