@@ -1,34 +1,55 @@
 """Rewrite each ```text block of docs/diagnostics.md with its example's full diagnostic text.
 
-Usage: .venv/bin/python tools/update_diagnostics_doc.py .   (then review the diff; tests/test_diagnostics_doc.py
-checks the file)."""
-import json, os, re, sys, tempfile
+    .venv/bin/python tools/update_diagnostics_doc.py [ROOT]
+
+Review the diff afterwards; tests/test_diagnostics_doc.py checks the file against the code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
 from pathlib import Path
+
 import graphres
 from graphres import SpecError
 from graphres.diagnostics import format_diagnostic
-root = Path(sys.argv[1]); doc = root / "docs/diagnostics.md"
-text = doc.read_text()
-def section_text(code, body):
+
+
+def section_text(body: str) -> str:
+    """Compile a section's example (in a temporary folder) and format its first diagnostic."""
     spec = re.search(r"```yaml\n(.*?)```", body, re.S)
     overrides = json.loads(m.group(1)) if (m := re.search(r"<!-- set: (.*?) -->", body)) else []
     target = m.group(1) if (m := re.search(r"<!-- file: (.*?) -->", body)) else "spec.yaml"
-    d = tempfile.mkdtemp(); cwd = os.getcwd(); os.chdir(d)
-    try:
-        if spec: Path("spec.yaml").write_text(spec.group(1))
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
         try:
-            c = graphres.compile_spec(target, overrides); diags, src = c.warnings, c.sources
-        except SpecError as e:
-            diags, src = e.diagnostics, e.sources
-        return format_diagnostic(diags[0], src, False).rstrip("\n")
-    finally:
-        os.chdir(cwd)
-out = []
-parts = re.split(r"(?=^## )", text, flags=re.M)
-for part in parts:
-    m = re.match(r"## ([EW]\d{3}): ", part)
-    if m and "```text\n" in part:
-        full = section_text(m.group(1), part)
-        part = re.sub(r"```text\n.*?\n```", lambda _: "```text\n" + full + "\n```", part, count=1, flags=re.S)
-    out.append(part)
-doc.write_text("".join(out))
+            if spec:
+                Path("spec.yaml").write_text(spec.group(1))
+            try:
+                compiled = graphres.compile_spec(target, overrides)
+                diags, sources = compiled.warnings, compiled.sources
+            except SpecError as e:
+                diags, sources = e.diagnostics, e.sources
+            return format_diagnostic(diags[0], sources, False).rstrip("\n")
+        finally:
+            os.chdir(cwd)
+
+
+def main() -> int:
+    doc = Path(sys.argv[1] if len(sys.argv) > 1 else ".") / "docs" / "diagnostics.md"
+    out = []
+    for part in re.split(r"(?=^## )", doc.read_text(), flags=re.M):
+        if re.match(r"## [EW]\d{3}: ", part) and "```text\n" in part:
+            full = section_text(part)
+            part = re.sub(r"```text\n.*?\n```", lambda _: "```text\n" + full + "\n```", part, count=1, flags=re.S)
+        out.append(part)
+    doc.write_text("".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

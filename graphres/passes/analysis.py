@@ -225,7 +225,8 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     callers still hold them), and the outputs named by
     out_indices live to the end (they are returned), as does the input image (the caller holds
     it). In-place nodes allocate nothing; a max pool also holds its int64 indices while it runs
-    (torch computes them even without autograd). Parameters, buffers and the allocator's own overheads are not counted."""
+    (torch computes them even without autograd). Parameters, buffers and the allocator's own
+    overheads are not counted."""
     order = order or ir.topological_order(g)
     pos = {n: i for i, n in enumerate(order)}
     end = len(order)
