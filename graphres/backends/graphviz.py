@@ -34,6 +34,7 @@ import networkx as nx
 from .. import ir
 from ..diagnostics import DotNotFoundError, did_you_mean
 from ..fileio import write_atomic
+from ..passes.analysis import stage_frozen
 
 LEVELS = ("stage", "block", "layer")
 RANKDIRS = ("TB", "LR", "BT", "RL")
@@ -358,7 +359,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
     if plan.inputs:
         dg.node("input", _label("input", _shape(g, plan.inputs[-1])), shape="oval", fillcolor=t.input,
                 **({"group": "main"} if level == "layer" else {}))
-    stem_frozen = _is_frozen(g, -1)
+    stem_frozen = stage_frozen(g, -1)
     main_path = _main_path(g, plan) if level == "layer" else set()
     if plan.stem:
         if level == "layer":
@@ -373,7 +374,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
 
     for st in stages:
         i = st["index"]
-        frozen = _is_frozen(g, i)
+        frozen = stage_frozen(g, i)
         runs = plan.runs.get(i, [])
         if plan.detail.get(i) == "stage":
             dg.node(f"s{i}", _label(*_stage_lines(g, st, frozen)), fillcolor=t.frozen if frozen else t.stage)
@@ -427,7 +428,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
     _draw_outputs(dg, g, plan, edges, clusters, t)
 
     if legend:
-        frozen_any = stem_frozen or any(_is_frozen(g, st["index"]) for st in stages)
+        frozen_any = stem_frozen or any(stage_frozen(g, st["index"]) for st in stages)
         kinds = {e.kind for e in edges}
         dg.node("legend", _legend(t, t.stage if level == "stage" else t.block, frozen_any, bool(outputs),
                                   "shortcut" in kinds, "downsample" in kinds),
@@ -523,11 +524,6 @@ def _main_path(g: nx.DiGraph, plan: _Plan) -> set[str]:
     return main
 
 
-def _is_frozen(g: nx.DiGraph, stage: int) -> bool:
-    """The rule of the analysis pass: the stem (-1) and the stages below ``frozen_stages`` are frozen."""
-    frozen = g.graph.get("frozen_stages", -1)
-    frozen = -1 if frozen is None else frozen
-    return stage < frozen or bool(g.graph.get("frozen", {}).get(stage, False))
 
 
 def _legend(t: Theme, trainable: str, frozen: bool, outputs: bool, shortcut: bool, downsample: bool) -> str:
@@ -567,8 +563,8 @@ def _title_lines(g: nx.DiGraph, name: str) -> list[str]:
     if "macs" in g.graph:
         size_text = f" at {size[0]}x{size[1]}" if size else ""
         facts.append(f"{_count(g.graph['macs'])} MACs{size_text}")
-    names = (["stem"] if _is_frozen(g, -1) else []) + [st["name"] for st in g.graph.get("stages", [])
-                                                        if _is_frozen(g, st["index"])]
+    names = (["stem"] if stage_frozen(g, -1) else []) + [st["name"] for st in g.graph.get("stages", [])
+                                                        if stage_frozen(g, st["index"])]
     if names:
         facts.append(f"frozen: {', '.join(names)}")
     return [name or "graphres", ", ".join(facts)] if facts else [name or "graphres"]
@@ -578,7 +574,7 @@ def _stem_lines(g: nx.DiGraph, nodes: list[str], level: str) -> list[str]:
     stem = g.graph.get("stem", {})
     block = stem.get("block") or g.nodes[nodes[0]].get(ir.BLOCK_TYPE)
     last = nodes[-1]
-    lines = [f"stem: {block}" + (" (frozen)" if _is_frozen(g, -1) else "")]
+    lines = [f"stem: {block}" + (" (frozen)" if stage_frozen(g, -1) else "")]
     if level == "block":
         layers = [_layer_text(g, n) for n in nodes if g.nodes[n][ir.OP] in ("conv",) + _POOLS]
         lines.extend(_wrap(layers, 3))

@@ -8,12 +8,13 @@ changes meaning.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import networkx as nx
 
 from .. import ir
-from ..passes.analysis import BYTES_PER_ELEMENT, format_formula
+from ..passes.analysis import BYTES_PER_ELEMENT, format_formula, stage_frozen
 
 LEVELS = ("stage", "block", "layer")
 SCHEMA = 1
@@ -31,16 +32,15 @@ def _rf(rf: dict) -> dict:
 def _row(g: nx.DiGraph, name: str, kind: str, what: str, nodes: list[str], frozen: bool) -> dict[str, Any]:
     out = g.nodes[nodes[-1]][ir.META]
     metas = [g.nodes[n][ir.META] for n in nodes]
-    dils = [m["dilation"] for m in metas] if kind != "layer" else [out["dilation"]]
     return {
         "name": name, "kind": kind, "type": what,
         "shape": list(out["shape"]), "stride": out["stride"],
-        "dilation": max(dils) if kind == "layer" else _dilation_of(g, nodes),
+        "dilation": out["dilation"] if kind == "layer" else _dilation_of(g, nodes),
         "receptive_field": _rf(out["rf"]),
         "params": sum(m["params"] for m in metas),
         "trainable_params": sum(m["params"] for m in metas if m["trainable"]),
         "macs": sum(m["macs"] for m in metas),
-        "output_bytes": out["bytes"] if kind == "layer" else _numel(out["shape"]) * BYTES_PER_ELEMENT,
+        "output_bytes": out["bytes"] if kind == "layer" else math.prod(out["shape"]) * BYTES_PER_ELEMENT,
         "frozen": frozen,
     }
 
@@ -49,21 +49,6 @@ def _dilation_of(g: nx.DiGraph, nodes: list[str]) -> int:
     convs = [g.nodes[n][ir.ATTRS]["dilation"] for n in nodes
              if g.nodes[n][ir.OP] == "conv" and g.nodes[n][ir.ATTRS]["kernel"] > 1]
     return max(convs, default=1)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _frozen_stage(g: nx.DiGraph, index: int) -> bool:
-    """Whether stage ``index`` (-1 = the stem) has its parameters frozen."""
-    if index is None:  # the input, or a classification head (never frozen)
-        return False
-    fs = g.graph.get("frozen_stages", -1)
-    return index < fs or bool(g.graph.get("frozen", {}).get(index))
 
 
 def layer_text(g: nx.DiGraph, n: str) -> str:
@@ -96,14 +81,14 @@ def rows(g: nx.DiGraph, level: str) -> list[dict[str, Any]]:
     if level == "layer":
         for n in order[1:]:
             stage = g.nodes[n][ir.STAGE]
-            row = _row(g, n, "layer", layer_text(g, n), [n], _frozen_stage(g, stage))
+            row = _row(g, n, "layer", layer_text(g, n), [n], stage_frozen(g, stage))
             row["in_place"] = bool(g.nodes[n][ir.META].get("in_place"))
             out.append(row)
         return out
-    out.append(_row(g, "stem", "stem", g.graph["stem"]["block"], by_scope["stem"], _frozen_stage(g, -1)))
+    out.append(_row(g, "stem", "stem", g.graph["stem"]["block"], by_scope["stem"], stage_frozen(g, -1)))
     for st in g.graph["stages"]:
         scopes = [f"{st['name']}.{b}" for b in range(st["blocks"])]
-        frozen = _frozen_stage(g, st["index"])
+        frozen = stage_frozen(g, st["index"])
         if level == "stage":
             nodes = [n for s in scopes for n in by_scope[s]]
             row = _row(g, st["name"], "stage", f"{st['block']} x{st['blocks']}", nodes, frozen)
@@ -132,7 +117,7 @@ def info_dict(g: nx.DiGraph, level: str = "stage") -> dict[str, Any]:
             "shape": list(st["shape"]), "stride": st["stride"], "dilations": list(st["dilations"]),
             "receptive_field": _rf(st["rf"]), "params": st["params"], "trainable_params": st["trainable_params"],
             "macs": st["macs"], "flops": 2 * st["macs"], "output_bytes": st["out_bytes"],
-            "size_formula": _formula_hw(st["formula"]), "frozen": _frozen_stage(g, st["index"]),
+            "size_formula": _formula_hw(st["formula"]), "frozen": stage_frozen(g, st["index"]),
         })
     outputs = [{"index": o["index"], "name": o["name"], "channels": o["channels"], "stride": o["stride"],
                 "shape": list(o["shape"]), "receptive_field": _rf(o["rf"]),

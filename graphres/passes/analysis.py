@@ -158,16 +158,21 @@ def _dilations(g: nx.DiGraph, order: list[str]) -> None:
 
 # -- trainable parameters -------------------------------------------------------------------------
 
-def _trainable(g: nx.DiGraph, order: list[str]) -> None:
+def stage_frozen(g: nx.DiGraph, index: int | None) -> bool:
+    """Whether stage ``index`` (-1 = the stem) is frozen: below ``frozen_stages``, or flagged
+    ``frozen: true`` on its own. ``None`` (the input, a classification head) never is."""
+    if index is None:
+        return False
     frozen_stages = g.graph.get("frozen_stages", -1)
+    return index < (-1 if frozen_stages is None else frozen_stages) or bool(g.graph.get("frozen", {}).get(index))
+
+
+def _trainable(g: nx.DiGraph, order: list[str]) -> None:
     norm_grad = g.graph["norm"].get("requires_grad", True)
-    frozen_flags = g.graph.get("frozen", {})
     trainable = frozen = 0
     for n in order:
         d = g.nodes[n]
-        stage = d[ir.STAGE]
-        in_frozen_stage = stage is not None and (stage < frozen_stages or frozen_flags.get(stage, False))
-        ok = not in_frozen_stage and (d[ir.OP] != "norm" or norm_grad)
+        ok = not stage_frozen(g, d[ir.STAGE]) and (d[ir.OP] != "norm" or norm_grad)
         d[ir.META]["trainable"] = ok
         if ok:
             trainable += d[ir.META].get("params", 0)
@@ -178,10 +183,6 @@ def _trainable(g: nx.DiGraph, order: list[str]) -> None:
 
 
 # -- activation memory ----------------------------------------------------------------------------
-
-def _numel(shape) -> int:
-    return math.prod(shape)
-
 
 def _sole_operand(g: nx.DiGraph, n: str) -> bool:
     d = g.nodes[n]
@@ -212,7 +213,7 @@ def _memory(g: nx.DiGraph, order: list[str]) -> None:
     for n in order:
         meta = g.nodes[n][ir.META]
         meta["in_place"] = n in in_place
-        meta["bytes"] = 0 if n in in_place else _numel(meta["shape"]) * BYTES_PER_ELEMENT
+        meta["bytes"] = 0 if n in in_place else math.prod(meta["shape"]) * BYTES_PER_ELEMENT
     g.graph["peak_bytes"] = peak_activation_bytes(g, order)
 
 
@@ -236,8 +237,10 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
             last[s] = max(last[s], pos[n])
     # the caller holds a block's input until the block returns
     scope_end: dict[str, int] = {}
+    stage_end: dict[int, int] = {}
     for n in order:
         scope_end[g.nodes[n][ir.SCOPE]] = pos[n]
+        stage_end[g.nodes[n][ir.STAGE]] = pos[n]
     for n in order:
         for succ in g.successors(n):
             sc = g.nodes[succ][ir.SCOPE]
@@ -245,9 +248,8 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
                 last[n] = max(last[n], scope_end[sc])
     # and forward() holds a stage's input until the stage (an nn.Sequential of blocks) returns
     for st in g.graph.get("stages", []):
-        stage_nodes = [pos[n] for n in order if g.nodes[n][ir.STAGE] == st["index"]]
-        if stage_nodes and st["input"] in last:
-            last[st["input"]] = max(last[st["input"]], max(stage_nodes))
+        if st["index"] in stage_end and st["input"] in last:
+            last[st["input"]] = max(last[st["input"]], stage_end[st["index"]])
     last[ir.INPUT] = end  # the caller holds the image
     for o in g.graph.get("outputs", []):
         last[o["node"]] = end
@@ -294,7 +296,7 @@ def _summaries(g: nx.DiGraph, order: list[str]) -> None:
         entry["macs"] = sum(g.nodes[n][ir.META]["macs"] for n in nodes)
         entry["rf"] = dict(out["rf"])
         entry["formula"] = out["formula"]
-        entry["out_bytes"] = _numel(out["shape"]) * BYTES_PER_ELEMENT
+        entry["out_bytes"] = math.prod(out["shape"]) * BYTES_PER_ELEMENT
         entry["shape"] = tuple(out["shape"])
         entry["stride"] = out["stride"]
         entry["output"] = nodes[-1]

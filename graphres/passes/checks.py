@@ -12,6 +12,7 @@ import networkx as nx
 
 from .. import ir
 from ..diagnostics import Diagnostic, DiagnosticBag
+from .analysis import stage_frozen
 
 
 def check(g: nx.DiGraph, spec: Any, diags: DiagnosticBag) -> None:
@@ -80,12 +81,10 @@ def _dilation_schedule(g: nx.DiGraph, spec: Any, diags: DiagnosticBag) -> None:
 def _frozen_order(g: nx.DiGraph, spec: Any, diags: DiagnosticBag) -> None:
     """W005: a frozen stage after a trainable one (gradients still flow through the frozen stage,
     so freezing it saves no backward work; usually the freezing was meant for a prefix)."""
-    frozen_stages = g.graph.get("frozen_stages", -1)
-    flags = g.graph.get("frozen", {})
     trainable_before = None
     for st in [{"index": -1, "name": "the stem"}] + g.graph["stages"]:
         i = st["index"]
-        frozen = i < frozen_stages or bool(flags.get(i))
+        frozen = stage_frozen(g, i)
         if frozen and trainable_before is not None:
             diags.extend([Diagnostic(
                 "W005", f"{st['name']} is frozen but {trainable_before}, before it, is trainable",
