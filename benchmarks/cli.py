@@ -18,7 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def timed(cmd: list[str], repeats: int) -> list[float]:
+def timed(cmd: list[str], repeats: int, warmup: bool = False) -> list[float]:
+    """Wall-clock seconds of ``repeats`` runs of ``cmd`` as a whole process (after one untimed run
+    with ``warmup``, to fill the file caches)."""
+    if warmup:
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = []
     for _ in range(repeats):
         start = time.perf_counter()

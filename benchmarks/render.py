@@ -17,21 +17,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from cli import ROOT, timed  # noqa: E402  (benchmarks/ is on sys.path when this file runs)
 TARGET_S = 2.0
-
-
-def timed(cmd: list[str], repeats: int) -> list[float]:
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # warm caches
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def main() -> int:
@@ -68,7 +57,7 @@ def main() -> int:
     print("\n".join(lines), flush=True)
     worst = 0.0
     for name, cmd in commands.items():
-        t = timed(cmd, args.repeats)
+        t = timed(cmd, args.repeats, warmup=True)
         row = f"| {name} | {statistics.median(t):.3f} | {min(t):.3f} | {max(t):.3f} |"
         if name.startswith("render") and "layer" in name:
             worst = max(worst, statistics.median(t))
