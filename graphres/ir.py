@@ -1,9 +1,41 @@
 """The graph IR: a networkx DiGraph with one node per layer (shared by lowering, passes, backends).
 
+Schema
+------
 Node ids are torch state-dict paths (``layer2.0.conv1``); a parameterless module called more
-than once (a block's ``relu``) gets ``:1``, ``:2`` ... on its later calls. Attribute keys are the
-constants below; edges carry the operand's input port. The IR never imports the spec package:
-spans are copied onto nodes when lowering.
+than once (a block's ``relu``) gets ``:1``, ``:2`` ... on its later calls. Every node carries the
+attributes named by the constants below: :data:`OP` (``"input"`` or a key of
+:data:`graphres.ops.OPS`), :data:`ATTRS`, :data:`MODULE`, :data:`INPUTS` (operands in port order;
+edges carry the same as :data:`PORT`), :data:`IN_CH`, :data:`OUT_CH`, :data:`SCOPE`,
+:data:`STAGE`, :data:`BLOCK_TYPE`, :data:`SPAN`, :data:`DEF_SPAN`, :data:`ORDER`, and :data:`META`,
+the open dict where passes write their results:
+
+==================  ==========================================  ============================
+meta key            meaning                                     written by
+==================  ==========================================  ============================
+``shape``           (C, H, W) of the output                     passes.shapes
+``stride``          reduction w.r.t. the input                  passes.shapes
+``params``          parameters of the node's module             passes.shapes
+``macs``            multiply-accumulates                        passes.shapes
+``rf``              receptive field (size, jump, center, ...)   passes.analysis
+``formula``         output size rule (B, S) or None             passes.analysis
+``dilation``        the dilation the node runs at               passes.analysis
+``trainable``       whether its parameters get gradients        passes.analysis
+``in_place``        computed in place over its first operand    passes.analysis
+``bytes``           activation bytes of its output (0 in place) passes.analysis
+``scratch``         bytes held only while it runs               passes.analysis
+==================  ==========================================  ============================
+
+The graph's own attributes (``g.graph[KEY]``) are the constants ``G_*`` below; lowering writes
+the spec's settings and structure, the passes add the figures (``G_PARAMS``, ``G_MACS``,
+``G_PEAK_BYTES``, ...) and the decisions the backends read (``G_FROZEN_MODULES``). Stage entries
+(``G_STAGES``) are dicts with ``index``, ``name``, ``block``, ``blocks``, ``input``, ``output``,
+``channels``, ``dilations``, ``spans`` and, after the passes, ``shape``, ``stride``, ``params``,
+``macs``, ``rf``, ``frozen`` ...; output entries (``G_OUTPUTS``) have ``index``, ``name``,
+``node``, ``channels``, ``span`` (where out_indices names it) and, after the passes, ``stride``,
+``shape``, ``rf``.
+
+The IR never imports the spec package: spans are copied onto nodes when lowering.
 """
 from __future__ import annotations
 
@@ -15,6 +47,7 @@ import networkx as nx
 OP = "op"  # "input" or a key of graphres.ops.OPS
 ATTRS = "attrs"  # evaluated op attributes
 MODULE = "module"  # state-dict path of the module this node calls, None for functional ops
+INPUTS = "inputs"  # operand node ids in input-port order
 IN_CH = "in_channels"
 OUT_CH = "out_channels"
 SCOPE = "scope"  # block instance: "stem", "layer1.0", ...
@@ -28,6 +61,39 @@ META = "meta"  # open dict where passes put their results (shape, params, macs, 
 PORT = "port"
 
 INPUT = "input"
+STEM_SCOPE = "stem"
+HEAD_SCOPE = "head"
+
+# graph attribute keys: the spec's settings (written by lowering)
+G_NAME = "name"
+G_INPUT_CHANNELS = "input_channels"
+G_INPUT_SIZE = "input_size"  # the spec's input.size (H, W)
+G_NORM = "norm"  # the norm section: type, eps, momentum, requires_grad, num_groups, affine
+G_CONV = "conv"  # the conv section: type (Conv2d | ConvWS), eps
+G_ACT = "act"
+G_FROZEN_STAGES = "frozen_stages"
+G_FROZEN = "frozen"  # stage index -> True for stages frozen on their own (frozen: true)
+G_NORM_EVAL = "norm_eval"
+G_ZERO_INIT_RESIDUAL = "zero_init_residual"
+G_WITH_CP = "with_cp"
+G_INIT = "init"
+G_OUT_INDICES = "out_indices"
+G_OUTPUT_STRIDE = "output_stride"
+# structure (written by lowering)
+G_STEM = "stem"  # {"block": stem block type, ...summaries}
+G_STAGES = "stages"
+G_OUTPUTS = "outputs"
+G_HEAD = "head"  # None, or {"num_classes", "input", "nodes", "output"}
+# figures and decisions (written by the passes)
+G_ANALYSED_SIZE = "analysed_size"  # (H, W) the figures are for (the spec's or compile_spec's input_size)
+G_PARAMS = "params"
+G_MACS = "macs"
+G_TRAINABLE_PARAMS = "trainable_params"
+G_FROZEN_PARAMS = "frozen_params"
+G_PEAK_BYTES = "peak_bytes"
+G_FROZEN_SCOPES = "frozen_scopes"  # stage index (-1 = the stem) -> whether it is frozen
+G_FROZEN_MODULES = "frozen_modules"  # top-level module names frozen_stages / frozen: true freeze
+G_ZERO_INIT_MODULES = "zero_init_modules"  # norms that zero_init_residual zeroes
 
 
 def new_graph(name: str, **attrs: Any) -> nx.DiGraph:
@@ -38,9 +104,10 @@ def new_graph(name: str, **attrs: Any) -> nx.DiGraph:
 
 def add_node(g: nx.DiGraph, node_id: str, op: str, inputs: Iterable[str] = (), **attrs: Any) -> str:
     assert node_id not in g, f"duplicate node {node_id}"
+    inputs = tuple(inputs)
     attrs.setdefault(ATTRS, {})
     attrs.setdefault(META, {})
-    g.add_node(node_id, **{OP: op, ORDER: g.number_of_nodes(), **attrs})
+    g.add_node(node_id, **{OP: op, ORDER: g.number_of_nodes(), INPUTS: inputs, **attrs})
     for port, src in enumerate(inputs):
         assert src in g, f"unknown input {src} of {node_id}"
         g.add_edge(src, node_id, **{PORT: port})
@@ -49,8 +116,7 @@ def add_node(g: nx.DiGraph, node_id: str, op: str, inputs: Iterable[str] = (), *
 
 def inputs_of(g: nx.DiGraph, node_id: str) -> list[str]:
     """The node's operands in input-port order."""
-    preds = sorted(g.in_edges(node_id, data=PORT), key=lambda e: e[2])
-    return [src for src, _, _ in preds]
+    return list(g.nodes[node_id][INPUTS])
 
 
 def topological_order(g: nx.DiGraph) -> list[str]:
@@ -60,7 +126,7 @@ def topological_order(g: nx.DiGraph) -> list[str]:
 
 def dump(g: nx.DiGraph) -> str:
     """A readable text listing of the IR, one node a line."""
-    lines = [f"graph {g.graph.get('name', '')}"]
+    lines = [f"graph {g.graph.get(G_NAME, '')}"]
     for n in topological_order(g):
         d = g.nodes[n]
         args = ", ".join(inputs_of(g, n))
@@ -69,3 +135,24 @@ def dump(g: nx.DiGraph) -> str:
         tail = f"  -> {tuple(shape)}" if shape else ""
         lines.append(f"  {n} = {d[OP]}({args}){' {' + attrs + '}' if attrs else ''}{tail}")
     return "\n".join(lines)
+
+
+def is_frozen(g: nx.DiGraph, stage: int | None) -> bool:
+    """Whether stage ``stage`` (-1 = the stem, None = the input or the head) is frozen, as the
+    analysis decided (``G_FROZEN_SCOPES``)."""
+    return bool(g.graph.get(G_FROZEN_SCOPES, {}).get(stage, False))
+
+
+def format_formula(f: tuple[int, int] | None, var: str = "H") -> str:
+    """The text of a ``meta['formula']``: ``ceil(H/32)``, ``floor((H+1)/2)``, ``H``; ``-`` when
+    piecewise or constant."""
+    if f is None:
+        return "-"
+    b, s = f
+    if s == 1:
+        return var if b == 0 else f"{var}{b:+d}"
+    if b == s - 1:
+        return f"ceil({var}/{s})"
+    if b == 0:
+        return f"floor({var}/{s})"
+    return f"floor(({var}{b:+d})/{s})"

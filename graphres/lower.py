@@ -16,14 +16,14 @@ import networkx as nx
 
 from . import ir
 from .diagnostics import Diagnostic, DiagnosticBag, Span, did_you_mean
-from .ops import NORM_ABBR, OPS, REQUIRED
+from .ops import GN_MISFIT, NORM_ABBR, OPS, REQUIRED
 from .spec.blocks import BlockDef, LayerDef, expr_span
 from .spec.expr import ExprError, evaluate
 from .spec.model import Arg, Spec
 from .spec.reader import MISSING
 
 MAX_CHANNELS = 1 << 20
-INT_MIN = {"out": 1, "kernel": 1, "stride": 1, "dilation": 1, "groups": 1, "padding": 0}
+ACT_OP = "act"  # the op whose type defaults to the spec's act: section
 
 
 class _Abort(Exception):
@@ -36,6 +36,7 @@ class _Ctx:
     g: nx.DiGraph
     diags: DiagnosticBag
     gn_misfits: dict  # channels -> first norm layer whose channels GN's num_groups does not divide
+    norm_channels: list  # the channels of every layer of the spec's norm type
 
 
 @dataclass
@@ -58,7 +59,7 @@ def lower(spec: Spec, diags: DiagnosticBag) -> nx.DiGraph:
         stem={"block": spec.stem_block}, conv=dict(spec.conv), act=spec.act, head=None,
         output_stride=spec.output_stride, frozen={st.index: True for st in spec.stages if st.frozen},
     )
-    ctx = _Ctx(spec, g, diags, {})
+    ctx = _Ctx(spec, g, diags, {}, [])
     ir.add_node(g, ir.INPUT, "input", **{ir.MODULE: None, ir.IN_CH: spec.input_channels,
                                         ir.OUT_CH: spec.input_channels, ir.STAGE: None, ir.SCOPE: "",
                                         ir.SPAN: spec.doc.span(("input",)), ir.DEF_SPAN: None})
@@ -98,7 +99,8 @@ def _lower_all(ctx: _Ctx) -> None:
                                   "spans": {k: spec.doc.span(stage.path + (k,)) for k in ("dilation", "frozen")}})
     for i in spec.out_indices:
         st = g.graph["stages"][i]
-        g.graph["outputs"].append({"index": i, "name": st["name"], "node": st["output"], "channels": st["channels"]})
+        g.graph[ir.G_OUTPUTS].append({"index": i, "name": st["name"], "node": st["output"], "channels": st["channels"],
+                                      "span": spec.doc.span(spec.out_index_paths.get(i, ("out_indices",)))})
     if spec.head is not None:
         _lower_head(ctx, x, ch)
 
@@ -121,7 +123,7 @@ def _report_gn(ctx: _Ctx) -> None:
         return
     groups = ctx.spec.norm["num_groups"]
     sizes = ", ".join(f"{ch} ({name})" for ch, name in ctx.gn_misfits.items())
-    channels = [d[ir.OUT_CH] for _, d in ctx.g.nodes(data=True) if d[ir.OP] == "norm"] + list(ctx.gn_misfits)
+    channels = ctx.norm_channels + list(ctx.gn_misfits)
     common = math.gcd(*channels)
     fits = [k for k in range(1, groups + 1) if common % k == 0]
     ctx.diags.add("E031", f"GN num_groups = {groups} does not divide the channels of {len(ctx.gn_misfits)} norm "
@@ -272,53 +274,40 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
         if attr in layer.attrs:
             kind = bool if isinstance(default, bool) else (str if isinstance(default, str) else int)
             value = _eval(ctx, inst, layer.attrs[attr], layer.path + (attr,), f"{layer.op}.{attr}", kind=kind)
-            if kind is int and value is not None and value < INT_MIN.get(attr, 0):
-                _error(ctx, inst, "E014", f"{layer.op}.{attr} = {value} must be >= {INT_MIN.get(attr, 0)}",
+            low = opdef.int_min.get(attr, 0)
+            if kind is int and value is not None and value < low:
+                _error(ctx, inst, "E014", f"{layer.op}.{attr} = {value} must be >= {low}",
                        inst.block.doc.span(layer.path + (attr,)), layer.path)
             attrs[attr] = value
         elif default is not REQUIRED:
             attrs[attr] = default
-    if layer.op == "act" and "type" not in layer.attrs:
+    if layer.op == ACT_OP and "type" not in layer.attrs:
         attrs["type"] = ctx.spec.act  # the spec's act: section (relu by default)
-    if layer.op == "conv" and attrs["padding"] is None:
-        attrs["padding"] = attrs["dilation"] * (attrs["kernel"] - 1) // 2  # "same" for odd kernels
-    if layer.op in ("maxpool", "avgpool") and attrs["stride"] is None:
-        attrs["stride"] = attrs["kernel"]
+    opdef.normalize(attrs)
     lo, hi = opdef.arity
     if not lo <= len(inputs) <= hi:
         _error(ctx, inst, "E023", f"'{layer.op}' takes {lo}{'' if lo == hi else f' to {hi}'} inputs, "
                                   f"got {len(inputs)}", inst.block.doc.span(layer.path), layer.path)
     in_ch = inputs[0][1]
-    out_ch = in_ch
+    out_ch = opdef.channels(attrs, [c for _, c in inputs])
     def_span = inst.block.doc.span(layer.path)
-    if layer.op == "conv":
-        out_ch = attrs["out"]
-        if out_ch > MAX_CHANNELS:
-            _error(ctx, inst, "E014", f"conv.out = {out_ch} channels is more than graphres builds ({MAX_CHANNELS})",
-                   inst.block.doc.span(layer.path + ("out",)), layer.path)
-        groups = attrs["groups"]
-        if in_ch % groups or out_ch % groups:
-            _error(ctx, inst, "E030", f"conv groups = {groups} must divide its {in_ch} input and {out_ch} output "
-                                      f"channels", inst.block.doc.span(layer.path + ("groups",)), layer.path)
-    elif layer.op == "linear":
-        out_ch = attrs["out"]
-    elif layer.op == "concat":
-        out_ch = sum(c for _, c in inputs)
-    elif layer.op == "norm":
-        num_groups = ctx.spec.norm.get("num_groups")
-        if ctx.spec.norm["type"] == "GN" and num_groups and in_ch % num_groups:
+    if "out" in attrs and out_ch > MAX_CHANNELS:
+        _error(ctx, inst, "E014", f"{layer.op}.out = {out_ch} channels is more than graphres builds ({MAX_CHANNELS})",
+               inst.block.doc.span(layer.path + ("out",)), layer.path)
+    if opdef.uses_norm:
+        ctx.norm_channels.append(in_ch)
+    problem = opdef.check_channels(attrs, inputs, ctx.g.graph)
+    if problem is not None:
+        message, attr, hint = problem
+        if hint == GN_MISFIT:  # reported once for the whole spec, listing every size (E031)
             ctx.gn_misfits.setdefault(in_ch, inst.prefix + local)
-    elif layer.op in ("add", "mul"):
-        chans = [c for _, c in inputs]
-        if len(set(chans)) > 1:
-            _error(ctx, inst, "E030", f"'{layer.op}' inputs have different channels: "
-                                      f"{', '.join(f'{n.split(chr(58))[0]} has {c}' for n, c in inputs)}",
-                   def_span, layer.path,
-                   "make the branches end with the same number of channels (a 1x1 conv on the shortcut?)")
+        else:
+            _error(ctx, inst, "E030", message, inst.block.doc.span(layer.path + (attr,)) if attr else def_span,
+                   layer.path, hint)
     module = inst.prefix + local if opdef.has_module else None
     node_id = inst.prefix + local
     if node_id in g:
-        if opdef.has_module and (layer.op in ("conv", "norm")):
+        if opdef.unique_name:
             _error(ctx, inst, "E013", f"layer name '{local}' is used twice in block '{inst.block.name}'",
                    inst.block.doc.span(layer.path + ("name",)), layer.path,
                    "layers with parameters need distinct names; parameterless ones (act, pools) may repeat")

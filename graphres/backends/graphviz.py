@@ -32,9 +32,9 @@ import graphviz
 import networkx as nx
 
 from .. import ir
+from ..ops import OPS
 from ..diagnostics import DotNotFoundError, did_you_mean
 from ..fileio import write_atomic
-from ..passes.analysis import stage_frozen
 
 LEVELS = ("stage", "block", "layer")
 RANKDIRS = ("TB", "LR", "BT", "RL")
@@ -53,8 +53,17 @@ INSTALL_HINT = ("Graphviz's 'dot' program was not found on PATH; install Graphvi
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.:\-]+")
-_SHAPE_CHANGING = frozenset({"input", "conv", "maxpool", "avgpool", "global_avgpool"})
-_POOLS = ("maxpool", "avgpool")
+
+
+def _windowed(g: nx.DiGraph, n: str) -> bool:
+    """A conv or pool: an op with a sliding window (it can change the shape)."""
+    op = OPS.get(g.nodes[n][ir.OP])
+    return op is not None and op.window(g.nodes[n][ir.ATTRS]) is not None
+
+
+def _shape_changing(g: nx.DiGraph, n: str) -> bool:
+    op = OPS.get(g.nodes[n][ir.OP])
+    return n == ir.INPUT or _windowed(g, n) or (op is not None and op.global_pool)
 
 
 @dataclass(frozen=True)
@@ -302,7 +311,7 @@ def _edges(g: nx.DiGraph, order: list[str], plan: _Plan) -> list[_Edge]:
                     label = "identity"
                 elif kind == "downsample" and crosses:
                     label = "downsample"
-                elif g.nodes[src][ir.OP] not in _SHAPE_CHANGING and not crosses:
+                elif not _shape_changing(g, src) and not crosses:
                     label = ""
             out.append(_Edge(tail, head, label, kind))
     return out
@@ -314,7 +323,7 @@ def _edge_kind(g: nx.DiGraph, src: str, dst: str, port: int) -> str:
     in_downsample = _local(g, src).startswith("downsample.") and g.nodes[src][ir.SCOPE] == g.nodes[dst][ir.SCOPE]
     if _local(g, dst).startswith("downsample.") or in_downsample:
         return "downsample"
-    if g.nodes[dst][ir.OP] == "add" and port > 0:
+    if port > 0 and OPS.get(g.nodes[dst][ir.OP]) is not None and OPS[g.nodes[dst][ir.OP]].symbol == "+":
         return "shortcut"
     return "main"
 
@@ -359,7 +368,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
     if plan.inputs:
         dg.node("input", _label("input", _shape(g, plan.inputs[-1])), shape="oval", fillcolor=t.input,
                 **({"group": "main"} if level == "layer" else {}))
-    stem_frozen = stage_frozen(g, -1)
+    stem_frozen = ir.is_frozen(g, -1)
     main_path = _main_path(g, plan) if level == "layer" else set()
     if plan.stem:
         if level == "layer":
@@ -374,7 +383,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
 
     for st in stages:
         i = st["index"]
-        frozen = stage_frozen(g, i)
+        frozen = ir.is_frozen(g, i)
         runs = plan.runs.get(i, [])
         if plan.detail.get(i) == "stage":
             dg.node(f"s{i}", _label(*_stage_lines(g, st, frozen)), fillcolor=t.frozen if frozen else t.stage)
@@ -428,7 +437,7 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
     _draw_outputs(dg, g, plan, edges, clusters, t)
 
     if legend:
-        frozen_any = stem_frozen or any(stage_frozen(g, st["index"]) for st in stages)
+        frozen_any = stem_frozen or any(ir.is_frozen(g, st["index"]) for st in stages)
         kinds = {e.kind for e in edges}
         dg.node("legend", _legend(t, t.stage if level == "stage" else t.block, frozen_any, bool(outputs),
                                   "shortcut" in kinds, "downsample" in kinds),
@@ -503,8 +512,9 @@ def _layer_node(sub: graphviz.Digraph, g: nx.DiGraph, n: str, node_id: str, t: T
     fill = t.frozen if frozen else t.block
     # the main path in one group: Graphviz keeps its edges straight, side branches go beside it
     group = {"group": "main"} if main else {}
-    if d[ir.OP] in ("add", "mul"):
-        sub.node(node_id, _label("+" if d[ir.OP] == "add" else "\u00d7"), shape="circle", width="0.3", height="0.3",
+    symbol = OPS[d[ir.OP]].symbol if d[ir.OP] in OPS else None
+    if symbol:
+        sub.node(node_id, _label(symbol), shape="circle", width="0.3", height="0.3",
                  fixedsize="true", fillcolor=fill, fontsize="12", **group)
     else:
         sub.node(node_id, _label(*_layer_lines(g, n)), fillcolor=fill, **group)
@@ -563,8 +573,8 @@ def _title_lines(g: nx.DiGraph, name: str) -> list[str]:
     if "macs" in g.graph:
         size_text = f" at {size[0]}x{size[1]}" if size else ""
         facts.append(f"{_count(g.graph['macs'])} MACs{size_text}")
-    names = (["stem"] if stage_frozen(g, -1) else []) + [st["name"] for st in g.graph.get("stages", [])
-                                                        if stage_frozen(g, st["index"])]
+    names = (["stem"] if ir.is_frozen(g, -1) else []) + [st["name"] for st in g.graph.get("stages", [])
+                                                        if ir.is_frozen(g, st["index"])]
     if names:
         facts.append(f"frozen: {', '.join(names)}")
     return [name or "graphres", ", ".join(facts)] if facts else [name or "graphres"]
@@ -574,9 +584,9 @@ def _stem_lines(g: nx.DiGraph, nodes: list[str], level: str) -> list[str]:
     stem = g.graph.get("stem", {})
     block = stem.get("block") or g.nodes[nodes[0]].get(ir.BLOCK_TYPE)
     last = nodes[-1]
-    lines = [f"stem: {block}" + (" (frozen)" if stage_frozen(g, -1) else "")]
+    lines = [f"stem: {block}" + (" (frozen)" if ir.is_frozen(g, -1) else "")]
     if level == "block":
-        layers = [_layer_text(g, n) for n in nodes if g.nodes[n][ir.OP] in ("conv",) + _POOLS]
+        layers = [_layer_text(g, n) for n in nodes if _windowed(g, n)]
         lines.extend(_wrap(layers, 3))
     lines.append(_join(_shape(g, last), _stride_text(g, last)))
     lines.append(_join(_rf_text(stem.get("rf") or g.nodes[last][ir.META].get("rf")),
@@ -630,13 +640,13 @@ def _block_lines(g: nx.DiGraph, st: dict, run: _Run, plan: _Plan, shortcut: bool
     dils = list(dict.fromkeys(dilations[b] for b in blocks if b < len(dilations)))
     if dils and dils != [1]:
         extras.append(f"dilation {','.join(map(str, dils))}")
-    groups = max((g.nodes[n][ir.ATTRS].get("groups", 1) for n in first_nodes if g.nodes[n][ir.OP] == "conv"), default=1)
+    groups = max((g.nodes[n][ir.ATTRS].get("groups", 1) for n in first_nodes), default=1)
     if groups != 1:  # ResNeXt
         extras.append(f"groups {groups}")
     lines = [title, _join(_shape(g, out_node), *extras)]
     if shortcut:
         layers = [_layer_text(g, n) for n in first_nodes
-                  if _local(g, n).startswith("downsample.") and g.nodes[n][ir.OP] in ("conv",) + _POOLS]
+                  if _local(g, n).startswith("downsample.") and _windowed(g, n)]
         if layers:
             lines.append("downsample: " + ", ".join(layers))
     params = _params(g, run.nodes)
@@ -660,17 +670,9 @@ def _layer_lines(g: nx.DiGraph, n: str) -> list[str]:
     d = g.nodes[n]
     # in a block, the name inside it (conv1); in the stem, the state-dict path (conv1, stem.0)
     name = (n if (d.get(ir.STAGE) or 0) < 0 else _local(g, n)).split(":", 1)[0]  # relu:1: 2nd call of relu
-    op = d[ir.OP]
-    if op == "conv":
-        return [f"{name}: {_layer_text(g, n)}", f"{d.get(ir.OUT_CH)} ch"]
-    if op == "norm":
-        what = str(d[ir.ATTRS].get("type") or g.graph.get("norm", {}).get("type") or "norm")
-    elif op == "act":
-        what = str(d[ir.ATTRS].get("type") or "act")
-    elif op == "global_avgpool":
-        what = "global avgpool"
-    else:
-        what = _layer_text(g, n)
+    what = _layer_text(g, n)
+    if OPS[d[ir.OP]].label_channels:
+        return [f"{name}: {what}", f"{d.get(ir.OUT_CH)} ch"]
     return [what if name in ("", what) or what.startswith(name) else f"{name}: {what}"]
 
 
@@ -681,17 +683,7 @@ def _local(g: nx.DiGraph, n: str) -> str:
 
 def _layer_text(g: nx.DiGraph, n: str) -> str:
     d = g.nodes[n]
-    a = d[ir.ATTRS]
-    if d[ir.OP] == "conv":
-        text = f"conv{a['kernel']}x{a['kernel']}"
-        text += f" s{a['stride']}" if a.get("stride", 1) != 1 else ""
-        text += f" d{a['dilation']}" if a.get("dilation", 1) != 1 else ""
-        text += f" g{a['groups']}" if a.get("groups", 1) != 1 else ""
-        return text
-    if d[ir.OP] in _POOLS:
-        stride = a.get("stride") if a.get("stride") is not None else a["kernel"]
-        return f"{d[ir.OP]}{a['kernel']}x{a['kernel']}" + (f" s{stride}" if stride != 1 else "")
-    return str(d[ir.OP])
+    return OPS[d[ir.OP]].label(d[ir.ATTRS], g.graph, False)
 
 
 def _shape(g: nx.DiGraph, n: str) -> str:

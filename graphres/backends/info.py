@@ -14,13 +14,13 @@ from typing import Any
 import networkx as nx
 
 from .. import ir
-from ..passes.analysis import BYTES_PER_ELEMENT, format_formula, stage_frozen
+from ..ir import format_formula
+from ..ops import BYTES_PER_ELEMENT, OPS
 
 LEVELS = ("stage", "block", "layer")
 SCHEMA = 1
 WIDTH = 80
 
-_NORM_NAMES = {"BN": "BatchNorm", "SyncBN": "SyncBatchNorm", "GN": "GroupNorm", "IN": "InstanceNorm"}
 
 
 # -- rows -----------------------------------------------------------------------------------------
@@ -46,29 +46,14 @@ def _row(g: nx.DiGraph, name: str, kind: str, what: str, nodes: list[str], froze
 
 
 def _dilation_of(g: nx.DiGraph, nodes: list[str]) -> int:
-    convs = [g.nodes[n][ir.ATTRS]["dilation"] for n in nodes
-             if g.nodes[n][ir.OP] == "conv" and g.nodes[n][ir.ATTRS]["kernel"] > 1]
-    return max(convs, default=1)
+    windows = [OPS[g.nodes[n][ir.OP]].window(g.nodes[n][ir.ATTRS]) for n in nodes if g.nodes[n][ir.OP] in OPS]
+    return max((w.dilation for w in windows if w is not None and w.kernel > 1), default=1)
 
 
 def layer_text(g: nx.DiGraph, n: str) -> str:
     """A short description of one node: ``conv 3x3/2 d2 g32``, ``BatchNorm``, ``relu``."""
     d = g.nodes[n]
-    op, a = d[ir.OP], d[ir.ATTRS]
-    if op == "conv" or op in ("maxpool", "avgpool"):
-        text = f"{op} {a['kernel']}x{a['kernel']}" + (f"/{a['stride']}" if a["stride"] != 1 else "")
-        if a.get("dilation", 1) != 1:
-            text += f" d{a['dilation']}"
-        if a.get("groups", 1) != 1:
-            text += f" g{a['groups']}"
-        return text
-    if op == "norm":
-        return _NORM_NAMES.get(g.graph["norm"]["type"], g.graph["norm"]["type"])
-    if op == "act":
-        return a.get("type", "act")
-    if op == "global_avgpool":
-        return "global avgpool"
-    return op
+    return OPS[d[ir.OP]].label(d[ir.ATTRS], g.graph, True) if d[ir.OP] in OPS else d[ir.OP]
 
 
 def rows(g: nx.DiGraph, level: str) -> list[dict[str, Any]]:
@@ -81,14 +66,14 @@ def rows(g: nx.DiGraph, level: str) -> list[dict[str, Any]]:
     if level == "layer":
         for n in order[1:]:
             stage = g.nodes[n][ir.STAGE]
-            row = _row(g, n, "layer", layer_text(g, n), [n], stage_frozen(g, stage))
+            row = _row(g, n, "layer", layer_text(g, n), [n], ir.is_frozen(g, stage))
             row["in_place"] = bool(g.nodes[n][ir.META].get("in_place"))
             out.append(row)
         return out
-    out.append(_row(g, "stem", "stem", g.graph["stem"]["block"], by_scope["stem"], stage_frozen(g, -1)))
+    out.append(_row(g, "stem", "stem", g.graph["stem"]["block"], by_scope["stem"], ir.is_frozen(g, -1)))
     for st in g.graph["stages"]:
         scopes = [f"{st['name']}.{b}" for b in range(st["blocks"])]
-        frozen = stage_frozen(g, st["index"])
+        frozen = ir.is_frozen(g, st["index"])
         if level == "stage":
             nodes = [n for s in scopes for n in by_scope[s]]
             row = _row(g, st["name"], "stage", f"{st['block']} x{st['blocks']}", nodes, frozen)
@@ -117,7 +102,7 @@ def info_dict(g: nx.DiGraph, level: str = "stage") -> dict[str, Any]:
             "shape": list(st["shape"]), "stride": st["stride"], "dilations": list(st["dilations"]),
             "receptive_field": _rf(st["rf"]), "params": st["params"], "trainable_params": st["trainable_params"],
             "macs": st["macs"], "flops": 2 * st["macs"], "output_bytes": st["out_bytes"],
-            "size_formula": _formula_hw(st["formula"]), "frozen": stage_frozen(g, st["index"]),
+            "size_formula": _formula_hw(st["formula"]), "frozen": ir.is_frozen(g, st["index"]),
         })
     outputs = [{"index": o["index"], "name": o["name"], "channels": o["channels"], "stride": o["stride"],
                 "shape": list(o["shape"]), "receptive_field": _rf(o["rf"]),

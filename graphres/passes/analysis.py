@@ -39,10 +39,9 @@ import math
 import networkx as nx
 
 from .. import ir
+from ..ir import format_formula  # noqa: F401  (re-exported: the formula's text form)
+from ..ops import BYTES_PER_ELEMENT, OPS
 
-BYTES_PER_ELEMENT = 4  # float32
-_INPLACE_ACTS = frozenset({"relu", "relu6", "silu", "leaky_relu", "hardswish", "hardsigmoid"})
-_INPLACE_AFTER = frozenset({"conv", "norm", "add"})
 
 
 def analyse(g: nx.DiGraph) -> None:
@@ -73,10 +72,12 @@ def _receptive_fields(g: nx.DiGraph, order: list[str]) -> None:
         else:
             srcs = ir.inputs_of(g, n)
             jump = jumps[srcs[0]]
-            if op == "global_avgpool":
+            opdef = OPS[op]
+            w = opdef.window(a)
+            if opdef.global_pool:
                 full[n] = local[n] = None
-            elif op in ("conv", "maxpool", "avgpool"):
-                k, s, p, dil = a["kernel"], a["stride"], a["padding"], a.get("dilation", 1)
+            elif w is not None:
+                k, s, p, dil = w.kernel, w.stride, w.padding, w.dilation
 
                 def grow(box):
                     return None if box is None else (box[0] - p * jump, box[1] + (dil * (k - 1) - p) * jump)
@@ -112,48 +113,37 @@ def _formulas(g: nx.DiGraph, order: list[str]) -> None:
             f = (0, 1)
         else:
             f = g.nodes[ir.inputs_of(g, n)[0]][ir.META]["formula"]
-            if f is not None and op in ("conv", "maxpool", "avgpool"):
-                if op != "conv" and a["ceil_mode"]:
+            w = OPS[op].window(a)
+            if OPS[op].global_pool:
+                f = None
+            elif f is not None and w is not None:
+                if w.ceil_mode:
                     f = None
                 else:
                     # floor((h + c) / s) + 1 with c = 2p - d(k-1) - 1, and h = floor((H + B) / S)
                     #   = floor((H + B + (c + s) S) / (S s))
                     b, big_s = f
-                    c = 2 * a["padding"] - a.get("dilation", 1) * (a["kernel"] - 1) - 1
-                    f = (b + (c + a["stride"]) * big_s, big_s * a["stride"])
-            elif op == "global_avgpool":
-                f = None
+                    c = 2 * w.padding - w.dilation * (w.kernel - 1) - 1
+                    f = (b + (c + w.stride) * big_s, big_s * w.stride)
         d[ir.META]["formula"] = f
-
-
-def format_formula(f: tuple[int, int] | None, var: str = "H") -> str:
-    """``ceil(H/32)``, ``floor((H+1)/2)``, ``H``; ``-`` when piecewise or constant."""
-    if f is None:
-        return "-"
-    b, s = f
-    if s == 1:
-        return var if b == 0 else f"{var}{b:+d}"
-    if b == s - 1:
-        return f"ceil({var}/{s})"
-    if b == 0:
-        return f"floor({var}/{s})"
-    return f"floor(({var}{b:+d})/{s})"
 
 
 # -- dilation -------------------------------------------------------------------------------------
 
 def _dilations(g: nx.DiGraph, order: list[str]) -> None:
+    """The dilation of a node that has one (a conv); for the others, the largest dilation of a window
+    wider than one pixel in the same block instance (what the block runs at)."""
+    windows = {n: OPS[g.nodes[n][ir.OP]].window(g.nodes[n][ir.ATTRS]) for n in order if n != ir.INPUT}
     by_scope: dict[str, int] = {}
+    for n, w in windows.items():
+        if w is not None and w.kernel > 1:
+            scope = g.nodes[n][ir.SCOPE]
+            by_scope[scope] = max(by_scope.get(scope, 1), w.dilation)
     for n in order:
         d = g.nodes[n]
-        if d[ir.OP] == "conv" and d[ir.ATTRS]["kernel"] > 1:
-            by_scope[d[ir.SCOPE]] = max(by_scope.get(d[ir.SCOPE], 1), d[ir.ATTRS]["dilation"])
-    for n in order:
-        d = g.nodes[n]
-        if d[ir.OP] == "conv":
-            d[ir.META]["dilation"] = d[ir.ATTRS]["dilation"]
-        else:
-            d[ir.META]["dilation"] = by_scope.get(d[ir.SCOPE], 1)
+        w = windows.get(n)
+        own = w is not None and "dilation" in d[ir.ATTRS]
+        d[ir.META]["dilation"] = w.dilation if own else by_scope.get(d[ir.SCOPE], 1)
 
 
 # -- trainable parameters -------------------------------------------------------------------------
@@ -168,42 +158,60 @@ def stage_frozen(g: nx.DiGraph, index: int | None) -> bool:
 
 
 def _trainable(g: nx.DiGraph, order: list[str]) -> None:
-    norm_grad = g.graph["norm"].get("requires_grad", True)
+    """Trainable flags and counts, and the decision the torch backend applies: which top-level
+    modules frozen_stages / frozen: true freeze (the stem's modules, then whole stages)."""
+    norm_grad = g.graph[ir.G_NORM].get("requires_grad", True)
     trainable = frozen = 0
+    frozen_modules: list[str] = []
     for n in order:
         d = g.nodes[n]
-        ok = not stage_frozen(g, d[ir.STAGE]) and (d[ir.OP] != "norm" or norm_grad)
+        stage_is_frozen = stage_frozen(g, d[ir.STAGE])
+        frozen_norm = d[ir.OP] in OPS and OPS[d[ir.OP]].uses_norm and not norm_grad
+        ok = not stage_is_frozen and not frozen_norm
         d[ir.META]["trainable"] = ok
         if ok:
             trainable += d[ir.META].get("params", 0)
         else:
             frozen += d[ir.META].get("params", 0)
-    g.graph["trainable_params"] = trainable
-    g.graph["frozen_params"] = frozen
+        if stage_is_frozen and d[ir.MODULE]:
+            top = d[ir.MODULE].split(".")[0]
+            if top not in frozen_modules:
+                frozen_modules.append(top)
+    g.graph[ir.G_FROZEN_SCOPES] = {i: stage_frozen(g, i) for i in [-1] + [st["index"] for st in g.graph[ir.G_STAGES]]}
+    for st in g.graph[ir.G_STAGES]:
+        st["frozen"] = stage_frozen(g, st["index"])
+    g.graph[ir.G_TRAINABLE_PARAMS] = trainable
+    g.graph[ir.G_FROZEN_PARAMS] = frozen
+    g.graph[ir.G_FROZEN_MODULES] = frozen_modules
+    g.graph[ir.G_ZERO_INIT_MODULES] = [g.nodes[n][ir.MODULE] for n in order
+                                       if g.nodes[n][ir.ATTRS].get("zero_init") and g.nodes[n][ir.MODULE]]
 
 
-# -- activation memory ----------------------------------------------------------------------------
+# -- in place and activation memory ---------------------------------------------------------------
 
-def _sole_operand(g: nx.DiGraph, n: str) -> bool:
+def _may_overwrite(g: nx.DiGraph, n: str) -> bool:
+    """Whether node ``n`` may overwrite its first operand: its op can, and the operand is made in
+    the same block by an op whose backward does not need its output, and nothing else reads it."""
     d = g.nodes[n]
+    if d[ir.OP] not in OPS or not OPS[d[ir.OP]].in_place(d[ir.ATTRS]):
+        return False
     first = ir.inputs_of(g, n)[0]
     f = g.nodes[first]
-    return f[ir.OP] in _INPLACE_AFTER and f[ir.SCOPE] == d[ir.SCOPE] and g.out_degree(first) == 1
+    return (f[ir.OP] in OPS and OPS[f[ir.OP]].overwritable and f[ir.SCOPE] == d[ir.SCOPE]
+            and g.out_degree(first) == 1)
 
 
 def _in_place_nodes(g: nx.DiGraph, order: list[str]) -> set[str]:
-    """The nodes the torch backend computes in place (mirrors its rule): an add, or an act of an
-    in-place-capable type, whose first operand is made in the same block by a conv, norm or add
-    and read by nothing else. An act module shared by several calls runs in place only when every
-    call qualifies."""
-    calls: dict[str, list[str]] = {}
+    """The nodes computed in place (the torch backend reads this decision): those that may
+    overwrite their operand; a module called several times (a block's shared ReLU) runs in place
+    only when every call may."""
+    calls: dict[str | None, list[str]] = {}
     for n in order:
-        d = g.nodes[n]
-        if d[ir.OP] == "act" and d[ir.ATTRS].get("type") in _INPLACE_ACTS:
-            calls.setdefault(d[ir.MODULE], []).append(n)
-    out = {n for n in order if g.nodes[n][ir.OP] == "add" and _sole_operand(g, n)}
+        if n != ir.INPUT:
+            calls.setdefault(g.nodes[n][ir.MODULE] or n, []).append(n)
+    out: set[str] = set()
     for nodes in calls.values():
-        if all(_sole_operand(g, n) for n in nodes):
+        if all(_may_overwrite(g, n) for n in nodes):
             out.update(nodes)
     return out
 
@@ -211,10 +219,14 @@ def _in_place_nodes(g: nx.DiGraph, order: list[str]) -> set[str]:
 def _memory(g: nx.DiGraph, order: list[str]) -> None:
     in_place = _in_place_nodes(g, order)
     for n in order:
-        meta = g.nodes[n][ir.META]
+        d = g.nodes[n]
+        meta = d[ir.META]
+        full = math.prod(meta["shape"]) * BYTES_PER_ELEMENT
         meta["in_place"] = n in in_place
-        meta["bytes"] = 0 if n in in_place else math.prod(meta["shape"]) * BYTES_PER_ELEMENT
-    g.graph["peak_bytes"] = peak_activation_bytes(g, order)
+        meta["bytes"] = 0 if n in in_place else full
+        meta["scratch"] = (OPS[d[ir.OP]].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, g.graph)
+                           if d[ir.OP] in OPS else 0)
+    g.graph[ir.G_PEAK_BYTES] = peak_activation_bytes(g, order)
 
 
 def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
@@ -225,8 +237,8 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     also lives until the block's last node, and a stage's input until the stage's last node (the
     callers still hold them), and the outputs named by
     out_indices live to the end (they are returned), as does the input image (the caller holds
-    it). In-place nodes allocate nothing; a max pool also holds its int64 indices while it runs
-    (torch computes them even without autograd). Parameters, buffers and the allocator's own
+    it). In-place nodes allocate nothing; an op's scratch bytes (a max pool's int64 indices, a
+    weight-standardised conv's standardised weight) are held only while it runs. Parameters, buffers and the allocator's own
     overheads are not counted."""
     order = order or ir.topological_order(g)
     pos = {n: i for i, n in enumerate(order)}
@@ -265,10 +277,7 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     releases: dict[int, int] = {}
     for i, n in enumerate(order):
         live += g.nodes[n][ir.META]["bytes"]
-        # torch's max pooling also returns int64 indices (twice the output's float32 bytes), freed
-        # as soon as the op returns
-        scratch = 2 * g.nodes[n][ir.META]["bytes"] if g.nodes[n][ir.OP] == "maxpool" else 0
-        peak = max(peak, live + scratch)
+        peak = max(peak, live + g.nodes[n][ir.META].get("scratch", 0))  # held only while the op runs
         if owner[n] == n:
             step = free_at[n]
             releases[step] = releases.get(step, 0) + g.nodes[n][ir.META]["bytes"]

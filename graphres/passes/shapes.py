@@ -10,12 +10,12 @@ import networkx as nx
 
 from .. import ir
 from ..diagnostics import Diagnostic, DiagnosticBag
-from ..ops import macs, out_hw, param_count
+from ..ops import OPS
 
 
 def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int] | None = None) -> None:
-    size = tuple(input_size or g.graph["input_size"])
-    norm = g.graph["norm"]
+    size = tuple(input_size or g.graph[ir.G_INPUT_SIZE])
+    g.graph[ir.G_ANALYSED_SIZE] = size
     reported = False
     for n in ir.topological_order(g):
         d = g.nodes[n]
@@ -23,40 +23,35 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
         if d[ir.OP] == "input":
             meta.update(shape=(d[ir.OUT_CH],) + size, stride=1, params=0, macs=0)
             continue
+        op, a = OPS[d[ir.OP]], d[ir.ATTRS]
         srcs = ir.inputs_of(g, n)
         first = g.nodes[srcs[0]][ir.META]
-        hw = out_hw(d[ir.OP], d[ir.ATTRS], first["shape"][1:])
-        if d[ir.OP] == "linear" and tuple(first["shape"][1:]) != (1, 1) and not reported:
-            diags.add("E053", f"'linear' at {n} needs a 1x1 input, got {'x'.join(map(str, first['shape'][1:]))}",
-                      d[ir.DEF_SPAN] or d[ir.SPAN], "put a global_avgpool before it")
+        shapes = [tuple(g.nodes[s][ir.META]["shape"][1:]) for s in srcs]
+        hw = op.spatial(a, shapes)
+        problem = op.check_spatial(a, shapes)
+        if problem is not None and not reported:
+            code, message, hint = problem
+            diags.add(code, message.format(node=n), d[ir.SPAN] if code == "E030" else d[ir.DEF_SPAN] or d[ir.SPAN],
+                      hint)
             reported = True
-        if d[ir.OP] in ("add", "mul", "concat"):
-            shapes = [g.nodes[s][ir.META]["shape"][1:] for s in srcs]
-            bad = [s for s in shapes[1:] if s != shapes[0] and not (d[ir.OP] == "mul" and s == (1, 1))]
-            if bad and not reported:
-                diags.add("E030", f"'{d[ir.OP]}' at {n} joins tensors of spatial sizes "
-                                  f"{' and '.join('x'.join(map(str, s)) for s in shapes)}", d[ir.SPAN],
-                          "the branches must reduce the size by the same stride")
-                reported = True
-        in_stride = first["stride"]
-        step = d[ir.ATTRS].get("stride") or (d[ir.ATTRS].get("kernel") if d[ir.OP] in ("maxpool", "avgpool") else 1)
-        stride = in_stride * (step or 1) if d[ir.OP] != "global_avgpool" else in_stride
+        window = op.window(a)
+        stride = first["stride"] * (window.stride if window is not None else 1)
         out_ch = d[ir.OUT_CH]
         meta.update(
             shape=(out_ch,) + tuple(hw),
             stride=stride,
-            params=param_count(d[ir.OP], d[ir.ATTRS], d[ir.IN_CH], out_ch, norm),
-            macs=macs(d[ir.OP], d[ir.ATTRS], d[ir.IN_CH], out_ch, hw),
+            params=op.params(a, d[ir.IN_CH], out_ch, g.graph),
+            macs=op.macs(a, d[ir.IN_CH], out_ch, hw),
         )
-        a = d[ir.ATTRS]
-        if min(hw) <= 0 and not reported and d[ir.OP] == "conv" and a["dilation"] > 1:
+        if min(hw) <= 0 and not reported and window is not None and window.dilation > 1:
             reported = True
-            extent = a["dilation"] * (a["kernel"] - 1) + 1
-            padded = "x".join(str(s + 2 * a["padding"]) for s in first["shape"][1:])
+            w = window
+            extent = w.dilation * (w.kernel - 1) + 1
+            padded = "x".join(str(s + 2 * w.padding) for s in first["shape"][1:])
             diags.extend([Diagnostic(
-                "E040", f"dilated conv {n}: its {a['kernel']}x{a['kernel']} kernel with dilation {a['dilation']} "
+                "E040", f"dilated {d[ir.OP]} {n}: its {w.kernel}x{w.kernel} kernel with dilation {w.dilation} "
                         f"spans {extent} pixels, more than its {'x'.join(map(str, first['shape'][1:]))} input "
-                        f"padded by {a['padding']} ({padded}), for the input size {size[0]}x{size[1]}",
+                        f"padded by {w.padding} ({padded}), for the input size {size[0]}x{size[1]}",
                 _dilation_span(g, d), "lower the stage's dilation (or multi_grid), or use a larger input.size")])
         if min(hw) <= 0 and not reported:
             reported = True
@@ -67,13 +62,12 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
                 "E032", f"spatial size reaches zero at {n} in {where}: a {in_hw} input becomes "
                         f"{'x'.join(map(str, hw))} for the input size {size[0]}x{size[1]}",
                 d[ir.SPAN], "use a larger input.size, fewer stages, or stride 1 (with dilation) in late stages")])
-    for st in g.graph["stages"]:
+    for st in g.graph[ir.G_STAGES]:
         meta = g.nodes[st["output"]][ir.META]
         st["shape"] = meta.get("shape")
         st["stride"] = meta.get("stride")
-    g.graph["params"] = sum(g.nodes[n][ir.META].get("params", 0) for n in g)
-    g.graph["macs"] = sum(g.nodes[n][ir.META].get("macs", 0) for n in g)
-
+    g.graph[ir.G_PARAMS] = sum(g.nodes[n][ir.META].get("params", 0) for n in g)
+    g.graph[ir.G_MACS] = sum(g.nodes[n][ir.META].get("macs", 0) for n in g)
 
 
 def _dilation_span(g: nx.DiGraph, d: dict):

@@ -89,6 +89,7 @@ class Spec:
     act: str = "relu"
     head: dict[str, Any] | None = None
     output_stride: int | None = None
+    out_index_paths: dict[int, tuple] = field(default_factory=dict)  # index -> where it is written
 
     @property
     def num_stages(self) -> int:
@@ -149,7 +150,8 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
             _apply_output_stride(r, output_stride, stages, blocks, blocks[stem_block], stem_args)
     head = _parse_head(r)
 
-    out_indices = _parse_out_indices(r, n) if n else []
+    out_index_paths: dict[int, tuple] = {}
+    out_indices = _parse_out_indices(r, n, out_index_paths) if n else []
     frozen = r.value(("frozen_stages",), int, -1, what="frozen_stages")
     if frozen is not None and not -1 <= frozen <= n:
         diags.add("E034", f"frozen_stages = {frozen} is out of range for {_stages(n)} (-1..{n})",
@@ -167,7 +169,7 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
                 out_indices=out_indices, frozen_stages=frozen if frozen is not None else -1,
                 norm_eval=bool(norm_eval), zero_init_residual=bool(zero_init), with_cp=bool(with_cp),
                 init=init, blocks=blocks, doc=doc, sources=sources, file=file, conv=conv, act=act or "relu",
-                head=head, output_stride=output_stride)
+                head=head, output_stride=output_stride, out_index_paths=out_index_paths)
 
 
 _NORM_ALIASES = {"batchnorm": "BN", "batchnorm2d": "BN", "bn2d": "BN", "syncbatchnorm": "SyncBN", "syncbn2d": "SyncBN",
@@ -533,7 +535,8 @@ def _check_args(r: Reader, block: BlockDef, args: dict[str, Arg], what: str, own
             r.diags.add("E012", f"{what} needs the parameter '{k}'", r.span(owner))
 
 
-def _parse_out_indices(r: Reader, n: int) -> list[int]:
+def _parse_out_indices(r: Reader, n: int, paths: dict[int, tuple]) -> list[int]:
+    """The stage indices to return, in stage order; ``paths`` gets where each was written."""
     path = ("out_indices",)
     default = list(range(n))
     values = r.int_list(path, default, what="out_indices", allow_scalar=True)
@@ -561,6 +564,7 @@ def _parse_out_indices(r: Reader, n: int) -> list[int]:
         else:
             seen[v] = i
             ok.append(v)
+            paths[v] = vpath
     return sorted(ok) if ok else default
 
 
