@@ -1,7 +1,8 @@
 """Command line: ``graphres validate | info | expand | render | compile``.
 
 Exit codes: 0 success, 1 errors in the spec (or a checkpoint / Graphviz problem), 2 usage errors.
-Only ``compile`` imports torch; ``validate``, ``info``, ``expand`` and ``render`` start without it.
+Only ``compile`` to ``.pt2`` imports torch; ``validate``, ``info``, ``expand``, ``render`` and
+``compile -o model.py`` start without it.
 """
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="top-to-bottom or left-to-right")
     r.add_argument("--theme", choices=("light", "dark"), default="light", help="colours (default: light)")
     r.add_argument("--no-legend", dest="legend", action="store_false", help="leave out the legend")
-    c = command("compile", "compile to a torch.export program (.pt2) that runs with torch alone")
-    c.add_argument("-o", "--output", required=True, help="output file (.pt2)")
+    c = command("compile", "compile to a file that runs with torch alone: a torch.export program (.pt2) or "
+                           "standalone Python source (.py), by the output's extension")
+    c.add_argument("-o", "--output", required=True, help="output file: .pt2 or .py")
     c.add_argument("--checkpoint", help="load these weights first (torchvision or OpenMMLab layout)")
     return p
 
@@ -184,9 +186,31 @@ def _render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# compile's output formats, by the output's extension
+COMPILE_FORMATS = {".pt2": "a torch.export program; load it with torch.export.load",
+                   ".py": "standalone Python source that needs torch alone; build_model() returns the network"}
+
+
+def _compile_format(output: str) -> str:
+    suffix = Path(output).suffix.lower()
+    if suffix not in COMPILE_FORMATS:
+        known = ", ".join(f"{ext} ({what.split(';')[0]})" for ext, what in COMPILE_FORMATS.items())
+        raise _Usage(f"cannot tell the output format of '{output}': use one of {known}")
+    return suffix
+
+
 def _compile(args: argparse.Namespace) -> int:
+    fmt = _compile_format(args.output)
+    if fmt == ".py" and args.checkpoint:
+        raise _Usage("a .py file holds the network, not its weights: drop --checkpoint and load them with "
+                     "build_model(checkpoint=...) from the generated file")
     compiled = _compile_spec(args)
     _print_warnings(compiled)
+    if fmt == ".py":
+        from .backends.codegen import generate
+        write_atomic(args.output, generate(compiled.graph, standalone=True).source.encode())
+        print(f"wrote {args.output} ({COMPILE_FORMATS[fmt]})")
+        return EXIT_OK
     import warnings
 
     from . import CheckpointWarning, build
@@ -202,7 +226,7 @@ def _compile(args: argparse.Namespace) -> int:
     spec = compiled.spec
     program = export_module(model, spec.input_channels, spec.input_size)
     out = save_program(program, args.output)
-    print(f"wrote {out} (torch.export program; load with torch.export.load)")
+    print(f"wrote {out} ({COMPILE_FORMATS[fmt]})")
     return EXIT_OK
 
 

@@ -12,10 +12,11 @@ emitted; this module only reads the IR. It does not import torch.
 """
 from __future__ import annotations
 
-import inspect
+import ast
 import keyword
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import networkx as nx
@@ -128,7 +129,6 @@ def _split_args(inner: str) -> list[str]:
 
 
 def _literal(text: str) -> Any:
-    import ast
     return ast.literal_eval(text)
 
 
@@ -512,11 +512,15 @@ def _runtime_needs(g: nx.DiGraph) -> tuple[str, ...]:
 
 
 def _runtime_source(name: str) -> str:
-    from . import runtime  # source text only: the module imports torch, but reading it does not run it
-    if name == "SyncBNError":
-        return ('class SyncBNError(RuntimeError):\n'
-                '    """SyncBN cannot synchronise in this setting; the message says how to fix it."""\n\n')
-    return inspect.getsource(getattr(runtime, name)) + "\n"
+    """The source of one class of the runtime module, read from its file (without importing it,
+    so that writing a ``.py`` needs no torch)."""
+    path = Path(__file__).with_name("runtime.py")
+    text = path.read_text(encoding="utf-8")
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+            return "\n".join(text.splitlines()[start - 1:node.end_lineno]) + "\n\n"
+    raise AssertionError(f"runtime class {name} not found")
 
 
 def _network_source(g: nx.DiGraph, name: str, by_scope: dict[str, list[str]], class_of: dict) -> str:
