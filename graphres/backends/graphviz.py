@@ -566,7 +566,7 @@ def _legend(t: Theme, trainable: str, frozen: bool, outputs: bool, shortcut: boo
 
 
 def _title_lines(g: nx.DiGraph, name: str) -> list[str]:
-    size = g.graph.get("input_size")
+    size = g.graph.get(ir.G_ANALYSED_SIZE) or g.graph.get(ir.G_INPUT_SIZE)  # the size the figures are for
     facts = []
     if "params" in g.graph:
         facts.append(f"{_count(g.graph['params'])} params")

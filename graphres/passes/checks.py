@@ -31,13 +31,13 @@ def _tiny_outputs(g: nx.DiGraph, spec: Any, diags: DiagnosticBag) -> None:
     """W002: a feature output of 1x1 (or 1 pixel on one side) has no spatial layout left for a
     detection or segmentation head."""
     size = g.nodes[ir.INPUT][ir.META]["shape"][1:]
-    for k, o in enumerate(g.graph["outputs"]):
+    for o in g.graph["outputs"]:
         shape = g.nodes[o["node"]][ir.META]["shape"]
         if min(shape[1:]) <= 1:
             diags.extend([Diagnostic(
                 "W002", f"feature output {o['index']} ({o['name']}) is only {_hw(shape)} for the input size "
                         f"{size[0]}x{size[1]} (stride {g.nodes[o['node']][ir.META]['stride']})",
-                spec.doc.span(("out_indices", k)),
+                o["span"],
                 "a dense head needs a spatial map: use a larger input.size, or drop this stage from out_indices")])
 
 
