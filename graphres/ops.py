@@ -166,11 +166,16 @@ def _conv_ws(settings: Mapping) -> bool:
 
 
 def _conv_scratch(a: dict, in_ch: int, out_ch: int, out_bytes: int, settings: Mapping) -> int:
-    # weight standardisation materialises (w - mean) and its quotient by (std + eps): two
-    # weight-sized tensors live while the conv runs
+    """Weight standardisation makes, per call: the per-channel mean and std (and std + eps), then
+    ``w - mean`` and its quotient, a weight-sized tensor each; the difference is freed before the
+    convolution runs with the quotient. So beyond its output the conv holds the larger of
+    2 weights + 3 channel vectors (while dividing, before the output exists) and
+    1 weight + 2 channel vectors (while convolving)."""
     if not _conv_ws(settings):
         return 0
-    return 2 * out_ch * (in_ch // a["groups"]) * a["kernel"] ** 2 * BYTES_PER_ELEMENT
+    weight = out_ch * (in_ch // a["groups"]) * a["kernel"] ** 2 * BYTES_PER_ELEMENT
+    vector = out_ch * BYTES_PER_ELEMENT
+    return max(2 * weight + 3 * vector - out_bytes, weight + 2 * vector)
 
 
 def _conv_torch(a: dict, in_ch: int, out_ch: int, settings: Mapping, inplace: bool) -> str:
