@@ -28,7 +28,7 @@ def torch_stage_figures(path, size=224):
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, size, size))
     flops = counter.get_flop_counts()
-    macs = {k: sum(v.values()) // 2 for k, v in flops.items() if k.startswith("GraphresBackbone.")}
+    macs = {k: sum(v.values()) // 2 for k, v in flops.items() if k.startswith(type(model).__name__ + ".")}
     stage_macs = {k.split(".")[1]: v for k, v in macs.items() if k.count(".") == 1 and ".layer" in k}
     stage_macs["stem"] = sum(flops["Global"].values()) // 2 - sum(stage_macs.values())
     shapes = {}
