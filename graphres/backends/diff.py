@@ -126,7 +126,7 @@ def _layer_changes(a: dict, b: dict) -> list[str]:
                 out.append(f"{key} {a['attrs'].get(key)} -> {b['attrs'].get(key)}")
     if a["in_channels"] != b["in_channels"]:
         out.append(f"in {a['in_channels']} -> {b['in_channels']}")
-    if a["out_channels"] != b["out_channels"]:
+    if a["out_channels"] != b["out_channels"] and "out" not in a["attrs"]:  # else said by attrs' out
         out.append(f"out {a['out_channels']} -> {b['out_channels']}")
     for key in list(a["tensors"]) + [k for k in b["tensors"] if k not in a["tensors"]]:
         sa, sb = a["tensors"].get(key), b["tensors"].get(key)
@@ -328,7 +328,7 @@ def format_diff(data: dict[str, Any], level: str = "stage", color: bool = False)
         lines.append(paint(counts + " (by state-dict name)", _BOLD))
         lines.extend(_layer_lines(paint, layers))
     else:
-        lines.append(counts + (" (--level layer lists them)"
+        lines.append(counts + (" (see --level layer)"
                                if layers["added"] or layers["removed"] or layers["changed"] else ""))
     lines.append(_checkpoint_line(data["checkpoint"], ta["tensors"]))
     return "\n".join(lines)
@@ -342,10 +342,17 @@ def _layer_lines(paint: _Paint, layers: dict) -> list[str]:
         if len(head) > 50:  # a long name: the rest on the next line
             out.append(paint(f"{mark} {name}", colour))
             head = f"  {'':<26} {what:<20} "
-        width = max(20, WIDTH - len(head))
-        parts = _pack(detail.split("; "), width)
+        phrases = detail.split("; ")
+        indent = len(head)
+        if max(map(len, phrases)) + 1 > WIDTH - indent:  # a long phrase: the details below, less indented
+            out.append(paint(head.rstrip(), colour))
+            indent = 4
+            parts = _pack(phrases, WIDTH - indent)
+            out.extend(paint(" " * indent + p, colour) for p in parts)
+            return
+        parts = _pack(phrases, WIDTH - indent)
         out.append(paint((head + parts[0]).rstrip(), colour))
-        out.extend(paint(" " * len(head) + p, colour) for p in parts[1:])
+        out.extend(paint(" " * indent + p, colour) for p in parts[1:])
 
     def tensors_text(rec: dict) -> str:
         t = rec["tensors"]
@@ -374,7 +381,7 @@ def _pack(phrases: list[str], width: int) -> list[str]:
     lines = [""]
     for p in phrases:
         candidate = f"{lines[-1]}; {p}" if lines[-1] else p
-        if len(candidate) <= width or not lines[-1]:
+        if len(candidate) < width or not lines[-1]:  # room for the ';' that may follow
             lines[-1] = candidate
         else:
             lines[-1] += ";"
