@@ -73,7 +73,7 @@ def _span(node: ast.AST, file: str) -> Span:
 
 
 def _snippet(node: ast.AST, limit: int = 48) -> str:
-    text = ast.unparse(node).replace("\n", " ")
+    text = re.sub(r"\s*\n\s*", " ", ast.unparse(node))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -153,7 +153,7 @@ class _Reader:
     def skip(self, stmt: ast.stmt, kind: str) -> None:
         self.warnings.append(Diagnostic(
             "W030", f"{kind} was not run: `{_snippet(stmt)}`", _span(stmt, self.file),
-            "graphres reads configs without running them; it binds nothing the model needs"))
+            "graphres reads configs without running them; the backbone cannot use what it would bind"))
 
     def statement(self, stmt: ast.stmt) -> None:
         if isinstance(stmt, ast.Assign):
@@ -586,7 +586,8 @@ def _flow(value: Any) -> str:
 def emit_spec(imported: ImportedConfig, summary: list[str] = ()) -> str:
     """The commented shorthand spec: a header, then one backbone key a line with where it was set."""
     doc = imported.doc
-    lines = [f"# imported by graphres from {imported.files[0]} (model.backbone); the config was read, never run"]
+    lines = [f"# imported by graphres from {imported.files[0]} (model.backbone)",
+             "# the config was read with Python's ast, never run; each key says where it was set"]
     if len(imported.files) > 1:
         lines.append(f"# base files: {', '.join(imported.files[1:])}")
     lines.extend(f"# {s}" for s in summary)
