@@ -338,3 +338,22 @@ def test_stdout_and_mmseg_scope(tmp_path):
     compiled = graphres.compile_spec(spec)
     assert compiled.graph.graph["params"] == 23_527_264  # mmsegmentation's DeepLabV3 R50-D8 backbone
     assert [st["stride"] for st in compiled.graph.graph["stages"]] == [4, 8, 8, 8]
+
+
+def test_dict_keywords_follow_pythons_rules(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "ok.py", """\
+        x = dict(depth=50, type='ResNet')
+        model = dict(backbone=dict(x, depth=18, style='caffe'))
+        """)
+    assert read_config("ok.py").doc.data["backbone"] == {"type": "ResNet", "depth": 18, "style": "caffe"}
+    _write(tmp_path, "twice.py", """\
+        x = dict(depth=50, type='ResNet')
+        model = dict(backbone=dict(**x, depth=18))
+        """)
+    assert _diags("twice.py") == ["""\
+twice.py:2:23: error[E083]: model.backbone needs `dict(**x, depth=18)`: dict() gets 'depth' twice, which Python refuses
+  |
+2 | model = dict(backbone=dict(**x, depth=18))
+  |                       ^^^^^^^^^^^^^^^^^^^
+  = hint: write {**x, 'key': value} to override a key of x"""]

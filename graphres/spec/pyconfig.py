@@ -226,12 +226,19 @@ class _Reader:
             out = Located({}, {(): span})
             for arg in node.args:
                 self.spread(out, arg)
+            given: set = set()  # keyword keys: a positional mapping's may be overridden, these may not
             for kw in node.keywords:
+                value = self.expr(kw.value)
+                keys = [kw.arg] if kw.arg is not None else list(value.data) if isinstance(value.data, dict) else []
+                twice = [k for k in keys if k in given]
+                given.update(keys)
+                if twice:  # Python's dict() refuses a keyword given twice (dict(**bb, depth=1) with bb['depth'])
+                    return self.unknown(node, f"dict() gets '{twice[0]}' twice, which Python refuses", "E083",
+                                        "write {**x, 'key': value} to override a key of x")
                 if kw.arg is None:
-                    self.spread(out, kw.value)
+                    self.spread(out, kw.value, value)
                 else:
-                    key_span = Span(self.file, kw.lineno, kw.col_offset + 1, len(kw.arg))
-                    _put(out, kw.arg, self.expr(kw.value), key_span)
+                    _put(out, kw.arg, value, Span(self.file, kw.lineno, kw.col_offset + 1, len(kw.arg)))
             return out
         if isinstance(node, ast.Set) and len(node.elts) == 1 and isinstance(node.elts[0], ast.Set) \
                 and len(node.elts[0].elts) == 1:
@@ -264,9 +271,9 @@ class _Reader:
                                     "E083")
         return self.unknown(node)
 
-    def spread(self, out: Located, node: ast.expr) -> None:
+    def spread(self, out: Located, node: ast.expr, value: Located | None = None) -> None:
         """``dict(x, **y)`` and ``{**y}``: the keys of an earlier mapping."""
-        value = self.expr(node)
+        value = self.expr(node) if value is None else value
         if not isinstance(value.data, dict):
             _put(out, f"**{_snippet(node)}", self.unknown(node, "a ** expansion of a value that is not a literal dict")
                  if not isinstance(value.data, Unknown) else value, None)
