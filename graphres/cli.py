@@ -249,7 +249,8 @@ def _diff(args: argparse.Namespace) -> int:
             print("\n\n".join(e.render(color=use_color(sys.stderr)) for e in errors), file=sys.stderr)
         return EXIT_USAGE
     a, b = compiled
-    data = diff_dict(a.graph, b.graph, args.spec_a, args.spec_b)
+    data = diff_dict(a.graph, b.graph, args.spec_a, args.spec_b,
+                     (common + list(args.overrides_a), common + list(args.overrides_b)))
     if args.json:
         data["diagnostics"] = [d.to_dict() for c in compiled for d in c.warnings]
         print(json.dumps(data, indent=2))

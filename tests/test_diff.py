@@ -121,8 +121,8 @@ total   params     23,508,032      42,500,160      +18,992,128 (+80.8%)
         tensors    318             624             +306
 
 layers: 119 added, 0 removed, 0 changed, 124 unchanged (see --level layer)
-checkpoint of A into B: does not load strictly: 306 missing in A
-  (layer3.6.conv1.weight, layer3.6.bn1.weight, layer3.6.bn1.bias,
+checkpoint of A into B: does not load strictly: 306 that B needs are missing
+  from A (layer3.6.conv1.weight, layer3.6.bn1.weight, layer3.6.bn1.bias,
   layer3.6.bn1.running_mean, ... (302 more))
 """
 
@@ -183,11 +183,17 @@ def test_changed_shapes_are_named():
 def test_set_applies_to_both_and_set_a_set_b_to_one_side():
     r = run_cli("diff", R50, R50, "--set", "stages.3.stride=1", "--set", "stages.3.dilation=2")
     assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("diff", R50, R50, "--set-b", "stages.3.stride=1", "--set-b", "stages.3.dilation=2")
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[:4] == ["--- A specs/resnet50.yaml (resnet50, input 3x224x224)",
+                                         "+++ B specs/resnet50.yaml (resnet50, input 3x224x224)",
+                                         "      with --set stages.3.stride=1 --set stages.3.dilation=2", ""]
     r = run_cli("diff", R50, R50, "--set-b", "stages.3.stride=1", "--set-b", "stages.3.dilation=2", "--json")
     assert r.returncode == 1
     data = json.loads(r.stdout)
     layer4 = next(s for s in data["stages"] if s["name"] == "layer4")
     assert layer4["changed"] == ["shape", "stride", "dilations", "receptive_field", "macs"]
+    assert (data["a"]["overrides"], data["b"]["overrides"]) == ([], ["stages.3.stride=1", "stages.3.dilation=2"])
     assert data["diagnostics"] == []
     r = run_cli("diff", R50, R50, "--set-a", "input.size=[512, 512]", "--set-b", "input.size=[512, 512]")
     assert r.returncode == 0

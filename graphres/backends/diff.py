@@ -156,8 +156,10 @@ def checkpoint_fit(a: dict[str, tuple], b: dict[str, tuple]) -> dict[str, Any]:
             "missing": missing, "unexpected": unexpected, "mismatched": mismatched}
 
 
-def diff_dict(ga: nx.DiGraph, gb: nx.DiGraph, a_file: str = "A", b_file: str = "B") -> dict[str, Any]:
-    """The whole comparison as plain data (the ``--json`` output)."""
+def diff_dict(ga: nx.DiGraph, gb: nx.DiGraph, a_file: str = "A", b_file: str = "B",
+              overrides: tuple[list[str], list[str]] = ([], [])) -> dict[str, Any]:
+    """The whole comparison as plain data (the ``--json`` output); ``overrides`` are each side's
+    ``--set`` values, shown in the report."""
     sa, sb = _stage_records(ga), _stage_records(gb)
     stages = []
     for name in list(sa) + [n for n in sb if n not in sa]:
@@ -189,8 +191,8 @@ def diff_dict(ga: nx.DiGraph, gb: nx.DiGraph, a_file: str = "A", b_file: str = "
     data = {
         "schema": SCHEMA,
         "identical": False,
-        "a": {"file": a_file, "name": ga.graph["name"], "input": seta["input"]},
-        "b": {"file": b_file, "name": gb.graph["name"], "input": setb["input"]},
+        "a": {"file": a_file, "name": ga.graph["name"], "input": seta["input"], "overrides": list(overrides[0])},
+        "b": {"file": b_file, "name": gb.graph["name"], "input": setb["input"], "overrides": list(overrides[1])},
         "stages": stages,
         "settings": settings,
         "totals": {"a": totals(ga, dict_a), "b": totals(gb, dict_b)},
@@ -274,8 +276,14 @@ def format_diff(data: dict[str, Any], level: str = "stage", color: bool = False)
     """The review report: the two specs, the stages that changed, totals, layers, checkpoint."""
     paint = _Paint(color)
     a, b = data["a"], data["b"]
-    lines = [paint("--- A", _RED) + f" {a['file']} ({a['name']}, input {_shape(a['input'])})",
-             paint("+++ B", _GREEN) + f" {b['file']} ({b['name']}, input {_shape(b['input'])})", ""]
+    lines = []
+    for mark, colour, side in (("--- A", _RED, a), ("+++ B", _GREEN, b)):
+        lines.append(paint(mark, colour) + f" {side['file']} ({side['name']}, input {_shape(side['input'])})")
+        if side["overrides"]:
+            lines.extend(textwrap.wrap(" ".join(f"--set {o}" for o in side["overrides"]), WIDTH,
+                                       initial_indent="      with ", subsequent_indent="      ",
+                                       break_on_hyphens=False, break_long_words=False))
+    lines.append("")
     if data["identical"]:
         lines.append("identical architectures: every stage, layer, tensor and setting is the same")
         lines.append(f"checkpoint of A into B: loads strictly ({data['totals']['a']['tensors']} tensors)")
@@ -394,9 +402,9 @@ def _checkpoint_line(fit: dict, tensors_a: int) -> str:
         return f"checkpoint of A into B: loads strictly ({tensors_a} tensors)"
     problems = []
     if fit["missing"]:
-        problems.append(f"{len(fit['missing'])} missing in A ({_list(fit['missing'])})")
+        problems.append(f"{len(fit['missing'])} that B needs are missing from A ({_list(fit['missing'])})")
     if fit["unexpected"]:
-        problems.append(f"{len(fit['unexpected'])} unexpected in B ({_list(fit['unexpected'])})")
+        problems.append(f"{len(fit['unexpected'])} in A that B does not have ({_list(fit['unexpected'])})")
     if fit["mismatched"]:
         problems.append(f"{len(fit['mismatched'])} with other shapes ("
                         + _list([f"{m['key']} {_shape(m['a'])} -> {_shape(m['b'])}" for m in fit["mismatched"]])
