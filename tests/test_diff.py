@@ -243,3 +243,18 @@ def test_diff_does_not_import_torch():
             "'specs/resnet101.yaml', '--level', 'layer']); assert 'torch' not in sys.modules; sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 1, r.stderr
+
+
+def test_the_examples_in_docs_cli_md_are_current():
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    blocks = re.findall(r"```text\n(\$ graphres diff .*?)\n```", doc, re.S)
+    checked = 0
+    for block in blocks:
+        for run in re.split(r"\n(?=\$ )", block):
+            command, _, expected = run.partition("\n")
+            if command.startswith("$ echo") or "--json" in command:
+                continue
+            r = run_cli(*command.split()[2:])
+            assert r.stdout.rstrip("\n") == expected.removesuffix("\n$ echo $?\n0").rstrip("\n"), command
+            checked += 1
+    assert checked == 4

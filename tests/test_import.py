@@ -1,6 +1,7 @@
 """graphres import (spec/pyconfig.py and the command): OpenMMLab Python configs are read with ast and
 never run; the _base_ chain follows mmengine's merge rules; values the backbone needs must be
 literals, and every other construct is a located diagnostic with an exact message."""
+import re
 import textwrap
 
 import pytest
@@ -357,3 +358,19 @@ twice.py:2:23: error[E083]: model.backbone needs `dict(**x, depth=18)`: dict() g
 2 | model = dict(backbone=dict(**x, depth=18))
   |                       ^^^^^^^^^^^^^^^^^^^
   = hint: write {**x, 'key': value} to override a key of x"""]
+
+
+def test_the_example_in_docs_cli_md_is_current(tmp_path):
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    section = doc[doc.index("\n## import\n"):doc.index("\n## Exit codes\n")]
+    files = re.findall(r"`(\S+\.py)`:\n\n```python\n(.*?)```", section, re.S)
+    assert len(files) == 2
+    for name, text in files:
+        _write(tmp_path, name, text)
+    shown = re.search(r"```text\n\$ graphres import (\S+) -o (\S+)\n(.*?)\n\$ ls /tmp/pwned\n.*?\n\$ cat \S+\n(.*?)\n```",
+                      section, re.S)
+    config, output, printed, written = shown.groups()
+    r = run_cli("import", config, "-o", output, cwd=tmp_path)
+    assert r.returncode == 0
+    assert (r.stderr + r.stdout).rstrip("\n") == printed
+    assert (tmp_path / output).read_text().rstrip("\n") == written

@@ -32,6 +32,7 @@ STAGE_FIELDS = (("block", "block"), ("blocks", "blocks"), ("channels", "channels
 SETTINGS = ("input", "norm", "conv", "act", "out_indices", "frozen_stages", "norm_eval", "zero_init_residual",
             "with_cp")
 _LIST_MAX = 4
+_SUMMARY_FIELDS = ("block", "blocks", "shape", "params", "macs")
 
 
 # -- state-dict tensors, statically ---------------------------------------------------------------
@@ -298,6 +299,9 @@ def format_diff(data: dict[str, Any], level: str = "stage", color: bool = False)
             for key, label in STAGE_FIELDS:
                 if key not in s["changed"]:
                     continue
+                side = s["a"] or s["b"]
+                if s["status"] != "changed" and (key not in _SUMMARY_FIELDS or side[key] is None):
+                    continue  # an added or removed stage: what it is and what it costs
                 va = _value(key, s["a"][key]) if s["a"] else "-"
                 vb = _value(key, s["b"][key]) if s["b"] else "-"
                 if s["status"] in ("added", "removed"):
