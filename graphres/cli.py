@@ -279,8 +279,10 @@ def _import(args: argparse.Namespace) -> int:
     summary = [f"{g.graph['name']}: {g.graph['params']:,} parameters, {g.graph['macs']:,} MACs at "
                f"{'x'.join(map(str, g.nodes['input']['meta']['shape']))}"]
     text = emit_spec(imported, summary)
-    again = compile_spec(yaml.safe_load(text)).graph  # the written text must say the same
-    if (again.graph["params"], again.graph["macs"]) != (g.graph["params"], g.graph["macs"]):
+    written = yaml.safe_load(text)  # the text must say exactly what was imported
+    again = compile_spec(written).graph
+    if written != imported.doc.data or (again.graph["params"], again.graph["macs"]) != \
+            (g.graph["params"], g.graph["macs"]):
         raise GraphresError("internal error: the written spec does not compile to the imported backbone")
     if args.output:
         write_atomic(args.output, text.encode())

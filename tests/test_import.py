@@ -374,3 +374,11 @@ def test_the_example_in_docs_cli_md_is_current(tmp_path):
     assert r.returncode == 0
     assert (r.stderr + r.stdout).rstrip("\n") == printed
     assert (tmp_path / output).read_text().rstrip("\n") == written
+
+
+def test_names_that_double_a_value_per_line_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = ["a0 = dict(x=1)"] + [f"a{i} = dict(p=a{i - 1}, q=a{i - 1})" for i in range(1, 40)]
+    _write(tmp_path, "bomb.py", "\n".join(lines + ["model = dict(backbone=dict(type='ResNet', depth=50))"]) + "\n")
+    assert _diags("bomb.py")[0].splitlines()[0] == \
+        "bomb.py:17:14: error[E080]: config expands to more than 262,144 values through names that refer to names"

@@ -32,6 +32,7 @@ from .source import Located, Path
 
 MAX_BASE_DEPTH = 16
 MAX_BYTES = 1 << 20
+MAX_VALUES = 1 << 18  # names that refer to names can double a value per line: a guard, as YAML's alias limit
 # init_cfg / pretrained checkpoints that name a model zoo rather than a file: left out of the spec
 ZOO_PREFIXES = ("torchvision://", "open-mmlab://", "openmmlab://", "mmcls://", "mmpretrain://", "modelzoo://",
                 "http://", "https://")
@@ -103,6 +104,7 @@ class _Reader:
         self.tree, self.file, self.base, self.warnings = tree, file, base, warnings
         self.env: dict[str, Located] = {}
         self.key_spans: dict[str, Span] = {}
+        self.copied = 0  # values copied through names and _base_ references, against MAX_VALUES
 
     # -- statements --------------------------------------------------------------------------------
 
@@ -251,6 +253,7 @@ class _Reader:
                 return self.from_base([], node)
             if node.id in self.env:
                 value = self.env[node.id]
+                self.count(len(value.spans), node)
                 return Located(copy.deepcopy(value.data), dict(value.spans), dict(value.key_spans))
             return self.unknown(node, f"name '{node.id}' is not bound earlier in {self.file}", "E083",
                                 f"mmengine runs each file on its own: a name from a base file is reached as "
@@ -281,7 +284,14 @@ class _Reader:
         for key in value.data:
             _put(out, key, _sub(value, key), value.key_spans.get((key,)))
 
+    def count(self, n: int, node: ast.AST) -> None:
+        self.copied += n
+        if self.copied > MAX_VALUES:
+            raise SpecError([Diagnostic("E080", f"config expands to more than {MAX_VALUES:,} values through names "
+                                                f"that refer to names", _span(node, self.file))])
+
     def from_base(self, keys: list[str], node: ast.AST) -> Located:
+        self.count(len(self.base.spans), node)
         at: Path = ()
         data: Any = self.base.data
         for key in keys:
@@ -590,22 +600,29 @@ def _flow(value: Any) -> str:
         .removesuffix("\n...").removesuffix(" ...")
 
 
+def _comment(text: str) -> str:
+    return " ".join(str(text).splitlines())  # a file name with a line break must not end the comment
+
+
 def emit_spec(imported: ImportedConfig, summary: list[str] = ()) -> str:
-    """The commented shorthand spec: a header, then one backbone key a line with where it was set."""
+    """The commented shorthand spec: a header, then one backbone key a line with where it was set.
+
+    Keys and values are written by PyYAML (quoted where YAML needs it), so no config string can
+    change the structure of the spec; ``yaml.safe_load`` of the text gives ``imported.doc.data``."""
     doc = imported.doc
-    lines = [f"# imported by graphres from {imported.files[0]} (model.backbone)",
+    lines = [f"# imported by graphres from {_comment(imported.files[0])} (model.backbone)",
              "# the config was read with Python's ast, never run; each key says where it was set"]
     if len(imported.files) > 1:
-        lines.append(f"# base files: {', '.join(imported.files[1:])}")
-    lines.extend(f"# {s}" for s in summary)
+        lines.append(f"# base files: {_comment(', '.join(imported.files[1:]))}")
+    lines.extend(f"# {_comment(s)}" for s in summary)
     lines.append("graphres: 1")
     lines.append(f"name: {_flow(doc.data['name'])}")
     if "default_scope" in doc.data:
-        lines.append(f"default_scope: {_flow(doc.data['default_scope'])}  # {doc.span(('default_scope',))}")
+        lines.append(f"default_scope: {_flow(doc.data['default_scope'])}  # {_comment(doc.span(('default_scope',)))}")
     lines.append("backbone:")
     for key, value in doc.data["backbone"].items():
         span = doc.span(("backbone", key))
-        lines.append(f"  {key}: {_flow(value)}  # {span.file}:{span.line}")
+        lines.append(f"  {_flow(key)}: {_flow(value)}  # {_comment(span.file)}:{span.line}")
     for text in imported.dropped:
-        lines.append(f"  # {text}")
+        lines.append(f"  # {_comment(text)}")
     return "\n".join(lines) + "\n"
