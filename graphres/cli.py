@@ -285,7 +285,10 @@ def _import(args: argparse.Namespace) -> int:
             (g.graph["params"], g.graph["macs"]):
         raise GraphresError("internal error: the written spec does not compile to the imported backbone")
     if args.output:
-        write_atomic(args.output, text.encode())
+        try:
+            write_atomic(args.output, text.encode())
+        except OSError as e:
+            raise GraphresError(f"cannot write '{args.output}': {e.strerror or e}") from None
         print(f"wrote {args.output} ({summary[0]})")
     else:
         sys.stdout.write(text)

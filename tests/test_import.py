@@ -382,3 +382,30 @@ def test_names_that_double_a_value_per_line_are_bounded(tmp_path, monkeypatch):
     _write(tmp_path, "bomb.py", "\n".join(lines + ["model = dict(backbone=dict(type='ResNet', depth=50))"]) + "\n")
     assert _diags("bomb.py")[0].splitlines()[0] == \
         "bomb.py:17:14: error[E080]: config expands to more than 262,144 values through names that refer to names"
+
+
+def test_imports_and_functions_are_not_config_keys(tmp_path):
+    # mmengine drops modules and functions from each file's names, so two bases may both import os
+    _write(tmp_path, "a.py", "import os\nmodel = dict(backbone=dict(type='ResNet', depth=18))\n")
+    _write(tmp_path, "b.py", "import os\ndef helper():\n    pass\noptimizer = dict(lr=0.1)\n")
+    _write(tmp_path, "cfg.py", "_base_ = ['a.py', 'b.py']\nimport os\n")
+    imported = read_config(tmp_path / "cfg.py")
+    assert imported.doc.data["backbone"] == {"type": "ResNet", "depth": 18}
+    assert [(d.span.file.rsplit("/", 1)[-1], d.span.line) for d in imported.warnings] == \
+        [("a.py", 1), ("b.py", 1), ("b.py", 2), ("cfg.py", 2)]
+
+
+def test_a_dict_over_a_computed_base_value_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "a.py", "model = build_model()\n")
+    _write(tmp_path, "cfg.py", "_base_ = 'a.py'\nmodel = dict(backbone=dict(type='ResNet', depth=18))\n")
+    assert _diags("cfg.py")[0].splitlines()[0] == \
+        "a.py:1:9: error[E081]: model needs `build_model()`, a function call, which graphres does not run"
+
+
+def test_an_unwritable_output_is_an_error(tmp_path):
+    _write(tmp_path, "cfg.py", "model = dict(backbone=dict(type='ResNet', depth=18))\n")
+    (tmp_path / "out").mkdir()
+    r = run_cli("import", "cfg.py", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr == "graphres: error: cannot write 'out': Is a directory\n"

@@ -49,6 +49,7 @@ class Unknown:
     snippet: str
     span: Span
     hint: str | None = None
+    exported: bool = True  # False for modules and functions, which mmengine leaves out of the config
 
     def __deepcopy__(self, memo):
         return self
@@ -113,7 +114,7 @@ class _Reader:
             self.statement(stmt)
         out = Located({}, {(): Span(self.file, 1, 1)})
         for name, value in self.env.items():
-            if name.startswith("__"):
+            if name.startswith("__") or isinstance(value.data, Unknown) and not value.data.exported:
                 continue
             out.data[name] = value.data
             for p, s in value.spans.items():
@@ -148,8 +149,10 @@ class _Reader:
 
     def bind_unknown(self, target: ast.Name, construct: str, stmt: ast.stmt) -> None:
         line = getattr(stmt, "lineno", 0)
+        exported = not isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef))
         self.env[target.id] = Located(Unknown("E081", construct + (f" at line {line}" if line else ""),
-                                              _snippet(stmt), _span(stmt, self.file)), {(): _span(stmt, self.file)})
+                                              _snippet(stmt), _span(stmt, self.file), exported=exported),
+                                      {(): _span(stmt, self.file)})
         self.key_spans[target.id] = _span(target, self.file)
 
     def skip(self, stmt: ast.stmt, kind: str) -> None:
@@ -482,6 +485,8 @@ def _check_mergeable(child: Located, base: Located, at: Path, sources: SourceCac
     if at and not isinstance(b, dict):
         if b is _ABSENT:
             return
+        if isinstance(b, Unknown):  # what the base computes is not known, so neither is the merge
+            raise SpecError([_unknown_diag(b, at)], sources)
         name = ".".join(map(str, at))
         raise _error("E082", f"{name} is a dict here but {_kind(b)} in the base files, so mmengine cannot merge "
                              f"them", child.key_span(at), sources, "add _delete_=True to the dict to replace it")
