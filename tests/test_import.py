@@ -409,3 +409,9 @@ def test_an_unwritable_output_is_an_error(tmp_path):
     r = run_cli("import", "cfg.py", "-o", "out", cwd=tmp_path)
     assert r.returncode == 1
     assert r.stderr == "graphres: error: cannot write 'out': Is a directory\n"
+
+
+def test_values_nested_too_deeply_are_an_error_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "deep.py", "x = " + "[" * 150 + "]" * 150 + "\ny = " + "-" * 450 + "1\n")
+    assert _diags("deep.py") == ["deep.py: error[E080]: config 'deep.py' nests values too deeply to read"]

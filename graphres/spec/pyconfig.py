@@ -521,7 +521,11 @@ def read_config(path: str | FsPath) -> ImportedConfig:
     warnings: list[Diagnostic] = []
     files: list[str] = []
     display = str(path)
-    merged = _load(FsPath(path), display, sources, warnings, (), Span(display), files)
+    try:
+        merged = _load(FsPath(path), display, sources, warnings, (), Span(display), files)
+    except RecursionError:  # a value nested deeper than Python's own recursion allows to walk
+        raise SpecError([Diagnostic("E080", f"config '{files[-1] if files else display}' nests values too deeply "
+                                            f"to read", Span(files[-1] if files else display))], sources) from None
     diags: list[Diagnostic] = []
     model = merged.data.get("model", _ABSENT)
     hint = "graphres import takes model.backbone, as in model = dict(type=..., backbone=dict(type='ResNet', ...))"
