@@ -1,16 +1,19 @@
 """graphres import (spec/pyconfig.py and the command): OpenMMLab Python configs are read with ast and
 never run; the _base_ chain follows mmengine's merge rules; values the backbone needs must be
 literals, and every other construct is a located diagnostic with an exact message."""
+import ast
 import re
 import textwrap
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import graphres
 from graphres import SpecError
 from graphres.diagnostics import format_diagnostic
-from graphres.spec.pyconfig import read_config
+from graphres.spec.pyconfig import emit_spec, read_config
 
 from conftest import ROOT, run_cli
 
@@ -415,3 +418,39 @@ def test_values_nested_too_deeply_are_an_error_not_a_crash(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     _write(tmp_path, "deep.py", "x = " + "[" * 150 + "]" * 150 + "\ny = " + "-" * 450 + "1\n")
     assert _diags("deep.py") == ["deep.py: error[E080]: config 'deep.py' nests values too deeply to read"]
+
+
+SNIPPETS = ["f'x{1}'", "int('3')", "[i for i in range(3)]", "norm_cfg", "{{_base_.depth}}", "_base_.model",
+            "None", "dict(**norm_cfg)", "{**norm_cfg, 'x': 1}", "-1", "(1, 2)", "[]", "{}", "'ResNeXt'", "True",
+            "10 ** 9", "lambda: 0", "_base_['x']", "norm_cfg['type']", "{1: 2}", "'{{_base_.x}}'", "1.5", "b'x'",
+            "dict(norm_cfg, type='GN', num_groups=3)", "(", "model"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(st.randoms(use_true_random=False), st.integers(1, 3))
+def test_damaged_configs_import_or_raise_spec_error(tmp_path, rng, edits):
+    """Randomly replaced values never become tracebacks: the config imports, or SpecError says why."""
+    from graphres.spec.load import parse_document
+    text = BASE
+    for _ in range(edits):
+        nodes = [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.expr) and n.lineno == n.end_lineno]
+        node = rng.choice(nodes)
+        lines = text.splitlines(keepends=True)
+        line = lines[node.lineno - 1]
+        lines[node.lineno - 1] = line[:node.col_offset] + rng.choice(SNIPPETS) + line[node.end_col_offset:]
+        text = "".join(lines)
+        try:
+            ast.parse(text)
+        except SyntaxError:
+            break
+    path = tmp_path / f"cfg{rng.randrange(10 ** 9)}.py"
+    path.write_text(text)
+    try:
+        imported = read_config(path)
+        spec, diags = parse_document(imported.doc, imported.sources, str(path))
+        if not diags.has_errors:
+            graphres.compile_spec(spec)
+            assert yaml.safe_load(emit_spec(imported)) == imported.doc.data
+    except SpecError as e:
+        assert e.diagnostics and all(d.code and d.message for d in e.diagnostics)
