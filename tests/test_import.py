@@ -454,3 +454,29 @@ def test_damaged_configs_import_or_raise_spec_error(tmp_path, rng, edits):
             assert yaml.safe_load(emit_spec(imported)) == imported.doc.data
     except SpecError as e:
         assert e.diagnostics and all(d.code and d.message for d in e.diagnostics)
+
+
+def test_base_placeholders_cannot_be_used_inside_the_file(tmp_path, monkeypatch):
+    # mmengine replaces {{_base_.x}} by a placeholder string before the file runs and by the value after
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "base.py", "model = dict(backbone=dict(type='ResNet', depth=50, style='caffe'))\n")
+    _write(tmp_path, "late.py", "_base_ = 'base.py'\nbb = {{_base_.model.backbone}}\nmodel = dict(backbone=bb)\n")
+    assert read_config("late.py").doc.data["backbone"] == {"type": "ResNet", "depth": 50, "style": "caffe"}
+    _write(tmp_path, "early.py", """\
+        _base_ = 'base.py'
+        bb = {{_base_.model.backbone}}
+        model = dict(backbone=dict(_delete_=True, type='ResNet', depth=18, style=bb['style']))
+        """)
+    assert [d.message for d in read_error("early.py")] == [
+        "model.backbone.style needs `bb['style']`: a {{_base_.x}} value indexed in the file, where mmengine still "
+        "has it as a placeholder string"]
+    _write(tmp_path, "spread.py", "_base_ = 'base.py'\nmodel = dict(backbone=dict(**{{_base_.model.backbone}}))\n")
+    assert [d.message for d in read_error("spread.py")] == [
+        "model.backbone.**{{_base_.model.backbone}} needs `{{_base_.model.backbone}}`: a {{_base_.x}} value "
+        "expanded with ** in the file, where mmengine still has it as a placeholder string"]
+
+
+def read_error(path):
+    with pytest.raises(SpecError) as e:
+        read_config(path)
+    return e.value.diagnostics

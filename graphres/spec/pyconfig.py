@@ -106,6 +106,7 @@ class _Reader:
         self.env: dict[str, Located] = {}
         self.key_spans: dict[str, Span] = {}
         self.copied = 0  # values copied through names and _base_ references, against MAX_VALUES
+        self.placeholders: set[str] = set()  # names bound to {{_base_.x}}: a string until the file has run
 
     # -- statements --------------------------------------------------------------------------------
 
@@ -130,6 +131,10 @@ class _Reader:
                 return  # read before the file (mmengine removes the assignment too)
             self.env[target.id] = value
             self.key_spans[target.id] = _span(target, self.file)
+            if self.placeholder(getattr(stmt, "value", None)):
+                self.placeholders.add(target.id)
+            else:
+                self.placeholders.discard(target.id)
         elif isinstance(target, (ast.Tuple, ast.List)):
             items = value.data if isinstance(value.data, (list, tuple)) else None
             for i, t in enumerate(target.elts):
@@ -265,6 +270,8 @@ class _Reader:
             chain = _dotted(node)
             if chain and chain[0] == "_base_":
                 return self.from_base(chain[1:], node)
+            if isinstance(node, ast.Subscript) and self.placeholder(node.value):
+                return self.too_early(node, "indexed")
             if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
                 value = self.expr(node.value)
                 key = node.slice.value
@@ -277,8 +284,24 @@ class _Reader:
                                     "E083")
         return self.unknown(node)
 
+    def placeholder(self, node: ast.AST | None) -> bool:
+        """Whether ``node`` is ``{{_base_.x}}`` or a name bound to one: mmengine replaces it by a
+        placeholder string before the file runs and by the base's value only afterwards."""
+        if isinstance(node, ast.Name):
+            return node.id in self.placeholders
+        return isinstance(node, ast.Set) and len(node.elts) == 1 and isinstance(node.elts[0], ast.Set) \
+            and len(node.elts[0].elts) == 1 and (_dotted(node.elts[0].elts[0]) or [""])[0] == "_base_"
+
+    def too_early(self, node: ast.AST, use: str) -> Located:
+        return self.unknown(node, f"a {{{{_base_.x}}}} value {use} in the file, where mmengine still has it "
+                                  f"as a placeholder string", "E083",
+                            "mmengine substitutes {{_base_.x}} only after the file has run: read the value as "
+                            "_base_.x instead")
+
     def spread(self, out: Located, node: ast.expr, value: Located | None = None) -> None:
         """``dict(x, **y)`` and ``{**y}``: the keys of an earlier mapping."""
+        if self.placeholder(node):
+            value = self.too_early(node, "expanded with **")
         value = self.expr(node) if value is None else value
         if not isinstance(value.data, dict):
             _put(out, f"**{_snippet(node)}", self.unknown(node, "a ** expansion of a value that is not a literal dict")
