@@ -1,8 +1,9 @@
-"""Command line: ``graphres validate | info | expand | render | compile``.
+"""Command line: ``graphres validate | info | expand | render | compile | diff | import``.
 
 Exit codes: 0 success, 1 errors in the spec (or a checkpoint / Graphviz problem), 2 usage errors.
-Only ``compile`` to ``.pt2`` imports torch; ``validate``, ``info``, ``expand``, ``render`` and
-``compile -o model.py`` start without it.
+``diff`` follows diff(1) instead: 0 identical, 1 different, 2 trouble (usage or spec errors).
+Only ``compile`` to ``.pt2`` imports torch; the other commands (``compile -o model.py`` too) start
+without it.
 """
 from __future__ import annotations
 
@@ -82,6 +83,28 @@ def _parser() -> argparse.ArgumentParser:
                            "standalone Python source (.py), by the output's extension")
     c.add_argument("-o", "--output", required=True, help="output file: .pt2 or .py")
     c.add_argument("--checkpoint", help="load these weights first (torchvision or OpenMMLab layout)")
+    d = sub.add_parser("diff", help="compare the architectures of two specs, for code review",
+                       description="compare the architectures of two specs, stage by stage (--level layer: "
+                                   "by state-dict name, with whether a checkpoint of A loads into B); exit 0 "
+                                   "when identical, 1 when different, 2 on usage or spec errors")
+    d.add_argument("spec_a", metavar="A", help="the old spec (YAML)")
+    d.add_argument("spec_b", metavar="B", help="the new spec (YAML)")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value in both specs (repeatable; VALUE is YAML)")
+    d.add_argument("--set-a", dest="overrides_a", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value in A only (repeatable)")
+    d.add_argument("--set-b", dest="overrides_b", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value in B only (repeatable)")
+    d.add_argument("--input", metavar="CxHxW", help="compare both at this input size (3x512x512, 512x512 or 512)")
+    d.add_argument("--level", choices=("stage", "layer"), default="stage",
+                   help="stage rows only (default), or also every added, removed and changed layer")
+    d.add_argument("--json", action="store_true", help="print the comparison as JSON (keys in docs/cli.md)")
+    m = sub.add_parser("import", help="turn an mmdetection/mmsegmentation Python config into a spec, "
+                                      "without running it",
+                       description="read an OpenMMLab Python config (and its _base_ files) with Python's ast, "
+                                   "never running it, and write model.backbone as a shorthand spec")
+    m.add_argument("config", help="the Python config file (CONFIG.py)")
+    m.add_argument("-o", "--output", help="write the spec to this file instead of standard output")
     return p
 
 
@@ -89,9 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if not Path(args.spec).is_file():
-            raise _Usage(f"spec file '{args.spec}' not found")
-        commands = {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile}
+        for attr, what in (("spec", "spec"), ("spec_a", "spec"), ("spec_b", "spec"), ("config", "config")):
+            if hasattr(args, attr) and not Path(getattr(args, attr)).is_file():
+                raise _Usage(f"{what} file '{getattr(args, attr)}' not found")
+        commands = {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile,
+                    "diff": _diff, "import": _import}
         return commands[args.command](args)
     except _Usage as e:
         parser.exit(EXIT_USAGE, f"graphres: error: {e}\n")
@@ -227,6 +252,70 @@ def _compile(args: argparse.Namespace) -> int:
     program = export_module(model, spec.input_channels, spec.input_size)
     out = save_program(program, args.output)
     print(f"wrote {out} ({COMPILE_FORMATS[fmt]})")
+    return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .backends.diff import diff_dict, format_diff
+    from .pipeline import compile_spec
+    common = list(args.overrides) + (parse_input_size(args.input) if args.input else [])
+    compiled, errors = [], []
+    for spec, own in ((args.spec_a, args.overrides_a), (args.spec_b, args.overrides_b)):
+        try:
+            compiled.append(compile_spec(spec, common + list(own)))
+        except SpecError as e:  # report both sides' errors, then exit 2: 1 means "different" here
+            errors.append(e)
+    if errors:
+        if args.json:
+            print(json.dumps({"ok": False, "diagnostics": [d.to_dict() for e in errors for d in e.diagnostics]},
+                             indent=2))
+        else:
+            print("\n\n".join(e.render(color=use_color(sys.stderr)) for e in errors), file=sys.stderr)
+        return EXIT_USAGE
+    a, b = compiled
+    data = diff_dict(a.graph, b.graph, args.spec_a, args.spec_b,
+                     (common + list(args.overrides_a), common + list(args.overrides_b)))
+    if args.json:
+        data["diagnostics"] = [d.to_dict() for c in compiled for d in c.warnings]
+        print(json.dumps(data, indent=2))
+    else:
+        for c in compiled:
+            _print_warnings(c)
+        print(format_diff(data, args.level, color=use_color(sys.stdout)))
+    return EXIT_OK if data["identical"] else EXIT_SPEC
+
+
+def _import(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .pipeline import compile_spec
+    from .spec.load import parse_document
+    from .spec.pyconfig import emit_spec, read_config
+    imported = read_config(args.config)
+    if imported.warnings:
+        print(format_diagnostics(imported.warnings, imported.sources, color=use_color(sys.stderr)), file=sys.stderr)
+    # validate before writing: errors point into the config files, where the values were written
+    spec, diags = parse_document(imported.doc, imported.sources, args.config)
+    if diags.has_errors or spec is None:
+        raise SpecError(diags.items, imported.sources)
+    spec.warnings = [d for d in diags if not d.is_error]
+    g = compile_spec(spec).graph
+    summary = [f"{g.graph['name']}: {g.graph['params']:,} parameters, {g.graph['macs']:,} MACs at "
+               f"{'x'.join(map(str, g.nodes['input']['meta']['shape']))}"]
+    text = emit_spec(imported, summary)
+    written = yaml.safe_load(text)  # the text must say exactly what was imported
+    again = compile_spec(written).graph
+    if written != imported.doc.data or (again.graph["params"], again.graph["macs"]) != \
+            (g.graph["params"], g.graph["macs"]):
+        raise GraphresError("internal error: the written spec does not compile to the imported backbone")
+    if args.output:
+        try:
+            write_atomic(args.output, text.encode())
+        except OSError as e:
+            raise GraphresError(f"cannot write '{args.output}': {e.strerror or e}") from None
+        print(f"wrote {args.output} ({summary[0]})")
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 

@@ -42,12 +42,20 @@ CODES: dict[str, str] = {
     "E051": "output stride differs from the declared one",
     "E052": "output_stride cannot trade a stage's stride",
     "E053": "linear input is not 1x1",
+    "E080": "Python config cannot be read",
+    "E081": "config value is not a literal",
+    "E082": "bad config inheritance (_base_)",
+    "E083": "config name or reference does not resolve",
+    "E084": "no model.backbone in the config",
+    "E085": "new-style config (read_base) not supported",
     "W001": "dilated stage also strides",
     "W002": "feature output is 1 pixel wide",
     "W003": "dilated kernel larger than its input",
     "W004": "dilation schedule decreases",
     "W005": "frozen stage after a trainable one",
     "W010": "later stage keeps resolution without dilation",
+    "W030": "config statement not run",
+    "W031": "config value left out of the spec",
 }
 
 

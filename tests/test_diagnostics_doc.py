@@ -8,6 +8,7 @@ import pytest
 import graphres
 from graphres import SpecError
 from graphres.diagnostics import CODES, format_diagnostic
+from graphres.spec.pyconfig import read_config
 
 from conftest import ROOT
 
@@ -34,9 +35,17 @@ def test_example_gives_the_documented_message(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if spec:
         (tmp_path / "spec.yaml").write_text(spec.group(1))
+    configs = re.findall(r"```python\n(.*?)```", body, re.S)  # graphres import: config.py (+ # file: NAME)
+    for text in configs:
+        name = m.group(1) if (m := re.match(r"# file: (\S+)\n", text)) else "config.py"
+        (tmp_path / name).write_text(text)
     try:
-        compiled = graphres.compile_spec(target, overrides)
-        diags, sources = compiled.warnings, compiled.sources
+        if configs:
+            imported = read_config("config.py")
+            diags, sources = imported.warnings, imported.sources
+        else:
+            compiled = graphres.compile_spec(target, overrides)
+            diags, sources = compiled.warnings, compiled.sources
     except SpecError as e:
         diags, sources = e.diagnostics, e.sources
     assert diags, "the example compiled cleanly"

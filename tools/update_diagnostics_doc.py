@@ -16,6 +16,7 @@ from pathlib import Path
 import graphres
 from graphres import SpecError
 from graphres.diagnostics import format_diagnostic
+from graphres.spec.pyconfig import read_config
 
 
 def section_text(body: str) -> str:
@@ -29,9 +30,17 @@ def section_text(body: str) -> str:
         try:
             if spec:
                 Path("spec.yaml").write_text(spec.group(1))
+            configs = re.findall(r"```python\n(.*?)```", body, re.S)  # graphres import examples
+            for text in configs:
+                name = m.group(1) if (m := re.match(r"# file: (\S+)\n", text)) else "config.py"
+                Path(name).write_text(text)
             try:
-                compiled = graphres.compile_spec(target, overrides)
-                diags, sources = compiled.warnings, compiled.sources
+                if configs:
+                    imported = read_config("config.py")
+                    diags, sources = imported.warnings, imported.sources
+                else:
+                    compiled = graphres.compile_spec(target, overrides)
+                    diags, sources = compiled.warnings, compiled.sources
             except SpecError as e:
                 diags, sources = e.diagnostics, e.sources
             return format_diagnostic(diags[0], sources, False).rstrip("\n")
