@@ -1,4 +1,4 @@
-"""Command line: ``graphres validate | info | expand | render | compile``.
+"""Command line: ``graphres validate | info | expand | render | compile | schema | lsp``.
 
 Exit codes: 0 success, 1 errors in the spec (or a checkpoint / Graphviz problem), 2 usage errors.
 Only ``compile`` imports torch; ``validate``, ``info``, ``expand`` and ``render`` start without it.
@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     c = command("compile", "compile to a torch.export program (.pt2) that runs with torch alone")
     c.add_argument("-o", "--output", required=True, help="output file (.pt2)")
     c.add_argument("--checkpoint", help="load these weights first (torchvision or OpenMMLab layout)")
+    s = sub.add_parser("schema", help="print the JSON Schema of the spec language (for YAML editors)",
+                       description="print the JSON Schema (draft 2020-12) of the spec language")
+    s.add_argument("-o", "--output", help="write to this file instead of standard output")
+    s.add_argument("--partial", action="store_true",
+                   help="require no key anywhere (for files used only as a _base_)")
+    sub.add_parser("lsp", help="run the language server on standard input and output (needs graphres[lsp])",
+                   description="run the graphres language server over stdio (needs the 'lsp' extra: pygls)")
     return p
 
 
@@ -87,9 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if not Path(args.spec).is_file():
+        if hasattr(args, "spec") and not Path(args.spec).is_file():
             raise _Usage(f"spec file '{args.spec}' not found")
-        commands = {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile}
+        commands = {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile,
+                    "schema": _schema, "lsp": _lsp}
         return commands[args.command](args)
     except _Usage as e:
         parser.exit(EXIT_USAGE, f"graphres: error: {e}\n")
@@ -203,6 +211,25 @@ def _compile(args: argparse.Namespace) -> int:
     program = export_module(model, spec.input_channels, spec.input_size)
     out = save_program(program, args.output)
     print(f"wrote {out} (torch.export program; load with torch.export.load)")
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .spec.schema import schema_json
+    text = schema_json(partial=args.partial)
+    if args.output:
+        write_atomic(args.output, text.encode())
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _lsp(args: argparse.Namespace) -> int:
+    try:
+        from .lsp.server import serve
+    except ImportError as e:  # pygls is an optional extra
+        raise GraphresError(f"graphres lsp needs pygls ({e}): pip install 'graphres[lsp]'") from None
+    serve()
     return EXIT_OK
 
 
