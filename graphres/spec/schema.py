@@ -365,7 +365,7 @@ class _Defs:
         params: dict[str, dict] = {}
         for b in self.blocks.values():
             for k, p in b.params.items():
-                params.setdefault(k, _param_schema(p))
+                params.setdefault(k, {**_param_schema(p), "description": BLOCK_PARAM_DOCS.get(k, "")})
         out["if"] = {"required": ["blocks"]}
         out["else"] = {"properties": {
             "stem": {"properties": {"type": self.ref("stem_type")}},
@@ -523,10 +523,11 @@ class _Defs:
 
     def init_cfg(self) -> dict:
         props = {"type": {"const": "Pretrained"}, "checkpoint": _STR, "prefix": False, "map_location": {}}
+        assert tuple(props) == shorthand.INIT_CFG_KEYS
         out = _obj({k: v for k, v in props.items() if v is not False}, INIT_CFG_DOCS, "init_cfg",
                    required=self.req("type"))
-        out["properties"]["prefix"] = False  # not supported yet (the reader says so, E016)
-        assert set(out["properties"]) == set(shorthand.INIT_CFG_KEYS)
+        # prefix is not supported yet (the reader says so, E016): the schema refuses it
+        out["properties"] = {k: out["properties"].get(k, False) for k in props}
         return _nullable(out)
 
     # -- the block language
