@@ -662,6 +662,11 @@ def builtin_block_files() -> list[Path]:
     return sorted(Path(str(f)) for f in root.iterdir() if f.name.endswith(".yaml"))
 
 
+def is_builtin_block_file(path: str) -> bool:
+    """Whether ``path`` is one of graphres' own ``blocks/*.yaml`` (block types, not a spec)."""
+    return any(is_same_file(str(f), path) for f in builtin_block_files())
+
+
 def _block_key(path: Path | str, text: str | None, name: str) -> Target | None:
     try:
         text = Path(path).read_text(encoding="utf-8") if text is None else text
