@@ -186,6 +186,15 @@ def test_hover_stem_block_type_layer_and_key(tmp_path):
         assert "8 instances at input 3x224x224" in md
         md = await s.hover(uri, name, 1)  # a plain key: its meaning, from the schema
         assert md.startswith("`name`: The model's name")
+        # the shorthand: the stage table on the backbone
+        short = (ROOT / "specs" / "mmdet_faster_rcnn_r50.yaml").read_text()
+        depth = next(i for i, l in enumerate(short.split("\n")) if l.strip().startswith("depth:"))
+        suri = s.open(tmp_path / "short.yaml", short)
+        assert await s.diagnostics(suri) == []
+        md = await s.hover(suri, depth, 4)
+        assert md.splitlines()[0] == ("**resnet50** at input 3x224x224: 23,508,032 parameters, "
+                                      "4,087,136,256 MACs")
+        assert "| layer4 | bottleneck x3 | 2048x7x7 | 32 | 1 | 427 | 14,964,736 | 809,238,528 |" in md
 
     run(scenario, tmp_path)
 
