@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="write to this file instead of standard output")
     s.add_argument("--partial", action="store_true",
                    help="require no key anywhere (for files used only as a _base_)")
+    s.add_argument("--draft", choices=("2020-12", "7"), default="2020-12",
+                   help="JSON Schema draft (default 2020-12; 7 for the YAML language server of VS Code and Neovim)")
     sub.add_parser("lsp", help="run the language server on standard input and output (needs graphres[lsp])",
                    description="run the graphres language server over stdio (needs the 'lsp' extra: pygls)")
     return p
@@ -216,7 +218,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _schema(args: argparse.Namespace) -> int:
     from .spec.schema import schema_json
-    text = schema_json(partial=args.partial)
+    text = schema_json(partial=args.partial, draft=args.draft)
     if args.output:
         write_atomic(args.output, text.encode())
     else:

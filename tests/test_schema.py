@@ -248,6 +248,23 @@ def test_the_reader_knows_the_same_keys(text, schema_keys, tmp_path):
     assert sorted(_known_keys(text, tmp_path)) == sorted(schema_keys())
 
 
+def test_the_draft_7_form_says_the_same(tmp_path):
+    """The YAML language server of VS Code and Neovim reads draft 7: the same checks, written so."""
+    seven = spec_schema(draft="7")
+    jsonschema.Draft7Validator.check_schema(seven)
+    assert seven["$schema"] == "http://json-schema.org/draft-07/schema#"
+    validator = jsonschema.Draft7Validator(seven)
+    for spec in SPECS:
+        assert errors(spec.read_text(), validator) == [], spec.name
+    assert errors("stages: [{block: basic, blocks: 2, plnes: 64}]\n", validator) == [
+        ("stages/0", "additionalProperties"), ("stages/0", "required")]
+    assert errors("norm: {type: GN}\n" + R18, validator) == [("norm", "required")]
+    assert errors("_base_: x.yaml\nnorm: {type: GN}\n", validator) == []
+    # a reference with a description: draft 7 ignores the siblings of $ref, so it is wrapped
+    assert seven["$defs"]["explicit"]["properties"]["input"]["allOf"] == [{"$ref": "#/$defs/input"}]
+    assert run_cli("schema", "--draft", "7").stdout == schema_json(draft="7")
+
+
 def test_cli_prints_the_schema(tmp_path):
     out = run_cli("schema")
     assert (out.returncode, out.stderr) == (0, "")
