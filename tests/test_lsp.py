@@ -325,6 +325,21 @@ def test_half_typed_files_never_stop_the_server(tmp_path):
     run(scenario, tmp_path)
 
 
+def test_columns_are_counted_in_utf16_units(tmp_path):
+    """graphres counts code points; the client (by default) UTF-16 units: '𝛼' is one and two."""
+    spec = tmp_path / "u.yaml"
+    text = 'norm: {type: "𝛼", requires_grad: 1}\n' + FIXED
+
+    async def scenario(s: Session, _):
+        uri = s.open(spec, text)
+        diags = await s.diagnostics(uri)
+        assert [(d.code, d.range.start.character, d.range.end.character) for d in diags] == [
+            ("E013", 14, 16), ("E011", 34, 35)]
+        assert (await s.hover(uri, 0, 22)).startswith("`norm.requires_grad`: ")  # after the '𝛼'
+
+    run(scenario, tmp_path)
+
+
 def test_a_base_file_error_is_shown_at_the_base_line(tmp_path):
     (tmp_path / "base.yaml").write_text("norm: {type: GN}\n")
     child = tmp_path / "child.yaml"

@@ -496,8 +496,11 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _shape(shape) -> str:
+def shape_text(shape) -> str:
     return "x".join(map(str, shape)) if shape else "?"
+
+
+_shape = shape_text
 
 
 def stage_rows(compiled: Compiled) -> list[dict]:

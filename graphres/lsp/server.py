@@ -18,6 +18,7 @@ from typing import Any, Callable
 from lsprotocol import types as lsp
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path, to_fs_path
+from pygls.workspace.position_codec import ServerTextPosition, ServerTextRange
 
 from .. import __version__
 from ..diagnostics import Diagnostic
@@ -79,30 +80,49 @@ def _guarded(fn: Callable) -> Callable:
 
 # -- diagnostics --------------------------------------------------------------------------------------
 
-def _range(line: int, col: int, length: int) -> lsp.Range:
+def client_range(ls: GraphresServer, text: str, line0: int, start: int, end: int) -> lsp.Range:
+    """A range on one line, in code points (as graphres counts columns), in the client's units
+    (UTF-16 unless the client chose otherwise)."""
+    lines = text.splitlines(keepends=True) or [""]
+    rng = ServerTextRange(ServerTextPosition(line0, start), ServerTextPosition(line0, end))
+    if line0 >= len(lines):
+        return lsp.Range(lsp.Position(line0, start), lsp.Position(line0, end))
+    return ls.workspace.position_codec.range_to_client_units(lines, rng)
+
+
+def server_position(ls: GraphresServer, uri: str, position: lsp.Position) -> tuple[int, int]:
+    """A position from the client's units into (line, code point)."""
+    doc = ls.workspace.get_text_document(uri)
+    if position.line >= len(doc.lines):  # the empty last line of a text that ends with a newline
+        return position.line, position.character
+    p = doc.position_from_client_units(position)
+    return p.line, p.character
+
+
+def _range(ls: GraphresServer, text: str, line: int, col: int, length: int) -> lsp.Range:
     """A diagnostic span (1-based line and column) as an LSP range."""
     line0, col0 = max(0, line - 1), max(0, col - 1)
-    return lsp.Range(lsp.Position(line0, col0), lsp.Position(line0, col0 + max(1, length)))
+    return client_range(ls, text, line0, col0, col0 + max(1, length))
 
 
-def _base_range(text: str) -> lsp.Range:
+def _base_range(ls: GraphresServer, text: str) -> lsp.Range:
     for i, line in enumerate(text.split("\n")):
         if line.startswith("_base_"):
-            return lsp.Range(lsp.Position(i, 0), lsp.Position(i, len(line)))
+            return client_range(ls, text, i, 0, len(line))
     return lsp.Range(lsp.Position(0, 0), lsp.Position(0, 1))
 
 
-def to_lsp(d: Diagnostic, path: str, uri: str, text: str) -> lsp.Diagnostic:
+def to_lsp(ls: GraphresServer, d: Diagnostic, path: str, uri: str, text: str) -> lsp.Diagnostic:
     """The same code, message and range as ``graphres validate``; the hint and notes go in the
     related information. A diagnostic in another file (a ``_base_`` file, a built-in block) is
     shown at the ``_base_`` line with its own location in front of the message."""
     severity = lsp.DiagnosticSeverity.Error if d.is_error else lsp.DiagnosticSeverity.Warning
     message = d.message
     if d.span.line > 0 and docs.is_same_file(d.span.file, path):
-        rng = _range(d.span.line, d.span.col, d.span.length)
+        rng = _range(ls, text, d.span.line, d.span.col, d.span.length)
         where = lsp.Location(uri, rng)
     else:
-        rng = _base_range(text) if d.span.line > 0 else _range(1, 1, 1)
+        rng = _base_range(ls, text) if d.span.line > 0 else lsp.Range(lsp.Position(0, 0), lsp.Position(0, 1))
         message = f"{d.span}: {d.message}" if d.span.line > 0 else d.message
         where = lsp.Location(uri, rng)
     related = [lsp.DiagnosticRelatedInformation(where, f"note: {n}") for n in d.notes]
@@ -135,7 +155,7 @@ async def _validate(ls: GraphresServer, uri: str, delay: float) -> None:
     state.version, state.result = version, result
     if result.compiled is not None:
         state.good = result
-    diagnostics = [to_lsp(d, path, uri, text) for d in result.diagnostics]
+    diagnostics = [to_lsp(ls, d, path, uri, text) for d in result.diagnostics]
     ls.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics,
                                                                       version=version))
 
@@ -195,7 +215,7 @@ def hover(ls: GraphresServer, params: lsp.HoverParams) -> lsp.Hover | None:
     text, _ = _text(ls, params.text_document.uri)
     state = ls.states.get(params.text_document.uri)
     compiled = state.good.compiled if state and state.good else None
-    md = docs.hover(text, params.position.line, params.position.character, compiled)
+    md = docs.hover(text, *server_position(ls, params.text_document.uri, params.position), compiled)
     if md is None:
         return None
     return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=md))
@@ -205,7 +225,7 @@ def hover(ls: GraphresServer, params: lsp.HoverParams) -> lsp.Hover | None:
 @_guarded
 def completion(ls: GraphresServer, params: lsp.CompletionParams) -> lsp.CompletionList:
     text, path = _text(ls, params.text_document.uri)
-    line, char = params.position.line, params.position.character
+    line, char = server_position(ls, params.text_document.uri, params.position)
     candidates = docs.complete(text, line, char, docs.base_block_names(path, text))
     typed_after_colon = text.split("\n")[line][:char].rstrip().endswith(":") if line < len(text.split("\n")) else False
     items = []
@@ -227,12 +247,16 @@ def completion(ls: GraphresServer, params: lsp.CompletionParams) -> lsp.Completi
 @_guarded
 def definition(ls: GraphresServer, params: lsp.DefinitionParams) -> lsp.Location | None:
     text, path = _text(ls, params.text_document.uri)
-    target = docs.definition(path, text, params.position.line, params.position.character)
+    target = docs.definition(path, text, *server_position(ls, params.text_document.uri, params.position))
     if target is None:
         return None
-    start = lsp.Position(target.line, target.char)
-    return lsp.Location(uri=from_fs_path(target.path) or target.path,
-                        range=lsp.Range(start, lsp.Position(target.line, max(target.char, target.end_char))))
+    try:
+        with open(target.path, encoding="utf-8") as f:
+            target_text = f.read()
+    except (OSError, UnicodeDecodeError):
+        target_text = ""
+    rng = client_range(ls, target_text, target.line, target.char, max(target.char, target.end_char))
+    return lsp.Location(uri=from_fs_path(target.path) or target.path, range=rng)
 
 
 # -- the stage table: code lenses and inlay hints -----------------------------------------------------
@@ -271,16 +295,19 @@ def code_lens(ls: GraphresServer, params: lsp.CodeLensParams) -> list[lsp.CodeLe
 def inlay_hints(ls: GraphresServer, params: lsp.InlayHintParams) -> list[lsp.InlayHint]:
     text, _ = _text(ls, params.text_document.uri)
     lines = text.split("\n")
-    by_line: dict[int, list[str]] = {}
+    by_line: dict[int, list[dict]] = {}
     for line, row in _stage_lines(ls, params.text_document.uri):
-        by_line.setdefault(line, []).append(docs.row_text(row))
+        by_line.setdefault(line, []).append(row)
     hints = []
-    for line, texts in sorted(by_line.items()):
+    for line, rows in sorted(by_line.items()):
         if not params.range.start.line <= line <= params.range.end.line or line >= len(lines):
             continue
-        label = "# " + ("; ".join(texts) if len(texts) <= 2 else f"{len(texts)} stages: see the code lenses")
-        hints.append(lsp.InlayHint(position=lsp.Position(line, len(lines[line])), label=label,
-                                   padding_left=True))
+        if len(rows) == 1:
+            label = "# " + docs.row_text(rows[0])
+        else:  # the shorthand: every stage comes from the same key
+            label = "# " + "; ".join(f"{r['name']} {docs.shape_text(r['shape'])} /{r['stride']}" for r in rows)
+        end = client_range(ls, text, line, len(lines[line]), len(lines[line])).end
+        hints.append(lsp.InlayHint(position=end, label=label, padding_left=True))
     return hints
 
 
