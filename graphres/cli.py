@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--partial", action="store_true",
                    help="require no key anywhere (for files used only as a _base_)")
     s.add_argument("--draft", choices=("2020-12", "7"), default="2020-12",
-                   help="JSON Schema draft (default 2020-12; 7 for the YAML language server of VS Code and Neovim)")
+                   help="JSON Schema draft (default 2020-12; 7 for YAML language servers that read draft 7 only)")
     sub.add_parser("lsp", help="run the language server on standard input and output (needs graphres[lsp])",
                    description="run the graphres language server over stdio (needs the 'lsp' extra: pygls)")
     return p

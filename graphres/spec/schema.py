@@ -621,8 +621,8 @@ def _as_draft7(node: Any) -> Any:
 
 def spec_schema(partial: bool = False, draft: str = "2020-12") -> dict[str, Any]:
     """The JSON Schema of a spec. ``partial``: every file is treated as a ``_base_`` fragment.
-    ``draft``: "2020-12" (the default), or "7" for tools that support only draft 7 (the YAML
-    language server of VS Code and Neovim, at the time of writing)."""
+    ``draft``: "2020-12" (the default), or "7" for tools that support only draft 7 (older
+    versions of the YAML language server behind VS Code and Neovim)."""
     full, part = _Defs(False, ""), _Defs(True, "partial_")
     defs = {**full.build(), **part.build()}
 
