@@ -11,7 +11,12 @@ tmux kill-session -t gr 2>/dev/null || true
 cd "$DEMO"
 sed 's/planes: 128/plnes: 128/' $W/specs/resnet18.yaml > r18.yaml
 tmux new-session -d -s gr -x 120 -y 34 "env PYTHONPATH=$W GRAPHRES_PYTHON=$PY nvim -u $W/docs/editor-neovim.lua r18.yaml"
-cap() { sleep ${2:-3}; { echo "=== $1"; tmux capture-pane -p -t gr; echo; } >> "$OUT"; }
+N=0
+cap() {  # the screen as text into $OUT, and with its colours (ANSI) into $OUT.N.ansi
+  sleep ${2:-3}; N=$((N + 1))
+  { echo "=== $1"; tmux capture-pane -p -t gr; echo; } >> "$OUT"
+  tmux capture-pane -p -e -t gr > "$OUT.$N.ansi"
+}
 : > "$OUT"
 sleep 6
 tmux send-keys -t gr ':9' Enter

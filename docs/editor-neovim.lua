@@ -4,6 +4,12 @@
 vim.o.signcolumn = "yes"
 vim.o.updatetime = 300
 vim.o.completeopt = "menuone,noinsert"
+-- readable floats and dimmed code lenses in a 256-colour terminal
+vim.cmd("highlight NormalFloat ctermbg=236 ctermfg=252")
+vim.cmd("highlight Pmenu ctermbg=236 ctermfg=252")
+vim.cmd("highlight PmenuSel ctermbg=24 ctermfg=255")
+vim.cmd("highlight LspCodeLens ctermfg=108")
+vim.cmd("highlight SignColumn ctermbg=235")
 local python = os.getenv("GRAPHRES_PYTHON") or "python"
 local client_id = nil
 

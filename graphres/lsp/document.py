@@ -21,6 +21,7 @@ import yaml
 from .. import ir
 from ..diagnostics import Diagnostic, SpecError
 from ..pipeline import Compiled, compile_spec
+from ..spec.blocks import builtin_blocks
 from ..spec.source import parse_yaml
 from ..spec.schema import spec_schema
 
@@ -480,10 +481,26 @@ def complete(text: str, line: int, char: int, base_blocks: list[str] = ()) -> li
                 values.append(name)
         if inside_layers and ctx.key == "block":
             values = [v for v in values if v not in ("conv7x7", "deep")]
+    about = describe_key(text, path) or ""
+    docs = _block_docs(text) if ctx.key == "block" or (ctx.key == "type" and ctx.path[-1:] == ("stem",)) else {}
     out = []
     for v in values:
         label = "true" if v is True else "false" if v is False else str(v)
-        out.append(Candidate(label, False, describe_key(text, path) or ""))
+        out.append(Candidate(label, False, docs.get(label) or about))
+    return out
+
+
+def _block_docs(text: str) -> dict[str, str]:
+    """Block type -> its one-line doc: the built-in ones, and those the text declares."""
+    out = {name: b.description for name, b in builtin_blocks().items()}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("blocks"), dict):
+        for name, body in data["blocks"].items():
+            if isinstance(body, dict) and isinstance(body.get("doc"), str):
+                out[str(name)] = body["doc"]
     return out
 
 
