@@ -1,4 +1,4 @@
-"""Command line: ``graphres validate | info | expand | render | compile | diff | import``.
+"""Command line: ``graphres validate | info | expand | render | compile | diff | import | schema | lsp``.
 
 Exit codes: 0 success, 1 errors in the spec (or a checkpoint / Graphviz problem), 2 usage errors.
 ``diff`` follows diff(1) instead: 0 identical, 1 different, 2 trouble (usage or spec errors).
@@ -105,6 +105,15 @@ def _parser() -> argparse.ArgumentParser:
                                    "never running it, and write model.backbone as a shorthand spec")
     m.add_argument("config", help="the Python config file (CONFIG.py)")
     m.add_argument("-o", "--output", help="write the spec to this file instead of standard output")
+    s = sub.add_parser("schema", help="print the JSON Schema of the spec language (for YAML editors)",
+                       description="print the JSON Schema (draft 2020-12) of the spec language")
+    s.add_argument("-o", "--output", help="write to this file instead of standard output")
+    s.add_argument("--partial", action="store_true",
+                   help="require no key anywhere (for files used only as a _base_)")
+    s.add_argument("--draft", choices=("2020-12", "7"), default="2020-12",
+                   help="JSON Schema draft (default 2020-12; 7 for YAML language servers that read draft 7 only)")
+    sub.add_parser("lsp", help="run the language server on standard input and output (needs graphres[lsp])",
+                   description="run the graphres language server over stdio (needs the 'lsp' extra: pygls)")
     return p
 
 
@@ -116,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hasattr(args, attr) and not Path(getattr(args, attr)).is_file():
                 raise _Usage(f"{what} file '{getattr(args, attr)}' not found")
         commands = {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile,
-                    "diff": _diff, "import": _import}
+                    "diff": _diff, "import": _import, "schema": _schema, "lsp": _lsp}
         return commands[args.command](args)
     except _Usage as e:
         parser.exit(EXIT_USAGE, f"graphres: error: {e}\n")
@@ -316,6 +325,25 @@ def _import(args: argparse.Namespace) -> int:
         print(f"wrote {args.output} ({summary[0]})")
     else:
         sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .spec.schema import schema_json
+    text = schema_json(partial=args.partial, draft=args.draft)
+    if args.output:
+        write_atomic(args.output, text.encode())
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _lsp(args: argparse.Namespace) -> int:
+    try:
+        from .lsp.server import serve
+    except ImportError as e:  # pygls is an optional extra
+        raise GraphresError(f"graphres lsp needs pygls ({e}): pip install 'graphres[lsp]'") from None
+    serve()
     return EXIT_OK
 
 

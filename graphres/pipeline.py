@@ -31,9 +31,11 @@ class Compiled:
 
 
 def compile_spec(source: str | Path | Mapping[str, Any] | Spec, overrides: Sequence[str] = (),
-                 input_size: tuple[int, int] | None = None) -> Compiled:
-    """Parse, lower and analyse a spec; raise :class:`SpecError` listing every problem found."""
-    spec = source if isinstance(source, Spec) else load_spec(source, overrides)
+                 input_size: tuple[int, int] | None = None, *, text: str | None = None) -> Compiled:
+    """Parse, lower and analyse a spec; raise :class:`SpecError` listing every problem found.
+
+    ``text``: the spec's content when it is not (yet) what is on disk, ``source`` then its file name."""
+    spec = source if isinstance(source, Spec) else load_spec(source, overrides, text=text)
     diags = DiagnosticBag()
     diags.extend(spec.warnings)
     graph = lower(spec, diags)                             # spec -> IR (channels checked)

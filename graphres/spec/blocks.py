@@ -26,6 +26,8 @@ LAYER_KEYS = ("name", "op", "from", "when")
 SEQ_KEYS = ("seq", "from", "when", "layers")
 USE_KEYS = ("name", "block", "from", "when")  # plus the used block's parameters
 IMPLICIT_NAMES = ("in_channels", "out_channels")
+PARAM_KEYS = ("type", "default", "choices", "min", "doc")
+BLOCK_KINDS = ("block", "stem")
 
 
 @dataclass
@@ -110,7 +112,7 @@ def _parse_block(r: Reader, name: str, path: Path, builtin: bool) -> BlockDef | 
     body = r.mapping(path, BLOCK_KEYS, f"block '{name}'", required=("layers",))
     if body is None:
         return None
-    kind = r.value(path + ("kind",), str, "block", what=f"block '{name}' kind", choices=("block", "stem"))
+    kind = r.value(path + ("kind",), str, "block", what=f"block '{name}' kind", choices=BLOCK_KINDS)
     params: dict[str, ParamDef] = {}
     p_section = r.get(path + ("params",), {})
     if not isinstance(p_section, dict):
@@ -156,7 +158,7 @@ def _parse_param(r: Reader, name: str, decl: Any, path: Path) -> ParamDef | None
         decl = {"type": decl}
         type_path = path
     elif isinstance(decl, dict):
-        r.mapping(path, ("type", "default", "choices", "min", "doc"), f"parameter '{name}'", required=("type",))
+        r.mapping(path, PARAM_KEYS, f"parameter '{name}'", required=("type",))
         type_path = path + ("type",)
     else:
         r.diags.add("E011", f"parameter '{name}' must be a type name (int, bool, str) or a mapping, "

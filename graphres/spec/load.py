@@ -17,14 +17,17 @@ from .source import Located, Path, parse_yaml, read_yaml
 MAX_BASE_DEPTH = 16
 
 
-def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = (), display: str | None = None) -> Located:
+def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = (), display: str | None = None,
+                  text: str | None = None) -> Located:
     """Read a file and merge its ``_base_`` files under it (deep merge; later bases win).
 
     Files are named in diagnostics as the user would write them: the top file as given, a base
-    file by its path relative to the same place (``specs/base.yaml``), not as an absolute path."""
+    file by its path relative to the same place (``specs/base.yaml``), not as an absolute path.
+    ``text``, when given, is the file's content (an editor's unsaved buffer): ``path`` then only
+    names it and anchors its ``_base_`` paths."""
     path = FsPath(path)
     display = display or str(path)
-    doc = read_yaml(path, sources, display)
+    doc = read_yaml(path, sources, display) if text is None else parse_yaml(text, display, sources)
     if not isinstance(doc.data, dict) or "_base_" not in doc.data:
         doc.data = _strip_delete(doc.data)
         return doc
@@ -156,10 +159,13 @@ def apply_overrides(doc: Located, overrides: Sequence[str], sources: SourceCache
         raise SpecError(diags, sources)
 
 
-def load_spec(source: str | FsPath | Mapping[str, Any], overrides: Sequence[str] = ()) -> Spec:
+def load_spec(source: str | FsPath | Mapping[str, Any], overrides: Sequence[str] = (), *,
+              text: str | None = None) -> Spec:
     """Read a spec (a path, or an already parsed mapping) into a checked :class:`Spec`.
 
-    Raises :class:`SpecError` with every diagnostic found.
+    With ``text``, the spec is that text and ``source`` its file name (for messages and for
+    resolving ``_base_``), as for a file being edited. Raises :class:`SpecError` with every
+    diagnostic found.
     """
     sources = SourceCache()
     if isinstance(source, Mapping):
@@ -167,7 +173,7 @@ def load_spec(source: str | FsPath | Mapping[str, Any], overrides: Sequence[str]
         doc = Located(copy.deepcopy(dict(source)), {(): Span(file)})
     else:
         file = str(source)
-        doc = load_document(source, sources)
+        doc = load_document(source, sources, text=text)
     apply_overrides(doc, overrides, sources)
     spec, diags = parse_document(doc, sources, file)
     diags.raise_if_errors(sources)

@@ -23,6 +23,13 @@ TOP_KEYS = ("graphres", "name", "input", "norm", "conv", "act", "stem", "stages"
 OUTPUT_STRIDES = (8, 16, 32)
 STAGE_FIELDS = ("block", "blocks", "planes", "stride", "dilation", "frozen")
 NORM_KEYS = ("type", "requires_grad", "eps", "momentum", "num_groups", "affine")
+INPUT_KEYS = ("channels", "size")
+CONV_KEYS = ("type", "eps")
+ACT_KEYS = ("type",)
+HEAD_KEYS = ("num_classes",)
+MAX_CLASSES = 1 << 20
+INIT_KEYS = ("type", "checkpoint")
+INIT_TYPES = ("default", "pretrained")
 MAX_BLOCKS = 1000  # per stage; far beyond any real network, and a guard against typos like 3000000
 MAX_SIZE = 1 << 16
 NOT_YET_CONV = {"DCN": "deformable conv", "DCNv2": "deformable conv v2"}
@@ -106,7 +113,7 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
     r.value(("graphres",), int, FORMAT_VERSION, what="graphres (format version)", choices=(FORMAT_VERSION,))
     name = r.value(("name",), str, "model", what="name")
 
-    r.mapping(("input",), ("channels", "size"), "input")
+    r.mapping(("input",), INPUT_KEYS, "input")
     in_ch = r.value(("input", "channels"), int, 3, what="input.channels", min=1)
     size = r.get(("input", "size"), [224, 224])
     if isinstance(size, int) and not isinstance(size, bool):
@@ -228,7 +235,7 @@ def _parse_conv(r: Reader) -> dict[str, Any]:
     path = ("conv",)
     if r.get(path, None) is None:
         return {"type": "Conv2d"}
-    r.mapping(path, ("type", "eps"), "conv")
+    r.mapping(path, CONV_KEYS, "conv")
     conv_type = r.get(path + ("type",), "Conv2d")
     if conv_type in NOT_YET_CONV:
         r.diags.add("E016", f"conv type {conv_type!r} ({NOT_YET_CONV[conv_type]}) is not supported yet",
@@ -251,7 +258,7 @@ def _parse_act(r: Reader) -> str | None:
         return "relu"
     if isinstance(r.get(path), str):  # act: silu
         return r.value(path, str, "relu", what="act", choices=ACT_TYPES)
-    r.mapping(path, ("type",), "act", required=("type",))
+    r.mapping(path, ACT_KEYS, "act", required=("type",))
     return r.value(path + ("type",), str, "relu", what="act.type", choices=ACT_TYPES)
 
 
@@ -260,10 +267,10 @@ def _parse_head(r: Reader) -> dict[str, Any] | None:
     path = ("head",)
     if r.get(path, None) is None:
         return None
-    head = r.mapping(path, ("num_classes",), "head", required=("num_classes",))
+    head = r.mapping(path, HEAD_KEYS, "head", required=("num_classes",))
     if not isinstance(head, dict) or "num_classes" not in head:
         return None  # already reported
-    classes = r.value(path + ("num_classes",), int, what="head.num_classes", min=1, max=1 << 20)
+    classes = r.value(path + ("num_classes",), int, what="head.num_classes", min=1, max=MAX_CLASSES)
     return {"num_classes": classes} if classes is not None else None
 
 
@@ -577,9 +584,9 @@ def _parse_init(r: Reader) -> dict[str, Any] | None:
     init = r.get(path)
     if init is MISSING or init is None:
         return None
-    r.mapping(path, ("type", "checkpoint"), "init")
+    r.mapping(path, INIT_KEYS, "init")
     default_kind = "pretrained" if isinstance(init, dict) and "checkpoint" in init else "default"
-    kind = r.value(path + ("type",), str, default_kind, what="init.type", choices=("default", "pretrained"))
+    kind = r.value(path + ("type",), str, default_kind, what="init.type", choices=INIT_TYPES)
     if kind == "default" and isinstance(init, dict) and "checkpoint" in init:
         r.diags.add("E017", "init.checkpoint is set but init.type is 'default', which loads nothing",
                     r.doc.key_span(path + ("checkpoint",)), "use init: {type: pretrained, checkpoint: PATH}")

@@ -34,6 +34,7 @@ COMMON_KEYS = ("type", "depth", "in_channels", "stem_channels", "base_channels",
                "norm_cfg", "norm_eval", "dcn", "stage_with_dcn", "plugins", "with_cp", "zero_init_residual",
                "init_cfg", "pretrained")
 OUTER_KEYS = ("graphres", "name", "input", "default_scope", "backbone")
+INIT_CFG_KEYS = ("type", "checkpoint", "prefix", "map_location")
 
 
 def is_shorthand(doc: Located) -> bool:
@@ -217,7 +218,7 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
                       r.span(at("pretrained")))
     elif init_cfg is not None:
         if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
-            r.mapping(at("init_cfg"), ("type", "checkpoint", "prefix", "map_location"), "init_cfg")
+            r.mapping(at("init_cfg"), INIT_CFG_KEYS, "init_cfg")
             if "prefix" in init_cfg:
                 diags.add("E016", "init_cfg.prefix is not supported yet", r.doc.key_span(at("init_cfg") + ("prefix",)),
                           "graphres strips 'module.' and 'backbone.' itself; remove prefix")
