@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .diagnostics import GraphresError, SpecError, format_diagnostics, use_color
+from .diagnostics import GraphresError, SpecError, diagnostics_json, format_diagnostics, use_color
 from .fileio import write_atomic
 
 EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"graphres: error: {e}\n")
     except SpecError as e:
         if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "diagnostics": [d.to_dict() for d in e.diagnostics]}, indent=2))
+            print(json.dumps({"ok": False, **diagnostics_json(e.diagnostics)}, indent=2))
         else:
             print(e.render(color=use_color(sys.stderr)), file=sys.stderr)
         return EXIT_SPEC
@@ -127,7 +127,7 @@ def _validate(args: argparse.Namespace) -> int:
         raise SpecError(compiled.warnings, compiled.sources)
     g = compiled.graph
     if args.json:
-        print(json.dumps({"ok": True, "diagnostics": [d.to_dict() for d in compiled.warnings],
+        print(json.dumps({"ok": True, **diagnostics_json(compiled.warnings),
                           "params": g.graph["params"], "macs": g.graph["macs"]}, indent=2))
         return EXIT_OK
     _print_warnings(compiled)
@@ -148,7 +148,7 @@ def _info(args: argparse.Namespace) -> int:
         raise SpecError(compiled.warnings, compiled.sources)
     if args.json:
         data = info_dict(compiled.graph, args.level)
-        data["diagnostics"] = [d.to_dict() for d in compiled.warnings]
+        data.update(diagnostics_json(compiled.warnings))
         print(json.dumps(data, indent=2))
         return EXIT_OK
     _print_warnings(compiled)
