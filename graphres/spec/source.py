@@ -77,10 +77,10 @@ class _BoundedLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         self.nodes += 1
         if self.nodes > self.limits.nodes:
-            raise _TooLarge(f"the document has more than {self.limits.nodes:,} values", self.peek_event().start_mark,
+            raise _TooLarge(f"the document is too large: more than {self.limits.nodes:,} values", self.peek_event().start_mark,
                             _limit_hint("GRAPHRES_MAX_SPEC_NODES", self.limits.nodes))
         if self.depth >= self.limits.depth:
-            raise _TooLarge(f"the document is nested more than {self.limits.depth} levels deep",
+            raise _TooLarge(f"the document is too deeply nested: more than {self.limits.depth} levels",
                             self.peek_event().start_mark, _limit_hint("GRAPHRES_MAX_SPEC_DEPTH", self.limits.depth))
         self.depth += 1
         try:
@@ -139,10 +139,10 @@ class _Builder:
         # are checked again here, against what the document expands to.
         self.count += 1
         if self.count > self.limits.nodes:
-            raise _TooLarge(f"the document expands to more than {self.limits.nodes:,} values (through aliases)",
+            raise _TooLarge(f"the document is too large: it expands to more than {self.limits.nodes:,} values (through aliases)",
                             node.start_mark, _limit_hint("GRAPHRES_MAX_SPEC_NODES", self.limits.nodes))
         if len(path) > self.limits.depth:
-            raise _TooLarge(f"the document is nested more than {self.limits.depth} levels deep (through aliases)",
+            raise _TooLarge(f"the document is too deeply nested: more than {self.limits.depth} levels (through aliases)",
                             node.start_mark, _limit_hint("GRAPHRES_MAX_SPEC_DEPTH", self.limits.depth))
         self.doc.spans[path] = _span(node, self.name)
         if node.tag not in _CORE_TAGS:
