@@ -185,8 +185,10 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from .passes.limits import check_memory
     compiled = _compile_spec(args)
     _print_warnings(compiled)
+    check_memory(compiled, "compile")  # before torch allocates anything
     import warnings
 
     from . import CheckpointWarning, build
