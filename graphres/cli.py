@@ -192,8 +192,8 @@ def _compile(args: argparse.Namespace) -> int:
     import warnings
 
     from . import CheckpointWarning, build
-    from .backends.export import export_module, save_program
-    with warnings.catch_warnings():
+    from .backends.export import export_module, save_program, seeded
+    with warnings.catch_warnings(), seeded():  # seeded: the same spec compiles to the same bytes
         warnings.simplefilter("ignore", CheckpointWarning)  # printed below, without a source line
         model = build(compiled, checkpoint=args.checkpoint)
     report = getattr(model, "load_report", None)

@@ -16,7 +16,7 @@ import re
 import networkx as nx
 
 from .. import ir
-from ..diagnostics import Diagnostic, DiagnosticBag, SpecError, Span
+from ..diagnostics import Diagnostic, DiagnosticBag, GraphresError, SpecError, Span
 
 MAX_PARAMS = 10_000_000_000  # GRAPHRES_MAX_PARAMS overrides it
 _FLOAT = 4  # bytes of a float32 parameter or buffer
@@ -24,6 +24,10 @@ _FLOAT = 4  # bytes of a float32 parameter or buffer
 # compiling also holds the serialised program and the export's own copy of the constants.
 STATE_FACTOR = {"build": 1, "compile": 3}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+class LimitError(GraphresError, ValueError):
+    """A memory limit (``max_memory``, ``GRAPHRES_MAX_MEMORY``) that cannot be read."""
 
 
 def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
@@ -97,14 +101,14 @@ def memory_budget(max_memory: int | str | None = None) -> int | None:
     if value is None:
         return available_memory()
     if isinstance(value, bool):
-        raise ValueError(f"max_memory must be a byte count, a size such as '64G', or 'unlimited', not {value!r}")
+        raise LimitError(f"max_memory must be a byte count, a size such as '64G', or 'unlimited', not {value!r}")
     if isinstance(value, (int, float)):
         return int(value) if value > 0 else None
     if str(value).strip().lower() in ("unlimited", "none", "off", "0"):
         return None
     m = _SIZE.match(str(value))
     if not m:
-        raise ValueError(f"memory limit {value!r} must be a byte count, a size such as '64G', or 'unlimited'")
+        raise LimitError(f"memory limit {value!r} must be a byte count, a size such as '64G', or 'unlimited'")
     return int(float(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower()))
 
 
