@@ -240,8 +240,9 @@ def parse_yaml(text: str, name: str, sources: SourceCache | None = None, limits:
         raise SpecError([_too_many_bytes(name, limits)], sources)
     if sources is not None:
         sources.add(name, text)
-    loader = _BoundedLoader(text, limits)
+    loader = None
     try:
+        loader = _BoundedLoader(text, limits)  # PyYAML's reader checks the characters here already
         node = loader.get_single_node()
     except _TooLarge as e:
         raise SpecError([_too_large(e, name)], sources)
@@ -258,7 +259,8 @@ def parse_yaml(text: str, name: str, sources: SourceCache | None = None, limits:
     except yaml.YAMLError as e:  # composer errors without marks (e.g. several documents)
         raise SpecError([Diagnostic("E001", f"invalid YAML: {e}", Span(name, 1, 1))], sources)
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         return Located({}, {(): Span(name, 1, 1)})
     builder = _Builder(name, limits)
