@@ -56,16 +56,16 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
         node, size = _largest(g)
         diags.add("E066", f"the model has {params:,} parameters ({format_bytes(params * _FLOAT)} as float32), "
                           f"over the limit of {limit:,}; the largest layer, {node}, has {size:,}",
-                  _span_of(g.nodes[node]),
+                  _size_span(g, node),
                   "check the channels, kernels and block counts; to analyse larger models, set GRAPHRES_MAX_PARAMS")
         return
-    need, have = estimate_bytes(g, "build"), available_memory()
-    if have and need > have:
+    need, budget = estimate_bytes(g, "build"), memory_budget()
+    if budget is not None and need > budget:
         node, _ = _largest(g)
         diags.add("W020", f"building the model needs about {format_bytes(need)}, more than the "
-                          f"{format_bytes(have)} of memory available here; build and compile will refuse it",
+                          f"{format_bytes(budget)} of {_budget_source(None)}; build and compile will refuse it",
                   _span_of(g.nodes[node]),
-                  "set GRAPHRES_MAX_MEMORY (or build(..., max_memory=...)) to build it anyway")
+                  "set GRAPHRES_MAX_MEMORY=unlimited (or a size such as 64G) to build it anyway")
 
 
 def state_bytes(g: nx.DiGraph) -> int:
@@ -120,14 +120,19 @@ def check_memory(compiled, purpose: str = "build", max_memory: int | str | None 
     if budget is None or need <= budget:
         return
     node, _ = _largest(g)
-    source = "max_memory" if max_memory is not None else (
-        "GRAPHRES_MAX_MEMORY" if os.environ.get("GRAPHRES_MAX_MEMORY") else "the memory available on this machine")
+    source = _budget_source(max_memory)
     span = _span_of(g.nodes[node]) or Span(str(compiled.spec.file))
     raise SpecError([Diagnostic(
         "E067", f"refusing to {purpose} the model: it needs about {format_bytes(need)} "
                 f"({g.graph.get('params', 0):,} parameters), over the {format_bytes(budget)} of {source}",
         span, "set GRAPHRES_MAX_MEMORY=unlimited (or a size such as 64G), or build(..., max_memory=...), "
               "to try anyway")], compiled.sources)
+
+
+def _budget_source(max_memory: int | str | None) -> str:
+    if max_memory is not None:
+        return "max_memory"
+    return "GRAPHRES_MAX_MEMORY" if os.environ.get("GRAPHRES_MAX_MEMORY") else "memory available on this machine"
 
 
 def format_bytes(n: int) -> str:
@@ -144,6 +149,15 @@ def _span_of(d: dict) -> Span | None:
     if def_span is not None and not def_span.file.startswith("<graphres>"):
         return def_span
     return d.get(ir.SPAN) or def_span
+
+
+def _size_span(g: nx.DiGraph, node: str) -> Span | None:
+    """Where to point for the model's size: the largest layer, or for a stem the spec does not
+    spell out (located at the document's start) the input, whose channels the stem reads."""
+    span = _span_of(g.nodes[node])
+    if g.nodes[node][ir.STAGE] == -1 and span is not None and (span.line, span.col) == (1, 1):
+        return g.nodes[ir.INPUT].get(ir.SPAN) or span
+    return span
 
 
 def _largest(g: nx.DiGraph) -> tuple[str, int]:
