@@ -13,7 +13,7 @@ from typing import Sequence
 
 from . import __version__
 from .diagnostics import GraphresError, SpecError, diagnostics_json, format_diagnostics, use_color
-from .fileio import write_atomic
+from .fileio import check_output, write_atomic
 
 EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
 
@@ -188,6 +188,7 @@ def _compile(args: argparse.Namespace) -> int:
     from .passes.limits import check_memory
     compiled = _compile_spec(args)
     _print_warnings(compiled)
+    check_output(args.output)  # before the minutes a large compile can take
     check_memory(compiled, "compile")  # before torch allocates anything
     import warnings
 

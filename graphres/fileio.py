@@ -46,6 +46,16 @@ def _reason(output: Path, e: OSError) -> str:
     return f"cannot write '{output}': {why}"
 
 
+def check_output(output: str | Path) -> None:
+    """Fail early (before a long compile) when ``output`` is a directory or lies under a file."""
+    output = Path(output)
+    if output.is_dir():
+        raise OutputError(errno.EISDIR, f"cannot write '{output}': it is a directory")
+    blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(errno.ENOTDIR, f"cannot write '{output}': '{blocker}' is a file, not a directory")
+
+
 def _prepare(output: Path) -> None:
     if output.is_dir():
         raise OutputError(errno.EISDIR, f"cannot write '{output}': it is a directory")
@@ -131,13 +141,22 @@ def write_atomic(output: str | Path, data: bytes) -> Path:
     try:
         if not _write_unnamed(output, data):
             with atomic_path(output) as tmp:
-                with open(tmp, "wb") as f:
-                    f.write(data)
+                fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+                try:
+                    _write_all(fd, data)
+                finally:
+                    os.close(fd)
     except OSError as e:
         if isinstance(e, OutputError):
             raise
         raise OutputError(e.errno, _reason(output, e)) from None
     return output
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _write_unnamed(output: Path, data: bytes) -> bool:
@@ -155,9 +174,7 @@ def _write_unnamed(output: Path, data: bytes) -> bool:
     tmp = None
     dir_fd = None
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
         name = f".{output.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         dir_fd = os.open(output.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:  # a dir_fd makes os.link use linkat, which follows the /proc link to the open file
