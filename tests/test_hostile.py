@@ -210,3 +210,12 @@ def test_base_that_is_a_directory(tmp_path):
     (tmp_path / "d").mkdir()
     r = validate(tmp_path, f"_base_: d\ngraphres: 1\n{STAGE}")
     assert r.stderr.splitlines()[0] == "spec.yaml:1:9: error[E005]: _base_ 'd' is not a regular file"
+
+
+def test_merging_a_large_base_is_linear(tmp_path):
+    """8,000 keys overridden over a base of 8,000: the span bookkeeping was quadratic (minutes)."""
+    n = 8000
+    (tmp_path / "base.yaml").write_text(f"graphres: 1\n{STAGE}x:\n" + "".join(f"  k{i}: [1]\n" for i in range(n)))
+    r = validate(tmp_path, "_base_: base.yaml\nx:\n" + "".join(f"  k{i}: 2\n" for i in range(n)))
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0] == "spec.yaml:2:1: error[E010]: unknown key 'x' in the spec"

@@ -105,6 +105,8 @@ def merge_into(dst: Located, src: Located, at: Path = ()) -> None:
 
     A mapping with ``_delete_: true`` replaces instead of merging (OpenMMLab's convention).
     """
+    replaced: set = set()  # subtrees of dst that src replaces: their spans go, in one pass below
+
     def walk(d: Any, s: Any, path: Path) -> Any:
         if isinstance(d, dict) and isinstance(s, dict) and not s.get("_delete_", False):
             for key, value in s.items():
@@ -112,16 +114,20 @@ def merge_into(dst: Located, src: Located, at: Path = ()) -> None:
                     continue
                 d[key] = walk(d.get(key), value, path + (key,)) if key in d else _take(value, path + (key,))
             return d
+        replaced.add(path)
         return _take(s, path)
 
     def _take(value: Any, path: Path) -> Any:
-        for p in [p for p in dst.spans if p[: len(path)] == path and len(p) > len(path)]:
-            del dst.spans[p]
-        for p in [p for p in dst.key_spans if p[: len(path)] == path and len(p) > len(path)]:
-            del dst.key_spans[p]
         return _strip_delete(copy.deepcopy(value))
 
+    def stale(p: Path) -> bool:  # strictly inside a replaced subtree
+        return any(p[:i] in replaced for i in range(len(at), len(p)))
+
     dst.data = walk(dst.data, src.data, at)
+    if replaced:  # linear in the spans (times the depth), not spans x replacements
+        for spans in (dst.spans, dst.key_spans):
+            for p in [p for p in spans if stale(p)]:
+                del spans[p]
     for p, s in src.spans.items():
         if "_delete_" not in p:
             dst.spans[at + p] = s
