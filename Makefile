@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 SPEC   ?= specs/resnet50.yaml
 
-.PHONY: setup demo test bench clean dot
+.PHONY: setup demo test bench fuzz clean dot
 
 setup: $(VENV)/.installed dot
 
@@ -39,6 +39,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# 100,000 hostile specs through validate, in-process, with a random seed (printed, so a run can be
+# repeated with --seed); minimal reproducers of new crashes go to build/fuzz-crashes/.
+FUZZ_CASES ?= 100000
+fuzz: setup
+	$(PY) tools/fuzz.py --cases $(FUZZ_CASES) --crash-dir build/fuzz-crashes
 
 bench: setup
 	$(PY) benchmarks/forward.py

@@ -21,18 +21,25 @@ __all__ = ["build", "compile_spec", "load_spec", "Compiled", "SpecError", "Graph
 
 
 def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[str] = (), *,
-          checkpoint: str | Path | None = None) -> "GraphresBackbone":
+          checkpoint: str | Path | None = None, max_memory: int | str | None = None) -> "GraphresBackbone":
     """Compile ``spec`` (a path, a mapping or a :class:`Compiled`) into a torch module.
 
     ``overrides`` are ``key.path=value`` strings, as ``--set`` on the command line. The weights are
     initialised as OpenMMLab does; a checkpoint (the spec's ``init: {type: pretrained}`` or the
     ``checkpoint`` argument, which wins) is then loaded strictly apart from ``fc.*``. Raises
     :class:`SpecError` for spec mistakes and :class:`CheckpointError` for checkpoints that do not fit.
+
+    Before allocating, the model's memory is estimated; one that needs more than ``max_memory``
+    (bytes, a size such as ``"64G"``, or ``"unlimited"``; default: ``GRAPHRES_MAX_MEMORY``, else the
+    memory available) is refused with E067 (docs/limits.md).
     """
     from .backends.checkpoint import load_checkpoint
     from .backends.torch_module import build_module
 
+    from .passes.limits import check_memory
+
     compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides)
+    check_memory(compiled, "build", max_memory)
     model = build_module(compiled.graph)
     init = compiled.spec.init
     path = checkpoint or (init["checkpoint"] if init and init.get("type") == "pretrained" else None)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .diagnostics import GraphresError, SpecError, format_diagnostics, use_color
-from .fileio import write_atomic
+from .diagnostics import GraphresError, SpecError, diagnostics_json, format_diagnostics, use_color
+from .fileio import check_output, write_atomic
 
 EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
 
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"graphres: error: {e}\n")
     except SpecError as e:
         if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "diagnostics": [d.to_dict() for d in e.diagnostics]}, indent=2))
+            print(json.dumps({"ok": False, **diagnostics_json(e.diagnostics)}, indent=2))
         else:
             print(e.render(color=use_color(sys.stderr)), file=sys.stderr)
         return EXIT_SPEC
@@ -163,7 +163,7 @@ def _validate(args: argparse.Namespace) -> int:
         raise SpecError(compiled.warnings, compiled.sources)
     g = compiled.graph
     if args.json:
-        print(json.dumps({"ok": True, "diagnostics": [d.to_dict() for d in compiled.warnings],
+        print(json.dumps({"ok": True, **diagnostics_json(compiled.warnings),
                           "params": g.graph["params"], "macs": g.graph["macs"]}, indent=2))
         return EXIT_OK
     _print_warnings(compiled)
@@ -184,7 +184,7 @@ def _info(args: argparse.Namespace) -> int:
         raise SpecError(compiled.warnings, compiled.sources)
     if args.json:
         data = info_dict(compiled.graph, args.level)
-        data["diagnostics"] = [d.to_dict() for d in compiled.warnings]
+        data.update(diagnostics_json(compiled.warnings))
         print(json.dumps(data, indent=2))
         return EXIT_OK
     _print_warnings(compiled)
@@ -238,18 +238,21 @@ def _compile(args: argparse.Namespace) -> int:
     if fmt == ".py" and args.checkpoint:
         raise _Usage("a .py file holds the network, not its weights: drop --checkpoint and load them with "
                      "build_model(checkpoint=...) from the generated file")
+    from .passes.limits import check_memory
     compiled = _compile_spec(args)
     _print_warnings(compiled)
+    check_output(args.output)  # before the minutes a large compile can take
     if fmt == ".py":
         from .backends.codegen import generate
         write_atomic(args.output, generate(compiled.graph, standalone=True).source.encode())
         print(f"wrote {args.output} ({COMPILE_FORMATS[fmt]})")
         return EXIT_OK
+    check_memory(compiled, "compile")  # before torch allocates anything
     import warnings
 
     from . import CheckpointWarning, build
-    from .backends.export import export_module, save_program
-    with warnings.catch_warnings():
+    from .backends.export import export_module, save_program, seeded
+    with warnings.catch_warnings(), seeded():  # seeded: the same spec compiles to the same bytes
         warnings.simplefilter("ignore", CheckpointWarning)  # printed below, without a source line
         model = build(compiled, checkpoint=args.checkpoint)
     report = getattr(model, "load_report", None)

@@ -56,7 +56,22 @@ CODES: dict[str, str] = {
     "W010": "later stage keeps resolution without dilation",
     "W030": "config statement not run",
     "W031": "config value left out of the spec",
+    "E060": "YAML tag does not fit the value",
+    "E061": "integer too large",
+    "E062": "spec too large or too deeply nested",
+    "E063": "pool padding over half the kernel",
+    "E064": "instance norm over a single value",
+    "E065": "weight standardisation over a single weight",
+    "E066": "model too large",
+    "E067": "model does not fit in memory",
+    "W020": "model needs much memory",
 }
+
+# How much of a run the text printer shows: the first MAX_PRINTED diagnostics (then "... and N
+# more"), and at most LINE_WIDTH characters of a source line, clipped around the caret.
+MAX_PRINTED = 50
+MAX_JSON = 1000
+LINE_WIDTH = 120
 
 
 @dataclass(frozen=True)
@@ -148,13 +163,16 @@ class DiagnosticBag:
 
     def __init__(self) -> None:
         self.items: list[Diagnostic] = []
+        self._seen: dict[tuple, Diagnostic] = {}
 
     def add(self, code: str, message: str, span: Span = UNKNOWN_SPAN, hint: str | None = None) -> Diagnostic:
         assert code in CODES, code
+        key = (code, message, span)
+        seen = self._seen.get(key)  # one mistake met again (a block_args value in every stage): say it once
+        if seen is not None:
+            return seen
         d = Diagnostic(code, message, span, hint)
-        for seen in self.items:  # one mistake met again (a block_args value in every stage): say it once
-            if (seen.code, seen.message, seen.span) == (code, message, span):
-                return seen
+        self._seen[key] = d
         self.items.append(d)
         return d
 
@@ -196,15 +214,19 @@ class SourceCache:
 
     def __init__(self) -> None:
         self._texts: dict[str, str] = {}
+        self._lines: dict[str, list[str]] = {}
 
     def add(self, name: str, text: str) -> None:
         self._texts[name] = text
+        self._lines.pop(name, None)
 
     def line(self, name: str, lineno: int) -> str | None:
         text = self._texts.get(name)
         if text is None or lineno <= 0:
             return None
-        lines = text.splitlines()
+        lines = self._lines.get(name)
+        if lines is None:  # split once: a run can print thousands of diagnostics from one file
+            lines = self._lines[name] = text.splitlines()
         return lines[lineno - 1] if lineno <= len(lines) else None
 
 
@@ -220,9 +242,10 @@ def format_diagnostic(d: Diagnostic, sources: SourceCache | None = None, color: 
     if src is not None:
         gutter = str(d.span.line)
         pad = " " * len(gutter)
-        caret = " " * (d.span.col - 1) + "^" * max(1, min(d.span.length, max(1, len(src) - d.span.col + 1)))
+        src, col, length = clip_line(src.expandtabs(1), d.span.col, d.span.length)
+        caret = " " * (col - 1) + "^" * length
         out.append(f"{pad} |")
-        out.append(f"{gutter} | {src.expandtabs(1)}")
+        out.append(f"{gutter} | {src}")
         out.append(f"{pad} | {_paint(caret, '1;31' if d.is_error else '1;33', color)}")
     if d.span.origin:
         out.append(f"  = note: {d.span.origin}")
@@ -233,8 +256,36 @@ def format_diagnostic(d: Diagnostic, sources: SourceCache | None = None, color: 
     return "\n".join(out)
 
 
-def format_diagnostics(diags: Sequence[Diagnostic], sources: SourceCache | None = None, color: bool = False) -> str:
-    parts = [format_diagnostic(d, sources, color) for d in diags]
+def clip_line(src: str, col: int, length: int, width: int = LINE_WIDTH) -> tuple[str, int, int]:
+    """The part of a long source line around the caret, marked with '...' where it was cut;
+    returns the text and the caret's 1-based column and length within it."""
+    col = max(1, min(col, len(src) + 1))
+    length = max(1, min(length, max(1, len(src) - col + 1)))
+    if len(src) <= width:
+        return src, col, length
+    length = min(length, width // 2)
+    start = max(0, min(col - 1 - width // 3, len(src) - width))
+    end = start + width
+    text = src[start:end]
+    col -= start
+    if start > 0:
+        text, col = "..." + text, col + 3
+    if end < len(src):
+        text += "..."
+    return text, col, length
+
+
+def format_diagnostics(diags: Sequence[Diagnostic], sources: SourceCache | None = None, color: bool = False,
+                       limit: int | None = MAX_PRINTED) -> str:
+    """All diagnostics, or the first ``limit`` of them and a line counting the rest, then the totals."""
+    shown = diags if limit is None or len(diags) <= limit else diags[:limit]
+    parts = [format_diagnostic(d, sources, color) for d in shown]
+    if len(shown) < len(diags):
+        rest = diags[len(shown):]
+        e, w = sum(d.is_error for d in rest), sum(not d.is_error for d in rest)
+        what = " and ".join(x for x in (f"{e} more error{'s' if e != 1 else ''}" if e else "",
+                                        f"{w} more warning{'s' if w != 1 else ''}" if w else "") if x)
+        parts.append(f"... and {what} (not shown; --json lists up to {MAX_JSON:,})")
     n_err = sum(d.is_error for d in diags)
     n_warn = len(diags) - n_err
     summary = []
@@ -245,6 +296,14 @@ def format_diagnostics(diags: Sequence[Diagnostic], sources: SourceCache | None 
     if summary:
         parts.append(", ".join(summary) + " found")
     return "\n\n".join(parts[:-1]) + ("\n\n" if len(parts) > 1 else "") + parts[-1] if parts else ""
+
+
+def diagnostics_json(diags: Sequence[Diagnostic], limit: int = MAX_JSON) -> dict:
+    """``{"diagnostics": [...]}`` for ``--json``, at most ``limit`` of them; ``"omitted"`` counts the rest."""
+    out: dict = {"diagnostics": [d.to_dict() for d in diags[:limit]]}
+    if len(diags) > limit:
+        out["omitted"] = len(diags) - limit
+    return out
 
 
 def use_color(stream) -> bool:

@@ -15,6 +15,7 @@ from .diagnostics import Diagnostic, DiagnosticBag, SourceCache, SpecError
 from .lower import lower
 from .passes.analysis import analyse
 from .passes.checks import check
+from .passes.limits import check_limits
 from .passes.shapes import infer_shapes
 from .spec.load import load_spec
 from .spec.model import Spec
@@ -44,6 +45,7 @@ def compile_spec(source: str | Path | Mapping[str, Any] | Spec, overrides: Seque
     if not diags.has_errors:
         analyse(graph)                                     # receptive fields, memory, trainable, ...
         check(graph, spec, diags)                          # findings that need the analysis
+        check_limits(graph, diags)                         # what torch refuses later; models too large
     if diags.has_errors:
         raise SpecError(diags.items, spec.sources)
     return Compiled(spec, graph, [d for d in diags if not d.is_error])

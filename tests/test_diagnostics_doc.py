@@ -33,6 +33,8 @@ def test_example_gives_the_documented_message(code, tmp_path, monkeypatch):
     overrides = json.loads(m.group(1)) if (m := re.search(r"<!-- set: (.*?) -->", body)) else []
     target = m.group(1) if (m := re.search(r"<!-- file: (.*?) -->", body)) else "spec.yaml"
     monkeypatch.chdir(tmp_path)
+    for name, value in (json.loads(m.group(1)) if (m := re.search(r"<!-- env: (.*?) -->", body)) else {}).items():
+        monkeypatch.setenv(name, value)
     if spec:
         (tmp_path / "spec.yaml").write_text(spec.group(1))
     configs = re.findall(r"```python\n(.*?)```", body, re.S)  # graphres import: config.py (+ # file: NAME)
@@ -44,6 +46,8 @@ def test_example_gives_the_documented_message(code, tmp_path, monkeypatch):
             imported = read_config("config.py")
             diags, sources = imported.warnings, imported.sources
         else:
+            if "<!-- build -->" in body:  # a refusal of graphres.build, after the spec compiled
+                graphres.build(target, overrides)
             compiled = graphres.compile_spec(target, overrides)
             diags, sources = compiled.warnings, compiled.sources
     except SpecError as e:

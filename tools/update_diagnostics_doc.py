@@ -34,15 +34,26 @@ def section_text(body: str) -> str:
             for text in configs:
                 name = m.group(1) if (m := re.match(r"# file: (\S+)\n", text)) else "config.py"
                 Path(name).write_text(text)
+            env = json.loads(m.group(1)) if (m := re.search(r"<!-- env: (.*?) -->", body)) else {}
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
             try:
                 if configs:
                     imported = read_config("config.py")
                     diags, sources = imported.warnings, imported.sources
                 else:
+                    if "<!-- build -->" in body:
+                        graphres.build(target, overrides)
                     compiled = graphres.compile_spec(target, overrides)
                     diags, sources = compiled.warnings, compiled.sources
             except SpecError as e:
                 diags, sources = e.diagnostics, e.sources
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             return format_diagnostic(diags[0], sources, False).rstrip("\n")
         finally:
             os.chdir(cwd)

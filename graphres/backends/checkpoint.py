@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,12 +42,23 @@ def _short(keys: list[str]) -> str:
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The checkpoint's state dict, and its ``meta`` mapping (empty when it has none)."""
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint '{path}' not found") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}") from None
+    if file.is_dir():
+        raise CheckpointError(f"checkpoint '{path}' is a directory, not a file")
+    if size == 0:
+        raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes)")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' not found") from None
     except Exception as e:  # pickle refusals, corrupt archives
-        raise CheckpointError(f"cannot read checkpoint '{path}' safely (weights_only=True): {e}") from None
+        raise CheckpointError(_unreadable(file, size, e)) from None
     meta = obj.get("meta") if isinstance(obj, dict) and isinstance(obj.get("meta"), dict) else {}
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):
@@ -55,7 +67,41 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint '{path}' holds no state dict (a mapping of names to tensors)")
+    bad_keys = [k for k in obj if not isinstance(k, str)]
+    if bad_keys:
+        raise CheckpointError(f"checkpoint '{path}' has {len(bad_keys)} key{'s' if len(bad_keys) != 1 else ''} that "
+                              f"{'are' if len(bad_keys) != 1 else 'is'} not a string "
+                              f"({_short([_shown(k) for k in bad_keys])}); a state dict maps names to tensors")
+    meta_tensors = sorted(k for k, v in obj.items() if v.is_meta)
+    if meta_tensors:
+        raise CheckpointError(f"checkpoint '{path}' has {len(meta_tensors)} tensor{'s' if len(meta_tensors) != 1 else ''}"
+                              f" without data (on the meta device): {_short(meta_tensors)}; save the checkpoint "
+                              f"after the weights are materialised")
+    odd_layout = sorted(k for k, v in obj.items() if v.layout != torch.strided)
+    if odd_layout:
+        raise CheckpointError(f"checkpoint '{path}' has sparse or other non-dense tensors: {_short(odd_layout)}")
     return dict(obj), meta
+
+
+def _shown(key: object) -> str:
+    text = repr(key)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _unreadable(file: Path, size: int, e: Exception) -> str:
+    """Why ``torch.load`` failed, in words about the file rather than torch's internals."""
+    with open(file, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(file):
+        return (f"checkpoint '{file}' is truncated or damaged: it starts as a torch.save archive, but its "
+                f"{size:,} bytes end before the archive's directory")
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
+        return f"checkpoint '{file}' is not a torch.save file (it starts with {head!r})"
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "weights_only" in str(e) or "Unsupported global" in str(e):
+        return (f"cannot read checkpoint '{file}' safely (weights_only=True): it holds Python objects other "
+                f"than tensors and plain containers ({reason[:200]})")
+    return f"cannot read checkpoint '{file}' (weights_only=True): {reason[:300]}"
 
 
 _STYLE = re.compile(r"""\bstyle\s*[=:]\s*['"]?(caffe|pytorch)\b""")
@@ -81,6 +127,48 @@ def normalise_keys(sd: dict[str, torch.Tensor], keep_head: bool = False) -> tupl
     for k in head:
         del sd[k]
     return sd, head + ignored
+
+
+def check_values(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """What is wrong with the tensors themselves: errors (an integer, boolean or complex tensor where the
+    model has floats), and findings that load but are said aloud (a cast between float types, NaN or
+    infinite values, a negative running variance)."""
+    errors, notes = [], []
+    kinds: dict[str, list[str]] = {}
+    casts: dict[tuple, list[str]] = {}
+    for k in sorted(sd):
+        t, mine = sd[k], own[k]
+        if not mine.is_floating_point():
+            continue
+        if t.is_complex():
+            kinds.setdefault("complex", []).append(k)
+        elif not t.is_floating_point():
+            kinds.setdefault("integer" if t.dtype != torch.bool else "boolean", []).append(k)
+        elif t.dtype != mine.dtype:
+            casts.setdefault((t.dtype, mine.dtype), []).append(k)
+    for kind, keys in kinds.items():
+        errors.append(f"{kind} tensors where the model has floating-point ones ({len(keys)}): {_short(keys)}")
+    for (src, dst), keys in casts.items():
+        notes.append(f"{len(keys)} tensor{'s' if len(keys) != 1 else ''} cast from {_dtype(src)} to {_dtype(dst)}: "
+                     f"{_short(keys)}")
+    if errors:
+        return errors, notes
+    floats = [k for k in sorted(sd) if sd[k].is_floating_point()]
+    not_finite = [f"{k} ({int((~torch.isfinite(sd[k])).sum()):,} of {sd[k].numel():,})" for k in floats
+                  if not bool(torch.isfinite(sd[k]).all())]
+    if not_finite:
+        notes.append(f"{len(not_finite)} tensor{'s hold' if len(not_finite) != 1 else ' holds'} NaN or infinite values: "
+                     f"{_short(not_finite)}; the model's outputs will be NaN")
+    negative = [f"{k} (min {float(sd[k].min()):g})" for k in floats
+                if k.endswith("running_var") and sd[k].numel() and bool((sd[k] < 0).any())]
+    if negative:
+        notes.append(f"{len(negative)} negative running variance{'s' if len(negative) != 1 else ''}: "
+                     f"{_short(negative)}; a variance is never negative, so these weights are damaged")
+    return errors, notes
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None) -> LoadReport:
@@ -110,9 +198,16 @@ def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None
         elif any(k.startswith("stem.") for k in unexpected) and "conv1.weight" in missing:
             lines.append("  hint: the checkpoint has a deep stem (ResNetV1c/V1d) but the spec a 7x7 stem")
         raise CheckpointError("\n".join(lines))
+    problems, notes = check_values(sd, own)
+    if problems:
+        raise CheckpointError(f"checkpoint '{path}' cannot be loaded:\n" + "\n".join(f"  {p}" for p in problems))
     with torch.no_grad():
         model.load_state_dict(sd, strict=False)
     report = LoadReport(loaded=len(sd), ignored=ignored)
+    for note in notes:
+        message = f"checkpoint '{path}': {note}"
+        report.warnings.append(message)
+        warnings.warn(message, CheckpointWarning, stacklevel=3)
     recorded = checkpoint_style(meta)
     if style and recorded and recorded != style:
         message = (f"checkpoint '{path}' was trained with style '{recorded}' but the spec uses style '{style}': "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path as FsPath
 from typing import Any, Mapping, Sequence
 
@@ -12,22 +13,30 @@ from ..diagnostics import Diagnostic, DiagnosticBag, SourceCache, Span, SpecErro
 from .model import Spec, parse_explicit
 from .reader import describe
 from .shorthand import expand_shorthand, is_shorthand
-from .source import Located, Path, parse_yaml, read_yaml
+from .source import Limits, Located, Path, parse_yaml, read_text, read_yaml
 
 MAX_BASE_DEPTH = 16
 
 
 def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = (), display: str | None = None,
-                  text: str | None = None) -> Located:
+                  text: str | None = None, _base_span: Span | None = None) -> Located:
     """Read a file and merge its ``_base_`` files under it (deep merge; later bases win).
 
     Files are named in diagnostics as the user would write them: the top file as given, a base
     file by its path relative to the same place (``specs/base.yaml``), not as an absolute path.
     ``text``, when given, is the file's content (an editor's unsaved buffer): ``path`` then only
-    names it and anchors its ``_base_`` paths."""
+    names it and anchors its ``_base_`` paths.
+
+    A base must be a spec: a YAML mapping with ``graphres:`` (or a ``_base_`` of its own); the text
+    of a file that is not one is never quoted (``_base_: /etc/shadow`` names the file, nothing more)."""
     path = FsPath(path)
     display = display or str(path)
-    doc = read_yaml(path, sources, display) if text is None else parse_yaml(text, display, sources)
+    if text is not None:
+        doc = parse_yaml(text, display, sources)
+    elif _base_span is None:
+        doc = read_yaml(path, sources, display)
+    else:
+        doc = _read_base(path, display, sources, _base_span)
     if not isinstance(doc.data, dict) or "_base_" not in doc.data:
         doc.data = _strip_delete(doc.data)
         return doc
@@ -39,21 +48,23 @@ def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = (), 
         raise SpecError([Diagnostic("E005", f"_base_ must be a file name or a list of file names, "
                                             f"found {describe(bases)}", bspan)], sources)
     merged = Located({}, {(): doc.span(())})
+    here = _resolve(path, path.name, bspan, sources)
     for i, base in enumerate(bases):
-        base_path = (path.parent / base).resolve()
         span = doc.span(("_base_", i)) if ("_base_", i) in doc.spans else bspan
-        if base_path in _chain or base_path == path.resolve():
+        base_path = _resolve(path.parent / base, base, span, sources)
+        if base_path in _chain or base_path == here:
             raise SpecError([Diagnostic("E005", f"_base_ '{base}' includes itself (cycle: "
-                                                f"{' -> '.join(p.name for p in _chain + (path.resolve(), base_path))})",
+                                                f"{' -> '.join(p.name for p in _chain + (here, base_path))})",
                                         span)], sources)
         if len(_chain) >= MAX_BASE_DEPTH:
             raise SpecError([Diagnostic("E005", f"_base_ nesting deeper than {MAX_BASE_DEPTH} files", span)], sources)
         if not base_path.is_file():
-            message = f"_base_ file '{base}' not found (paths are relative to {path.name})"
+            message = (f"_base_ '{base}' is not a regular file" if base_path.exists() else
+                       f"_base_ file '{base}' not found (paths are relative to {path.name})")
             raise SpecError([Diagnostic("E005", message, span)],
                             sources)
         base_display = os.path.normpath(os.path.join(os.path.dirname(display), base))
-        merge_into(merged, load_document(base_path, sources, _chain + (path.resolve(),), base_display))
+        merge_into(merged, load_document(base_path, sources, _chain + (here,), base_display, span))
     for key in [k for k in doc.spans if k[:1] == ("_base_",)]:
         doc.spans.pop(key, None)
     doc.key_spans.pop(("_base_",), None)
@@ -61,11 +72,49 @@ def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = (), 
     return merged
 
 
+def _resolve(path: FsPath, name: str, span: Span, sources: SourceCache) -> FsPath:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop: RuntimeError before Python 3.13, OSError after
+        raise SpecError([Diagnostic("E005", f"_base_ '{name}' cannot be resolved: "
+                                            f"{'symbolic link loop' if isinstance(e, RuntimeError) else e.strerror}",
+                                    span)], sources) from None
+
+
+_SPEC_LINE = re.compile(r"^(graphres|_base_)\s*:", re.M)
+
+
+def _read_base(path: FsPath, display: str, sources: SourceCache, span: Span) -> Located:
+    """A base file, refused without quoting it unless it is a spec."""
+    private = SourceCache()
+    not_spec = (f"_base_ '{display}' is not a graphres spec", span,
+                "a base must be a YAML mapping with 'graphres: 1' (or a _base_ of its own)")
+    try:
+        text = read_text(path, display, private, Limits.from_env())
+    except SpecError as e:
+        raise SpecError([Diagnostic("E005", f"_base_ '{display}' cannot be read: "
+                                            f"{e.diagnostics[0].message.split(': ', 1)[-1]}", span)], sources) from None
+    looks_like_spec = _SPEC_LINE.search(text) is not None
+    try:
+        doc = parse_yaml(text, display, private)
+    except SpecError as e:
+        if looks_like_spec:  # a spec with a mistake: located in it, as any spec
+            sources.add(display, text)
+            raise SpecError(e.diagnostics, sources) from None
+        raise SpecError([Diagnostic("E005", *not_spec)], sources) from None
+    if not (isinstance(doc.data, dict) and ("graphres" in doc.data or "_base_" in doc.data)):
+        raise SpecError([Diagnostic("E005", *not_spec)], sources)
+    sources.add(display, text)
+    return doc
+
+
 def merge_into(dst: Located, src: Located, at: Path = ()) -> None:
     """Deep-merge ``src`` into ``dst``: mappings merge key by key, anything else replaces.
 
     A mapping with ``_delete_: true`` replaces instead of merging (OpenMMLab's convention).
     """
+    replaced: set = set()  # subtrees of dst that src replaces: their spans go, in one pass below
+
     def walk(d: Any, s: Any, path: Path) -> Any:
         if isinstance(d, dict) and isinstance(s, dict) and not s.get("_delete_", False):
             for key, value in s.items():
@@ -73,16 +122,20 @@ def merge_into(dst: Located, src: Located, at: Path = ()) -> None:
                     continue
                 d[key] = walk(d.get(key), value, path + (key,)) if key in d else _take(value, path + (key,))
             return d
+        replaced.add(path)
         return _take(s, path)
 
     def _take(value: Any, path: Path) -> Any:
-        for p in [p for p in dst.spans if p[: len(path)] == path and len(p) > len(path)]:
-            del dst.spans[p]
-        for p in [p for p in dst.key_spans if p[: len(path)] == path and len(p) > len(path)]:
-            del dst.key_spans[p]
         return _strip_delete(copy.deepcopy(value))
 
+    def stale(p: Path) -> bool:  # strictly inside a replaced subtree
+        return any(p[:i] in replaced for i in range(len(at), len(p)))
+
     dst.data = walk(dst.data, src.data, at)
+    if replaced:  # linear in the spans (times the depth), not spans x replacements
+        for spans in (dst.spans, dst.key_spans):
+            for p in [p for p in spans if stale(p)]:
+                del spans[p]
     for p, s in src.spans.items():
         if "_delete_" not in p:
             dst.spans[at + p] = s

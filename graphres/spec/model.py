@@ -216,7 +216,8 @@ def _parse_norm(r: Reader) -> dict[str, Any]:
                     r.span(path + ("requires_grad",)), "remove requires_grad, or use type: BN")
     momentum = r.get(path + ("momentum",))
     if momentum is not MISSING:
-        norm["momentum"] = r.value(path + ("momentum",), (float, type(None)), 0.1, what="norm.momentum")
+        norm["momentum"] = r.value(path + ("momentum",), (float, type(None)), 0.1, what="norm.momentum", min=0, max=1,
+                                   hint="the running statistics move by this fraction per step, from 0 to 1")
     if isinstance(r.get(path), dict) and "affine" in r.get(path):
         norm["affine"] = r.value(path + ("affine",), bool, True, what="norm.affine")
     if norm["type"] == "GN":
@@ -237,7 +238,7 @@ def _parse_conv(r: Reader) -> dict[str, Any]:
         return {"type": "Conv2d"}
     r.mapping(path, CONV_KEYS, "conv")
     conv_type = r.get(path + ("type",), "Conv2d")
-    if conv_type in NOT_YET_CONV:
+    if isinstance(conv_type, str) and conv_type in NOT_YET_CONV:
         r.diags.add("E016", f"conv type {conv_type!r} ({NOT_YET_CONV[conv_type]}) is not supported yet",
                     r.span(path + ("type",)), "use Conv2d or ConvWS")
         return {"type": "Conv2d"}

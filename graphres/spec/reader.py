@@ -6,6 +6,7 @@ first.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 from ..diagnostics import DiagnosticBag, Span, did_you_mean, one_of
@@ -108,16 +109,19 @@ class Reader:
         if not is_kind(value, kind):
             self.diags.add("E011", f"{label} must be {kind_name(kind)}, found {describe(value)}", span, hint)
             return fallback
+        if isinstance(value, float) and not math.isfinite(value):
+            self.diags.add("E014", f"{label} = {value!r} must be a finite number", span, hint)
+            return fallback
         if choices is not None:
             choices = list(choices)
             if value not in choices:
                 self.diags.add("E013", f"{label} = {value!r} is not one of {one_of(choices)}", span,
                                did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else hint)
                 return fallback
-        if min is not None and value < min:
+        if min is not None and value is not None and value < min:
             self.diags.add("E014", f"{label} = {value!r} must be >= {min}", span, hint)
             return fallback
-        if max is not None and value > max:
+        if max is not None and value is not None and value > max:
             self.diags.add("E014", f"{label} = {value!r} must be <= {max}", span, hint)
             return fallback
         return value

@@ -7,6 +7,7 @@ with the safe constructor, and any tag outside YAML's core schema is refused. Th
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -26,7 +27,66 @@ _CORE_TAGS = {
     "tag:yaml.org,2002:seq",
     "tag:yaml.org,2002:map",
 }
-_MAX_NODES = 200_000  # a guard against alias bombs
+_SCALAR_TAGS = _CORE_TAGS - {"tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"}
+_INT_TAG = "tag:yaml.org,2002:int"
+_INT_LIMIT = 2 ** 63  # no spec value is near this; it keeps Python's 4,300-digit int limit out of reach
+_INT_TEXT = 100  # characters of an integer's text read at most (YAML 1.1 sexagesimal ints multiply up)
+
+
+def _env_int(name: str, default: int) -> int:
+    """A limit from the environment (docs/limits.md), or its default when unset or not a positive integer."""
+    text = os.environ.get(name, "").strip().replace("_", "")
+    return int(text) if text.isdigit() and 0 < len(text) < 20 and int(text) > 0 else default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How large a spec file may be; checked while reading, so a hostile file stops early."""
+
+    bytes: int = 1 << 20  # one file or --set value, in UTF-8
+    nodes: int = 50_000  # YAML values in one document, aliases counted once per use
+    depth: int = 32  # nesting of lists and mappings
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        return cls(_env_int("GRAPHRES_MAX_SPEC_BYTES", cls.bytes), _env_int("GRAPHRES_MAX_SPEC_NODES", cls.nodes),
+                   _env_int("GRAPHRES_MAX_SPEC_DEPTH", cls.depth))
+
+
+class _TooLarge(Exception):
+    """Raised from deep inside composition; becomes one E062 at ``mark``."""
+
+    def __init__(self, message: str, mark: Any, hint: str):
+        super().__init__(message)
+        self.message, self.mark, self.hint = message, mark, hint
+
+
+def _limit_hint(env: str, value: int) -> str:
+    return f"a spec is never this large; if yours really is, raise the limit with {env} (now {value:,})"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe composer with the depth and node count checked at every node, as it builds it."""
+
+    def __init__(self, stream: str, limits: Limits):
+        super().__init__(stream)
+        self.limits = limits
+        self.depth = 0
+        self.nodes = 0
+
+    def compose_node(self, parent, index):
+        self.nodes += 1
+        if self.nodes > self.limits.nodes:
+            raise _TooLarge(f"the document is too large: more than {self.limits.nodes:,} values", self.peek_event().start_mark,
+                            _limit_hint("GRAPHRES_MAX_SPEC_NODES", self.limits.nodes))
+        if self.depth >= self.limits.depth:
+            raise _TooLarge(f"the document is too deeply nested: more than {self.limits.depth} levels",
+                            self.peek_event().start_mark, _limit_hint("GRAPHRES_MAX_SPEC_DEPTH", self.limits.depth))
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 @dataclass
@@ -62,23 +122,35 @@ def _span(node: yaml.Node, name: str) -> Span:
     return Span(name, start.line + 1, col, max(1, length))
 
 
+_TAG_NAMES = {"tag:yaml.org,2002:" + k: "!!" + k for k in ("str", "int", "float", "bool", "null", "seq", "map")}
+
+
 class _Builder:
-    def __init__(self, name: str):
+    def __init__(self, name: str, limits: Limits):
         self.name = name
+        self.limits = limits
         self.loader = yaml.SafeLoader("")
         self.diags: list[Diagnostic] = []
         self.doc = Located(None)
         self.count = 0
 
     def build(self, node: yaml.Node, path: Path) -> Any:
+        # Aliases make a DAG of the composed nodes; walking it expands them, so count and depth
+        # are checked again here, against what the document expands to.
         self.count += 1
-        if self.count > _MAX_NODES:
-            raise RecursionError
+        if self.count > self.limits.nodes:
+            raise _TooLarge(f"the document is too large: it expands to more than {self.limits.nodes:,} values (through aliases)",
+                            node.start_mark, _limit_hint("GRAPHRES_MAX_SPEC_NODES", self.limits.nodes))
+        if len(path) > self.limits.depth:
+            raise _TooLarge(f"the document is too deeply nested: more than {self.limits.depth} levels (through aliases)",
+                            node.start_mark, _limit_hint("GRAPHRES_MAX_SPEC_DEPTH", self.limits.depth))
         self.doc.spans[path] = _span(node, self.name)
         if node.tag not in _CORE_TAGS:
             self.diags.append(Diagnostic(
                 "E003", f"YAML tag '{node.tag}' is not allowed in a spec", _span(node, self.name),
                 "specs are plain data: use only maps, lists, strings, numbers, booleans and null"))
+            return None
+        if not self.fits_tag(node):
             return None
         if isinstance(node, yaml.MappingNode):
             own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
@@ -110,27 +182,75 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        return self.loader.construct_object(node, deep=True)
+        return self.scalar(node)
+
+    def fits_tag(self, node: yaml.Node) -> bool:
+        """A core tag on the wrong kind of node (``!!map BN``, ``!!int [1]``) is E060."""
+        kind = ("tag:yaml.org,2002:map" if isinstance(node, yaml.MappingNode) else
+                "tag:yaml.org,2002:seq" if isinstance(node, yaml.SequenceNode) else None)
+        if kind == node.tag or (kind is None and node.tag in _SCALAR_TAGS):
+            return True
+        found = "a mapping" if isinstance(node, yaml.MappingNode) else "a list" if kind else "a single value"
+        expected = {"tag:yaml.org,2002:map": "a mapping", "tag:yaml.org,2002:seq": "a list"}.get(node.tag,
+                                                                                                 "a single value")
+        self.diags.append(Diagnostic("E060", f"YAML tag '{_TAG_NAMES[node.tag]}' needs {expected}, found {found}",
+                                     _span(node, self.name), "remove the tag: graphres reads plain values untagged"))
+        return False
+
+    def scalar(self, node: yaml.ScalarNode) -> Any:
+        """Construct a scalar; a tag that its text does not fit (``!!int abc``) is E060, a huge integer E061."""
+        tag = _TAG_NAMES.get(node.tag, node.tag)
+        if node.tag == _INT_TAG and len(node.value) > _INT_TEXT:
+            self.diags.append(Diagnostic("E061", f"integer with {len(node.value):,} characters is too large",
+                                         _span(node, self.name), f"integers in a spec are below 2**63"))
+            return None
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError, yaml.YAMLError):
+            text = node.value if len(node.value) <= 40 else node.value[:40] + "..."
+            self.diags.append(Diagnostic("E060", f"{text!r} is not a valid {tag} value", _span(node, self.name),
+                                         "remove the tag, or write a value of that kind"))
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT:
+            self.diags.append(Diagnostic("E061", f"integer {_short_int(value)} is too large", _span(node, self.name),
+                                         "integers in a spec are below 2**63"))
+            return None
+        return value
 
     def build_scalar_key(self, node: yaml.Node) -> Any:
-        if not isinstance(node, yaml.ScalarNode) or node.tag not in _CORE_TAGS:
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in _SCALAR_TAGS:
             self.diags.append(Diagnostic("E011", "mapping keys must be plain strings or numbers",
                                          _span(node, self.name)))
             return None
-        return self.loader.construct_object(node)
+        return self.scalar(node)
 
 
-def parse_yaml(text: str, name: str, sources: SourceCache | None = None) -> Located:
-    """Parse one YAML document into a :class:`Located`; raise :class:`SpecError` on bad YAML."""
+def _short_int(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
+
+
+def parse_yaml(text: str, name: str, sources: SourceCache | None = None, limits: Limits | None = None) -> Located:
+    """Parse one YAML document into a :class:`Located`; raise :class:`SpecError` on bad YAML.
+
+    ``limits`` (default: :meth:`Limits.from_env`) bound the text's size, the number of values and
+    their nesting; they are checked while the document is read, so a hostile one stops early."""
+    limits = limits or Limits.from_env()
+    if len(text) > limits.bytes // 4 and len(text.encode("utf-8", "surrogatepass")) > limits.bytes:
+        raise SpecError([_too_many_bytes(name, limits)], sources)
     if sources is not None:
         sources.add(name, text)
+    loader = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _BoundedLoader(text, limits)  # PyYAML's reader checks the characters here already
+        node = loader.get_single_node()
+    except _TooLarge as e:
+        raise SpecError([_too_large(e, name)], sources)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or "invalid YAML"
         hint = None
-        line_text = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        line_text = _line_at(text, mark.pointer) if mark else ""
         if "\t" in line_text[: (mark.column + 1 if mark else 0)] or "'\\t'" in problem:
             problem = "tab character used for indentation"
             hint = "YAML indents with spaces only: replace the tab with spaces"
@@ -138,25 +258,56 @@ def parse_yaml(text: str, name: str, sources: SourceCache | None = None) -> Loca
         raise SpecError([Diagnostic("E001", f"invalid YAML: {problem}", span, hint)], sources)
     except yaml.YAMLError as e:  # composer errors without marks (e.g. several documents)
         raise SpecError([Diagnostic("E001", f"invalid YAML: {e}", Span(name, 1, 1))], sources)
+    finally:
+        if loader is not None:
+            loader.dispose()
     if node is None:
         return Located({}, {(): Span(name, 1, 1)})
-    builder = _Builder(name)
+    builder = _Builder(name, limits)
     try:
         builder.doc.data = builder.build(node, ())
-    except RecursionError:
-        raise SpecError([Diagnostic("E001", "the document is too large or too deeply nested (alias expansion?)",
-                                    Span(name, 1, 1))], sources)
+    except _TooLarge as e:
+        raise SpecError([_too_large(e, name)], sources)
     if builder.diags:
         raise SpecError(builder.diags, sources)
     return builder.doc
 
 
-def read_yaml(path: str | FsPath, sources: SourceCache | None = None, display: str | None = None) -> Located:
-    """Read and parse a spec file; a missing or unreadable file is a located error too."""
+def _too_many_bytes(name: str, limits: Limits) -> Diagnostic:
+    return Diagnostic("E062", f"'{name}' is larger than {limits.bytes:,} bytes", Span(name),
+                      _limit_hint("GRAPHRES_MAX_SPEC_BYTES", limits.bytes))
+
+
+def _line_at(text: str, pointer: int) -> str:
+    start = text.rfind("\n", 0, pointer) + 1
+    end = text.find("\n", pointer)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def _too_large(e: _TooLarge, name: str) -> Diagnostic:
+    mark = e.mark
+    span = Span(name, mark.line + 1, mark.column + 1) if mark is not None else Span(name, 1, 1)
+    return Diagnostic("E062", e.message, span, e.hint)
+
+
+def read_yaml(path: str | FsPath, sources: SourceCache | None = None, display: str | None = None,
+              limits: Limits | None = None) -> Located:
+    """Read and parse a spec file; a missing, unreadable or oversized file is a located error too."""
     name = display or str(path)
+    limits = limits or Limits.from_env()
+    text = read_text(path, name, sources, limits)
+    return parse_yaml(text, name, sources, limits)
+
+
+def read_text(path: str | FsPath, name: str, sources: SourceCache | None, limits: Limits) -> str:
+    """A file's text, reading no more than the byte limit allows (a 40 MB file is refused unread)."""
     try:
-        text = FsPath(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(limits.bytes + 1)
+        if len(data) > limits.bytes:
+            raise SpecError([_too_many_bytes(name, limits)], sources)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise SpecError([Diagnostic("E004", f"cannot read '{name}': {reason}", Span(name))], sources)
-    return parse_yaml(text, name, sources)
+    return text.replace("\r\n", "\n")

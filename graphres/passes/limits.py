@@ -1,0 +1,171 @@
+"""Analysis pass: what torch would refuse or get wrong later, and what is too large to build.
+
+Reads the shapes pass's results (``meta['shape']``, ``meta['params']``) and reports, located at the
+layer that causes them: a pool padded by more than half its kernel (E063, torch refuses it), an
+instance norm over a 1x1 map (E064, torch fails in forward), a weight-standardised conv with one
+weight per output channel (E065, its standard deviation is undefined: every output is NaN), a
+model over the parameter limit (E066), and one whose build needs more memory than this machine
+has (W020). :func:`check_memory` is the refusal that ``graphres.build`` and ``graphres compile``
+make before allocating anything (E067). The limits and their overrides are in docs/limits.md.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import networkx as nx
+
+from .. import ir
+from ..diagnostics import Diagnostic, DiagnosticBag, GraphresError, SpecError, Span
+
+MAX_PARAMS = 10_000_000_000  # GRAPHRES_MAX_PARAMS overrides it
+_FLOAT = 4  # bytes of a float32 parameter or buffer
+# Peak memory as a multiple of the model's state (parameters and buffers): building holds the state;
+# compiling also holds the serialised program and the export's own copy of the constants.
+STATE_FACTOR = {"build": 1, "compile": 3}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+class LimitError(GraphresError, ValueError):
+    """A memory limit (``max_memory``, ``GRAPHRES_MAX_MEMORY``) that cannot be read."""
+
+
+def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
+    conv_ws = (g.graph.get("conv") or {}).get("type") == "ConvWS"
+    norm = g.graph.get("norm") or {}
+    for n in ir.topological_order(g):
+        d = g.nodes[n]
+        op, a = d[ir.OP], d[ir.ATTRS]
+        span = _span_of(d)
+        srcs = ir.inputs_of(g, n)
+        in_shape = g.nodes[srcs[0]][ir.META].get("shape") if srcs else None
+        if op in ("maxpool", "avgpool") and 2 * a["padding"] > a["kernel"]:
+            diags.add("E063", f"{op} {n} pads by {a['padding']}, more than half its kernel of {a['kernel']}",
+                      span, f"torch allows padding up to kernel // 2 = {a['kernel'] // 2}")
+        if op == "norm" and norm.get("type") == "IN" and in_shape and in_shape[1] * in_shape[2] == 1:
+            diags.add("E064", f"instance norm {n} normalises a 1x1 map: one value per channel, which torch refuses",
+                      span, "use BN or GN, or a larger input.size, or move the norm before the global pool")
+        if op == "conv" and conv_ws and (d[ir.IN_CH] // a["groups"]) * a["kernel"] ** 2 == 1:
+            diags.add("E065", f"weight-standardised conv {n} has one weight per output channel "
+                              f"({d[ir.IN_CH] // a['groups']} input channel{'s' if d[ir.IN_CH] // a['groups'] != 1 else ''}"
+                              f" per group, kernel 1x1): its standard deviation is undefined and every output NaN",
+                      span, "use conv: {type: Conv2d}, or fewer groups or a larger kernel in this layer")
+    params = g.graph.get("params", 0)
+    limit = _env_count("GRAPHRES_MAX_PARAMS", MAX_PARAMS)
+    if params > limit:
+        node, size = _largest(g)
+        diags.add("E066", f"the model has {params:,} parameters ({format_bytes(params * _FLOAT)} as float32), "
+                          f"over the limit of {limit:,}; the largest layer, {node}, has {size:,}",
+                  _size_span(g, node),
+                  "check the channels, kernels and block counts; to analyse larger models, set GRAPHRES_MAX_PARAMS")
+        return
+    need, budget = estimate_bytes(g, "build"), memory_budget()
+    if budget is not None and need > budget:
+        node, _ = _largest(g)
+        diags.add("W020", f"building the model needs about {format_bytes(need)}, more than the "
+                          f"{format_bytes(budget)} of {_budget_source(None)}; build and compile will refuse it",
+                  _span_of(g.nodes[node]),
+                  "set GRAPHRES_MAX_MEMORY=unlimited (or a size such as 64G) to build it anyway")
+
+
+def state_bytes(g: nx.DiGraph) -> int:
+    """Bytes of the built module's state: float32 parameters, and a BN's running mean and variance."""
+    buffers = sum(2 * g.nodes[n][ir.OUT_CH] for n in g if g.nodes[n][ir.OP] == "norm")
+    return _FLOAT * (g.graph.get("params", 0) + buffers)
+
+
+def estimate_bytes(g: nx.DiGraph, purpose: str = "build") -> int:
+    """Peak memory of building (``"build"``) or compiling (``"compile"``) the module, roughly."""
+    return STATE_FACTOR[purpose] * state_bytes(g)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can allocate now (MemAvailable), or None where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_budget(max_memory: int | str | None = None) -> int | None:
+    """The memory a build may use: ``max_memory`` (bytes, ``"64G"``, or ``"unlimited"``), else
+    ``GRAPHRES_MAX_MEMORY``, else what the machine has available; None means no limit."""
+    value = max_memory if max_memory is not None else os.environ.get("GRAPHRES_MAX_MEMORY") or None
+    if value is None:
+        return available_memory()
+    if isinstance(value, bool):
+        raise LimitError(f"max_memory must be a byte count, a size such as '64G', or 'unlimited', not {value!r}")
+    if isinstance(value, (int, float)):
+        return int(value) if value > 0 else None
+    if str(value).strip().lower() in ("unlimited", "none", "off", "0"):
+        return None
+    m = _SIZE.match(str(value))
+    if not m:
+        raise LimitError(f"memory limit {value!r} must be a byte count, a size such as '64G', or 'unlimited'")
+    return int(float(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower()))
+
+
+def check_memory(compiled, purpose: str = "build", max_memory: int | str | None = None) -> None:
+    """Refuse (E067) to build or compile a model whose estimated peak memory exceeds the budget."""
+    g = compiled.graph
+    budget = memory_budget(max_memory)
+    need = estimate_bytes(g, purpose)
+    if budget is None or need <= budget:
+        return
+    node, _ = _largest(g)
+    source = _budget_source(max_memory)
+    span = _span_of(g.nodes[node]) or Span(str(compiled.spec.file))
+    raise SpecError([Diagnostic(
+        "E067", f"refusing to {purpose} the model: it needs about {format_bytes(need)} "
+                f"({g.graph.get('params', 0):,} parameters), over the {format_bytes(budget)} of {source}",
+        span, "set GRAPHRES_MAX_MEMORY=unlimited (or a size such as 64G), or build(..., max_memory=...), "
+              "to try anyway")], compiled.sources)
+
+
+def _budget_source(max_memory: int | str | None) -> str:
+    if max_memory is not None:
+        return "max_memory"
+    return "GRAPHRES_MAX_MEMORY" if os.environ.get("GRAPHRES_MAX_MEMORY") else "memory available on this machine"
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} B"
+
+
+def _span_of(d: dict) -> Span | None:
+    """A layer of the user's own block is located in its definition; one of a built-in block (whose
+    file is not the user's) at the spec entry that uses the block."""
+    def_span = d.get(ir.DEF_SPAN)
+    if def_span is not None and not def_span.file.startswith("<graphres>"):
+        return def_span
+    return d.get(ir.SPAN) or def_span
+
+
+def _size_span(g: nx.DiGraph, node: str) -> Span | None:
+    """Where to point for the model's size: the largest layer, or for a stem the spec does not
+    spell out (located at the document's start) the input, whose channels the stem reads."""
+    span = _span_of(g.nodes[node])
+    if g.nodes[node][ir.STAGE] == -1 and span is not None and (span.line, span.col) == (1, 1):
+        return g.nodes[ir.INPUT].get(ir.SPAN) or span
+    return span
+
+
+def _largest(g: nx.DiGraph) -> tuple[str, int]:
+    node = max((n for n in g if g.nodes[n][ir.OP] != "input"), key=lambda n: g.nodes[n][ir.META].get("params", 0),
+               default=ir.INPUT)
+    return node, g.nodes[node][ir.META].get("params", 0)
+
+
+def _env_count(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip().replace("_", "").replace(",", "")
+    return int(text) if text.isdigit() and 0 < len(text) < 20 else default
