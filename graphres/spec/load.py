@@ -19,7 +19,7 @@ MAX_BASE_DEPTH = 16
 
 
 def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = (), display: str | None = None,
-                  text: str | None = None, _base_span: Span | None = None) -> Located:
+                  _base_span: Span | None = None, text: str | None = None) -> Located:
     """Read a file and merge its ``_base_`` files under it (deep merge; later bases win).
 
     Files are named in diagnostics as the user would write them: the top file as given, a base
