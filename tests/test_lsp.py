@@ -341,7 +341,7 @@ def test_columns_are_counted_in_utf16_units(tmp_path):
 
 
 def test_a_base_file_error_is_shown_at_the_base_line(tmp_path):
-    (tmp_path / "base.yaml").write_text("norm: {type: GN}\n")
+    (tmp_path / "base.yaml").write_text("norm: {type: GN}\ngraphres: 1\n")  # a base must be a spec
     child = tmp_path / "child.yaml"
     text = "# a child\n_base_: base.yaml\n" + FIXED
 
