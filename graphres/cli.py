@@ -195,11 +195,10 @@ def _info(args: argparse.Namespace) -> int:
 def _expand(args: argparse.Namespace) -> int:
     import yaml
 
-    from .spec.emit import to_explicit
     compiled = _compile_spec(args)
     _print_warnings(compiled)
     text = "# expanded by graphres from " + args.spec + "\n" + yaml.safe_dump(
-        to_explicit(compiled.spec), sort_keys=False, default_flow_style=None, width=100)
+        compiled.explicit(), sort_keys=False, default_flow_style=None, width=100)
     if args.output:
         write_atomic(args.output, text.encode())
     else:

@@ -77,16 +77,20 @@ def _lower_all(ctx: _Ctx) -> None:
                                 {}, ir.INPUT, spec.input_channels, spec.doc.span(("stem",)), "stem")
     except _Abort:
         return
+    trade = _OutputStride(ctx, _path_stride(g, x)) if spec.output_stride is not None else None
     for stage in spec.stages:
         stage_in = x
+        first_stride, dilations = trade.stage(stage) if trade else (None, list(stage.dilations))
         for b in range(stage.blocks):
             block = spec.blocks[stage.block_type(b)]
             args = stage.block_args(b)
             extra = {}
             if "stride" in block.params and b > 0 and "stride" not in stage.per_block:
                 extra["stride"] = 1
+            if "stride" in block.params and b == 0 and first_stride is not None:
+                extra["stride"] = first_stride  # traded for dilation by output_stride
             if "dilation" in block.params:
-                extra["dilation"] = stage.dilations[b]
+                extra["dilation"] = dilations[b]
             scope = f"{stage.name}.{b}"
             try:
                 x, ch = _lower_instance(ctx, block, scope, scope + ".", stage.index, args, extra, x, ch,
@@ -95,14 +99,92 @@ def _lower_all(ctx: _Ctx) -> None:
                 return
         g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": "/".join(stage.block_types),
                                   "blocks": stage.blocks, "input": stage_in, "output": x, "channels": ch,
-                                  "dilations": list(stage.dilations),
+                                  "dilations": dilations, "traded": first_stride is not None,
                                   "spans": {k: spec.doc.span(stage.path + (k,)) for k in ("dilation", "frozen")}})
+    if trade:
+        trade.finish()
     for i in spec.out_indices:
         st = g.graph["stages"][i]
         g.graph[ir.G_OUTPUTS].append({"index": i, "name": st["name"], "node": st["output"], "channels": st["channels"],
                                       "span": spec.doc.span(spec.out_index_paths.get(i, ("out_indices",)))})
     if spec.head is not None:
         _lower_head(ctx, x, ch)
+
+
+def _path_stride(g: nx.DiGraph, node: str) -> int:
+    """The stride of ``node`` w.r.t. the input, along first operands (the shapes pass's rule)."""
+    stride = 1
+    while node != ir.INPUT:
+        d = g.nodes[node]
+        window = OPS[d[ir.OP]].window(d[ir.ATTRS])
+        stride *= window.stride if window is not None else 1
+        node = ir.inputs_of(g, node)[0]
+    return stride
+
+
+class _OutputStride:
+    """``output_stride``: trade the strides that would take the network past the target for
+    dilation, as torchvision's ``replace_stride_with_dilation``: such a stage's first block gets
+    stride 1, the running dilation is multiplied by the stride given up, and the stage's first
+    block keeps the previous dilation. Decided here, on the stem's actual stride, and written on
+    the stage entries (``dilations``, ``traded``)."""
+
+    def __init__(self, ctx: _Ctx, stem_stride: int) -> None:
+        self.ctx, self.spec = ctx, ctx.spec
+        self.target = ctx.spec.output_stride
+        self.stem = self.current = stem_stride
+        self.dilation = 1
+        self.strides: list[int] = []
+        self.failed = False
+
+    def stage(self, st) -> tuple[int | None, list[int]]:
+        """(the first block's stride when traded, else None; the dilation of each block)."""
+        spec, diags = self.spec, self.ctx.diags
+        params = spec.blocks[st.block_type(0)].params
+        stride = st.args["stride"].value if "stride" in st.args else (
+            params["stride"].default if "stride" in params else 1)
+        if self.failed:
+            return None, list(st.dilations)
+        if "stride" in st.per_block:
+            diags.add("E052", f"output_stride cannot be combined with the block-by-block strides of {st.name}",
+                      spec.doc.span(st.path + ("stride",)), "give the stage one stride, or drop output_stride")
+            self.failed = True
+            return None, list(st.dilations)
+        if self.current * stride <= self.target:
+            self.current *= stride
+            self.dilation = max(self.dilation, st.dilations[-1])
+            self.strides.append(stride)
+            return None, list(st.dilations)
+        if any(d != 1 for d in st.dilations):
+            stated = st.dilations[0] if len(set(st.dilations)) == 1 else list(st.dilations)
+            diags.add("E052", f"stages[{st.index}] ({st.name}) sets dilation {stated} but output_stride "
+                              f"{self.target} trades its stride {stride} for dilation",
+                      spec.doc.span(st.path + ("dilation",)),
+                      "leave the dilation to output_stride, or write stride and dilation yourself "
+                      "and drop output_stride")
+            self.failed = True
+            return None, list(st.dilations)
+        lacking = [t for t in st.block_types
+                   if "dilation" not in spec.blocks[t].params or "stride" not in spec.blocks[t].params]
+        if lacking:
+            missing = "dilation" if "dilation" not in spec.blocks[lacking[0]].params else "stride"
+            diags.add("E052", f"output_stride {self.target} needs {st.name} to trade its stride {stride} for "
+                              f"dilation, but block '{lacking[0]}' has no parameter '{missing}'",
+                      spec.doc.span(("output_stride",)))
+            self.failed = True
+            return None, list(st.dilations)
+        previous, self.dilation = self.dilation, self.dilation * stride
+        self.strides.append(1)
+        return 1, [previous] + [self.dilation] * (st.blocks - 1)
+
+    def finish(self) -> None:
+        if not self.failed and self.current != self.target:
+            strides = ", ".join(map(str, self.strides))
+            self.ctx.diags.add("E051", f"output_stride is declared {self.target} but the network reaches "
+                                       f"{self.current} (stem {self.stem}, stage strides {strides})",
+                               self.spec.doc.span(("output_stride",)),
+                               f"declare output_stride: {self.current}, or raise stage strides to reach "
+                               f"{self.target}")
 
 
 def _lower_head(ctx: _Ctx, x: str, ch: int) -> None:

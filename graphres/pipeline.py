@@ -30,6 +30,14 @@ class Compiled:
     def sources(self) -> SourceCache:
         return self.spec.sources
 
+    def explicit(self) -> dict[str, Any]:
+        """The fully resolved explicit form (what ``graphres expand`` prints), with the strides and
+        dilations lowering chose (an ``output_stride`` trade included)."""
+        from .spec.emit import to_explicit
+        resolved = [{"stride": 1 if st.get("traded") else None, "dilations": st["dilations"]}
+                    for st in self.graph.graph["stages"]]
+        return to_explicit(self.spec, resolved)
+
 
 def compile_spec(source: str | Path | Mapping[str, Any] | Spec, overrides: Sequence[str] = (),
                  input_size: tuple[int, int] | None = None, *, text: str | None = None) -> Compiled:

@@ -11,11 +11,15 @@ from typing import Any
 from .model import FORMAT_VERSION, Spec
 
 
-def to_explicit(spec: Spec) -> dict[str, Any]:
+def to_explicit(spec: Spec, resolved: list[dict] | None = None) -> dict[str, Any]:
+    """The explicit form of ``spec``. ``resolved`` (one ``{"stride", "dilations"}`` per stage, from
+    lowering: see :meth:`graphres.pipeline.Compiled.explicit`) gives the strides and dilations the
+    network runs with, after an ``output_stride`` trade."""
     norm = {k: v for k, v in spec.norm.items()}
     stem = {"type": spec.stem_block, **{k: a.value for k, a in sorted(spec.stem_args.items())}}
     stages = []
     for st in spec.stages:
+        res = resolved[st.index] if resolved and st.index < len(resolved) else None
         params: dict = {}
         for name in st.block_types:
             for k, p in spec.blocks[name].params.items():
@@ -25,8 +29,11 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
         for key in ("planes", "stride"):
             if key in params:
                 entry[key] = args.pop(key, params[key].default)
+        if res is not None and res.get("stride") is not None and "stride" in params:
+            entry["stride"] = res["stride"]
+        dilations = list(res["dilations"]) if res is not None else list(st.dilations)
         if "dilation" in params:
-            entry["dilation"] = st.dilations[0] if len(set(st.dilations)) == 1 else list(st.dilations)
+            entry["dilation"] = dilations[0] if len(set(dilations)) == 1 else dilations
         # other arguments only where they differ from the block's default, so equal networks
         # expand to equal documents
         entry.update(sorted((k, v) for k, v in args.items() if v != params[k].default))
@@ -50,8 +57,8 @@ def to_explicit(spec: Spec) -> dict[str, Any]:
         "with_cp": spec.with_cp,
     }
     if spec.output_stride is not None:
-        # the stages above already carry the traded strides and dilations; the declaration stays
-        # as a check that re-reading this document confirms
+        # with ``resolved``, the stages above carry the traded strides and dilations; the
+        # declaration stays as a check that re-reading this document confirms
         out["output_stride"] = spec.output_stride
     if spec.head is not None:
         out["head"] = dict(spec.head)

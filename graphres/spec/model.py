@@ -152,9 +152,8 @@ def parse_explicit(doc: Located, diags: DiagnosticBag, sources: SourceCache, fil
     n = len(declared) if isinstance(declared, list) else len(stages or [])
     output_stride = None
     if r.has(("output_stride",)):
+        # the stride-for-dilation trade is made when lowering, on the network's actual strides
         output_stride = r.value(("output_stride",), int, what="output_stride", choices=OUTPUT_STRIDES)
-        if output_stride is not None and stages and stem_block and not diags.has_errors:
-            _apply_output_stride(r, output_stride, stages, blocks, blocks[stem_block], stem_args)
     head = _parse_head(r)
 
     out_index_paths: dict[int, tuple] = {}
@@ -273,85 +272,6 @@ def _parse_head(r: Reader) -> dict[str, Any] | None:
         return None  # already reported
     classes = r.value(path + ("num_classes",), int, what="head.num_classes", min=1, max=MAX_CLASSES)
     return {"num_classes": classes} if classes is not None else None
-
-
-def stem_stride(block: BlockDef, args: dict[str, Arg]) -> int | None:
-    """The stem's reduction, read statically from its layers' strides (None if an expression fails)."""
-    env: dict[str, Any] = {k: p.default for k, p in block.params.items() if p.default is not MISSING}
-    env.update({k: a.value for k, a in args.items()})
-    stride = 1
-    try:
-        for name, expr, _ in block.lets:
-            env[name] = evaluate(expr, env) if isinstance(expr, str) else expr
-        stack = list(block.layers)
-        while stack:
-            layer = stack.pop(0)
-            when = evaluate(layer.when, env) if isinstance(layer.when, str) else layer.when
-            if not when:
-                continue
-            if layer.seq is not None:
-                stack[:0] = layer.layers
-                continue
-            value = lambda key, default: (evaluate(layer.attrs[key], env)  # noqa: E731
-                                          if isinstance(layer.attrs.get(key), str) else layer.attrs.get(key, default))
-            if layer.op == "conv":
-                stride *= value("stride", 1)
-            elif layer.op in ("maxpool", "avgpool"):
-                step = value("stride", None)
-                stride *= step if step is not None else value("kernel", 1)
-    except (ExprError, TypeError, KeyError):
-        return None
-    return stride if isinstance(stride, int) and stride > 0 else None
-
-
-def _apply_output_stride(r: Reader, target: int, stages: list[Stage], blocks: dict[str, BlockDef],
-                         stem: BlockDef, stem_args: dict[str, Arg]) -> None:
-    """Trade the strides that would take the network past ``target`` for dilation, as torchvision's
-    ``replace_stride_with_dilation``: such a stage gets stride 1, the running dilation is multiplied
-    by the stride it gave up, and the stage's first block keeps the previous dilation."""
-    path = ("output_stride",)
-    current = stem_stride(stem, stem_args)
-    if current is None:
-        r.diags.add("E051", "output_stride cannot be checked: the stem's stride is not a constant",
-                    r.span(path))
-        return
-    dilation = 1
-    for st in stages:
-        block = _merged(blocks, st.block_types)
-        if "stride" in st.per_block:
-            r.diags.add("E052", f"output_stride cannot be combined with the block-by-block strides of {st.name}",
-                        r.span(st.path + ("stride",)), "give the stage one stride, or drop output_stride")
-            return
-        stride = st.args["stride"].value if "stride" in st.args else (
-            block.params["stride"].default if "stride" in block.params else 1)
-        if current * stride > target:
-            stated = r.get(st.path + ("dilation",), MISSING)
-            if stated is not MISSING and stated != 1 and stated != [1] * st.blocks:
-                r.diags.add("E052", f"stages[{st.index}] ({st.name}) sets dilation {stated} but output_stride "
-                                    f"{target} trades its stride {stride} for dilation",
-                            r.span(st.path + ("dilation",)),
-                            "leave the dilation to output_stride, or write stride and dilation yourself "
-                            "and drop output_stride")
-                return
-            lacking = [t for t in st.block_types
-                       if "dilation" not in blocks[t].params or "stride" not in blocks[t].params]
-            if lacking:
-                missing = "dilation" if "dilation" not in blocks[lacking[0]].params else "stride"
-                r.diags.add("E052", f"output_stride {target} needs {st.name} to trade its stride {stride} for "
-                                    f"dilation, but block '{lacking[0]}' has no parameter '{missing}'",
-                            r.span(path))
-                return
-            previous, dilation = dilation, dilation * stride
-            st.args["stride"] = Arg(1, st.args["stride"].path if "stride" in st.args else st.path)
-            st.dilations = [previous] + [dilation] * (st.blocks - 1)
-        else:
-            current *= stride
-            dilation = max(dilation, st.dilations[-1])
-    if current != target:
-        strides = ", ".join(str(st.args["stride"].value if "stride" in st.args else 1) for st in stages)
-        r.diags.add("E051", f"output_stride is declared {target} but the network reaches {current} "
-                            f"(stem {stem_stride(stem, stem_args)}, stage strides {strides})", r.span(path),
-                    f"declare output_stride: {current}, or raise stage strides to reach {target}")
 
 
 def _parse_stem(r: Reader, blocks: dict[str, BlockDef], in_ch: int) -> tuple[str | None, dict[str, Arg]]:
