@@ -156,6 +156,8 @@ def test_diagnostics_hover_and_shutdown(tmp_path):
                                        "- output shape: `128x28x28`"]
         assert "- stride: 8" in md and "- receptive field: 99 px" in md and "- parameters: 525,568" in md
         assert "- MACs: 411,041,792" in md
+        for char in (0, 2, 60):  # the indentation, the '- ' and past the end of the entry: the same stage
+            assert (await s.hover(uri, 6, char)).startswith("**layer2** (basic x2)")
 
     run(scenario, tmp_path)
 

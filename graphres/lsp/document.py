@@ -89,7 +89,12 @@ def spot_at(text: str, line: int, char: int) -> Spot | None:
                     node, path = item, path + (i,)
                     break
             else:
-                return Spot(path, False, None, _mark(node.start_mark), _mark(node.end_mark))
+                # before or after an item on its line (the '- ' of a stage entry): that item
+                same = [i for i, item in enumerate(node.value) if item.start_mark.line == line]
+                if not same:
+                    return Spot(path, False, None, _mark(node.start_mark), _mark(node.end_mark))
+                item = node.value[same[0]]
+                return Spot(path + (same[0],), False, None, _mark(item.start_mark), _mark(item.end_mark))
         else:
             return Spot(path, False, node.value, _mark(node.start_mark), _mark(node.end_mark))
     return None
