@@ -332,7 +332,6 @@ def context_at(text: str, line: int, char: int) -> Context:
     current = lines[line][:char]
     # flow brackets opened on this line and not closed before the cursor
     stack: list[tuple[str, int, str | None]] = []  # (bracket, column, key it is the value of)
-    last_key = None
     quote = None
     for i, ch in enumerate(current):
         if quote:
@@ -380,7 +379,7 @@ def context_at(text: str, line: int, char: int) -> Context:
     if stack:
         if key is not None and stack[0][2] == key:
             flow_path.append(key)
-        for bracket, _, k in stack[1:]:
+        for _, _, k in stack[1:]:
             if k:
                 flow_path.append(k)
         for bracket, _, _ in stack:
