@@ -156,6 +156,8 @@ def test_diagnostics_hover_and_shutdown(tmp_path):
                                        "- output shape: `128x28x28`"]
         assert "- stride: 8" in md and "- receptive field: 99 px" in md and "- parameters: 525,568" in md
         assert "- MACs: 411,041,792" in md
+        for char in (0, 2, 60):  # the indentation, the '- ' and past the end of the entry: the same stage
+            assert (await s.hover(uri, 6, char)).startswith("**layer2** (basic x2)")
 
     run(scenario, tmp_path)
 
@@ -227,6 +229,15 @@ def test_completion(tmp_path):
                                                 "dilation", "groups", "bias"]
         top = await s.complete(uri, 10, 0)
         assert top[:4] == ["graphres", "name", "input", "conv"] and "norm" not in top and "stages" not in top
+        # block style, and the shorthand
+        buri = s.open(tmp_path / "b.yaml", "norm:\n  type: GN\n  \n")
+        await s.diagnostics(buri)
+        assert await s.complete(buri, 2, 2) == ["requires_grad", "eps", "momentum", "num_groups", "affine"]
+        suri = s.open(tmp_path / "s.yaml", "backbone:\n  type: ResNet\n  depth: \n  \n")
+        await s.diagnostics(suri)
+        assert await s.complete(suri, 2, 9) == ["18", "34", "50", "101", "152"]
+        keys = await s.complete(suri, 3, 2)
+        assert keys[:3] == ["in_channels", "stem_channels", "base_channels"] and "groups" not in keys
 
     run(scenario, tmp_path)
 
@@ -269,6 +280,7 @@ def test_definition(tmp_path):
         loc = await s.definition(uri, 1, 15)  # a built-in stem type
         assert blines[loc.range.start.line].strip() == "deep:"
         assert await s.definition(uri, 3, 30) is None  # a number defines nothing
+        assert await s.complete(uri, 3, 12) == ["basic", "bottleneck", "tiny"]  # tiny: from base.yaml
 
     run(scenario, tmp_path)
 

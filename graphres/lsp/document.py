@@ -89,7 +89,12 @@ def spot_at(text: str, line: int, char: int) -> Spot | None:
                     node, path = item, path + (i,)
                     break
             else:
-                return Spot(path, False, None, _mark(node.start_mark), _mark(node.end_mark))
+                # before or after an item on its line (the '- ' of a stage entry): that item
+                same = [i for i, item in enumerate(node.value) if item.start_mark.line == line]
+                if not same:
+                    return Spot(path, False, None, _mark(node.start_mark), _mark(node.end_mark))
+                item = node.value[same[0]]
+                return Spot(path + (same[0],), False, None, _mark(item.start_mark), _mark(item.end_mark))
         else:
             return Spot(path, False, node.value, _mark(node.start_mark), _mark(node.end_mark))
     return None
@@ -327,7 +332,6 @@ def context_at(text: str, line: int, char: int) -> Context:
     current = lines[line][:char]
     # flow brackets opened on this line and not closed before the cursor
     stack: list[tuple[str, int, str | None]] = []  # (bracket, column, key it is the value of)
-    last_key = None
     quote = None
     for i, ch in enumerate(current):
         if quote:
@@ -375,7 +379,7 @@ def context_at(text: str, line: int, char: int) -> Context:
     if stack:
         if key is not None and stack[0][2] == key:
             flow_path.append(key)
-        for bracket, _, k in stack[1:]:
+        for _, _, k in stack[1:]:
             if k:
                 flow_path.append(k)
         for bracket, _, _ in stack:
