@@ -219,3 +219,14 @@ def test_merging_a_large_base_is_linear(tmp_path):
     r = validate(tmp_path, "_base_: base.yaml\nx:\n" + "".join(f"  k{i}: 2\n" for i in range(n)))
     assert r.returncode == 1
     assert r.stderr.splitlines()[0] == "spec.yaml:2:1: error[E010]: unknown key 'x' in the spec"
+
+
+def test_stage_and_block_counts_are_bounded(tmp_path):
+    stage = "{block: basic, blocks: 1, planes: 8}"
+    r = validate(tmp_path, "graphres: 1\nstages: [" + ", ".join([stage] * 65) + "]\n")
+    assert r.stderr.splitlines()[0] == "spec.yaml:2:9: error[E014]: stages lists 65 stages; at most 64 are allowed"
+    stage = "{block: basic, blocks: 1000, planes: 8, stride: 2}"
+    r = validate(tmp_path, "graphres: 1\nstages: [" + ", ".join([stage] * 5) + "]\n")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0] == (
+        "spec.yaml:2:9: error[E014]: the stages have 5,000 blocks in all; at most 4,000 are allowed")
