@@ -230,3 +230,20 @@ def test_stage_and_block_counts_are_bounded(tmp_path):
     assert r.returncode == 1
     assert r.stderr.splitlines()[0] == (
         "spec.yaml:2:9: error[E014]: the stages have 5,000 blocks in all; at most 4,000 are allowed")
+
+
+def test_python_mappings_have_the_same_limits():
+    import graphres
+    from graphres import SpecError
+
+    looped: list = []
+    looped.append(looped)
+    cases = [(10 ** 5000, "<dict>: error[E061]: integer of about 5,000 digits at stages.0.planes is too large"),
+             (2 ** 70, "<dict>: error[E061]: integer 1180591620717411303424 at stages.0.planes is too large"),
+             (looped, "<dict>: error[E062]: the mapping is too deeply nested: more than 32 levels (at stages.0.planes"
+                      ".0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0)"),
+             (list(range(60_000)), "<dict>: error[E062]: the mapping is too large: more than 50,000 values")]
+    for value, headline in cases:
+        with pytest.raises(SpecError) as e:
+            graphres.compile_spec({"graphres": 1, "stages": [{"block": "basic", "blocks": 2, "planes": value}]})
+        assert [d.headline() for d in e.value.diagnostics] == [headline]
