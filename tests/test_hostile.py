@@ -219,3 +219,31 @@ def test_merging_a_large_base_is_linear(tmp_path):
     r = validate(tmp_path, "_base_: base.yaml\nx:\n" + "".join(f"  k{i}: 2\n" for i in range(n)))
     assert r.returncode == 1
     assert r.stderr.splitlines()[0] == "spec.yaml:2:1: error[E010]: unknown key 'x' in the spec"
+
+
+def test_stage_and_block_counts_are_bounded(tmp_path):
+    stage = "{block: basic, blocks: 1, planes: 8}"
+    r = validate(tmp_path, "graphres: 1\nstages: [" + ", ".join([stage] * 65) + "]\n")
+    assert r.stderr.splitlines()[0] == "spec.yaml:2:9: error[E014]: stages lists 65 stages; at most 64 are allowed"
+    stage = "{block: basic, blocks: 1000, planes: 8, stride: 2}"
+    r = validate(tmp_path, "graphres: 1\nstages: [" + ", ".join([stage] * 5) + "]\n")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0] == (
+        "spec.yaml:2:9: error[E014]: the stages have 5,000 blocks in all; at most 4,000 are allowed")
+
+
+def test_python_mappings_have_the_same_limits():
+    import graphres
+    from graphres import SpecError
+
+    looped: list = []
+    looped.append(looped)
+    cases = [(10 ** 5000, "<dict>: error[E061]: integer of about 5,000 digits at stages.0.planes is too large"),
+             (2 ** 70, "<dict>: error[E061]: integer 1180591620717411303424 at stages.0.planes is too large"),
+             (looped, "<dict>: error[E062]: the mapping is too deeply nested: more than 32 levels (at stages.0.planes"
+                      ".0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0)"),
+             (list(range(60_000)), "<dict>: error[E062]: the mapping is too large: more than 50,000 values")]
+    for value, headline in cases:
+        with pytest.raises(SpecError) as e:
+            graphres.compile_spec({"graphres": 1, "stages": [{"block": "basic", "blocks": 2, "planes": value}]})
+        assert [d.headline() for d in e.value.diagnostics] == [headline]

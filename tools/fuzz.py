@@ -13,7 +13,7 @@ spec, then mutated:
   spliced in.
 
 The case runs ``graphres validate`` in this process (``graphres.cli.main``) with its output
-captured, under a wall-clock limit (SIGALRM) and an address-space limit (RLIMIT_AS above what the
+captured (and, when it validates, ``expand`` and ``info --level layer --json`` too), under a wall-clock limit (SIGALRM) and an address-space limit (RLIMIT_AS above what the
 process already uses). Outcomes: ``ok`` (exit 0), ``error`` (exit 1: a located error),
 ``usage`` (exit 2), ``crash`` (any exception out of main, or a diagnostic that breaks the JSON
 printer), ``hang`` (over the time limit), ``memory`` (MemoryError), ``big-output`` (over 1 MB
@@ -167,6 +167,7 @@ def structure_mutate(rng: random.Random, text: str) -> tuple[str, list[str]]:
         return text, []
     raws: dict[str, str] = {}
     overrides: list[str] = []
+    gentle = rng.random() < 0.35  # near-valid edits reach lowering, the passes and the backends
     for _ in range(rng.randint(1, 4)):
         paths = list(_paths(data))
         if not paths:
@@ -176,6 +177,9 @@ def structure_mutate(rng: random.Random, text: str) -> tuple[str, list[str]]:
         for key in path[:-1]:
             parent = parent[key]
         roll = rng.random()
+        if gentle:
+            parent[path[-1]] = plausible(rng, parent[path[-1]])
+            continue
         if roll < 0.3:
             parent[path[-1]] = copy.deepcopy(rng.choice(PLAIN_VALUES))
         elif roll < 0.55:
@@ -209,6 +213,29 @@ def structure_mutate(rng: random.Random, text: str) -> tuple[str, list[str]]:
     if rng.random() < 0.1:  # a tagged key
         out = out.replace("name:", "!!int name:", 1)
     return out, overrides
+
+
+SIBLINGS = [("BN", "GN", "IN", "SyncBN", "FrozenBN"), ("Conv2d", "ConvWS"), ("caffe", "pytorch"),
+            ("basic", "bottleneck"), ("conv7x7", "deep"), ("relu", "relu6", "silu", "gelu", "leaky_relu",
+                                                            "hardswish", "sigmoid", "hardsigmoid")]
+
+
+def plausible(rng: random.Random, value):
+    """A value near ``value``: an integer nudged, a name swapped for a sibling, a flag flipped."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return rng.choice([value + 1, value - 1, value * 2, value // 2, 0, 1, 2, 3, -1, value * 1000])
+    if isinstance(value, float):
+        return rng.choice([value * 10, value / 10, 0.0, 1.0, -value])
+    if isinstance(value, str):
+        for group in SIBLINGS:
+            if value in group:
+                return rng.choice(group)
+        return rng.choice([value, value + " + 1", value + " * 2", f"max({value}, 1)", "stride", "planes"])
+    if isinstance(value, list) and value:
+        return rng.choice([value[:-1], value + value[-1:], list(reversed(value))])
+    return value
 
 
 def byte_mutate(rng: random.Random, text: str, others: list[str]) -> str:
@@ -279,21 +306,25 @@ class Runner:
             limit = min(limit, hard)
         old = signal.signal(signal.SIGALRM, _on_alarm)
         cwd = os.getcwd()
-        outcome, sig = "ok", ""
+        outcome, sig, printed = "ok", "", 0
         try:
             os.chdir(self.workdir)
             resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
             signal.setitimer(signal.ITIMER_REAL, self.time_limit)
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                try:
-                    code = self.cli.main(argv)
-                except SystemExit as e:
-                    code = e.code if isinstance(e.code, int) else 2
+            code = self._main(argv, out, err)
             outcome = {0: "ok", 1: "error", 2: "usage"}.get(code, "crash")
             if outcome == "crash":
                 sig = f"exit {code}"
             if "--json" in argv and outcome in ("ok", "error"):
                 json.loads(out.getvalue())
+            printed = len(out.getvalue()) + len(err.getvalue())
+            if outcome == "ok":  # a spec that validates must also expand and report (their size is the spec's)
+                sets = argv[3:]
+                for extra in (["expand", str(path)], ["info", str(path), "--level", "layer", "--json"]):
+                    code = self._main(extra + sets, io.StringIO(), io.StringIO())
+                    if code not in (0, 1):
+                        outcome, sig = "crash", f"{extra[0]} exit {code}"
+                        break
         except _Timeout:
             outcome, sig = "hang", "timeout"
         except MemoryError as e:
@@ -305,9 +336,17 @@ class Runner:
             resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
             signal.signal(signal.SIGALRM, old)
             os.chdir(cwd)
-        if outcome in ("ok", "error", "usage") and len(out.getvalue()) + len(err.getvalue()) > OUTPUT_LIMIT:
+        if outcome in ("ok", "error", "usage") and printed > OUTPUT_LIMIT:
             outcome, sig = "big-output", "output"
         return outcome, sig
+
+
+    def _main(self, argv: list[str], out: io.StringIO, err: io.StringIO) -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                return self.cli.main(argv)
+            except SystemExit as e:
+                return e.code if isinstance(e.code, int) else 2
 
 
 def minimise(runner: Runner, text: str, overrides: list[str], outcome: str, sig: str, budget: int = 400) -> str:

@@ -31,6 +31,8 @@ MAX_CLASSES = 1 << 20
 INIT_KEYS = ("type", "checkpoint")
 INIT_TYPES = ("default", "pretrained")
 MAX_BLOCKS = 1000  # per stage; far beyond any real network, and a guard against typos like 3000000
+MAX_STAGES = 64  # docs/limits.md: they bound the work of lowering and analysis (seconds, not minutes)
+MAX_TOTAL_BLOCKS = 4000
 MAX_SIZE = 1 << 16
 NOT_YET_CONV = {"DCN": "deformable conv", "DCNv2": "deformable conv v2"}
 
@@ -308,6 +310,10 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
     if not isinstance(items, list) or not items:
         r.diags.add("E011", f"stages must be a non-empty list of stage mappings, found {describe(items)}", r.span(path))
         return None
+    if len(items) > MAX_STAGES:
+        r.diags.add("E014", f"stages lists {len(items):,} stages; at most {MAX_STAGES} are allowed", r.span(path),
+                    "a backbone has 4 or 5 stages; see docs/limits.md")
+        return None
     block_names = [n for n, b in blocks.items() if b.kind == "block"]
     used_block_args: set[str] = set()
     stages = []
@@ -413,6 +419,11 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
                         "or declare output_stride and leave strides and dilations to it")
         stages.append(Stage(i, bname, nblocks, dilations, args, spath, per_block,
                             types if len(distinct) > 1 else [], frozen))
+    total = sum(st.blocks for st in stages)
+    if total > MAX_TOTAL_BLOCKS:
+        r.diags.add("E014", f"the stages have {total:,} blocks in all; at most {MAX_TOTAL_BLOCKS:,} are allowed",
+                    r.span(path), "ResNet-1202, the deepest published, has 600; see docs/limits.md")
+        return None
     if stages:
         declared = sorted({p for st in stages for t in st.block_types for p in blocks[t].params})
         for k in block_args:

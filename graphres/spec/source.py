@@ -226,6 +226,8 @@ class _Builder:
 
 
 def _short_int(value: int) -> str:
+    if value.bit_length() > 14_000:  # str() refuses more than 4,300 digits
+        return f"of about {int(value.bit_length() * 0.30103):,} digits"
     text = str(value)
     return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
 
@@ -288,6 +290,34 @@ def _too_large(e: _TooLarge, name: str) -> Diagnostic:
     mark = e.mark
     span = Span(name, mark.line + 1, mark.column + 1) if mark is not None else Span(name, 1, 1)
     return Diagnostic("E062", e.message, span, e.hint)
+
+
+def check_mapping(data: Any, name: str, limits: Limits | None = None) -> list[Diagnostic]:
+    """The limits of a YAML document, for a spec given as a Python mapping: nesting, number of values
+    (a shared or self-containing container counted at every use) and integer size. Walked without
+    recursion, so a self-containing list is an error, not a RecursionError."""
+    limits = limits or Limits.from_env()
+    stack: list[tuple[Any, tuple]] = [(data, ())]
+    count = 0
+    while stack:
+        value, path = stack.pop()
+        count += 1
+        where = ".".join(map(str, path)) or "the top level"
+        if count > limits.nodes:
+            return [Diagnostic("E062", f"the mapping is too large: more than {limits.nodes:,} values", Span(name),
+                               _limit_hint("GRAPHRES_MAX_SPEC_NODES", limits.nodes))]
+        if len(path) > limits.depth:
+            return [Diagnostic("E062", f"the mapping is too deeply nested: more than {limits.depth} levels "
+                                       f"(at {where[:80]})", Span(name),
+                               _limit_hint("GRAPHRES_MAX_SPEC_DEPTH", limits.depth))]
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT:
+            return [Diagnostic("E061", f"integer {_short_int(value)} at {where[:80]} is too large", Span(name),
+                               "integers in a spec are below 2**63")]
+        if isinstance(value, dict):
+            stack.extend((v, path + (k,)) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, path + (i,)) for i, v in enumerate(value))
+    return []
 
 
 def read_yaml(path: str | FsPath, sources: SourceCache | None = None, display: str | None = None,
