@@ -226,7 +226,7 @@ def test_stage_and_block_counts_are_bounded(tmp_path):
     r = validate(tmp_path, "graphres: 1\nstages: [" + ", ".join([stage] * 65) + "]\n")
     assert r.stderr.splitlines()[0] == "spec.yaml:2:9: error[E014]: stages lists 65 stages; at most 64 are allowed"
     stage = "{block: basic, blocks: 1000, planes: 8, stride: 2}"
-    r = validate(tmp_path, "graphres: 1\nstages: [" + ", ".join([stage] * 10) + ", {block: basic, blocks: 5, planes: 8}]\n")
+    r = validate(tmp_path, "graphres: 1\nstages: [" + ", ".join([stage] * 10) + ", {block: basic, blocks: 5, planes: 8, stride: 2}]\n")
     assert r.returncode == 1
     assert r.stderr.splitlines()[0] == (
         "spec.yaml:2:9: error[E014]: the stages have 10,005 blocks in all; at most 10,000 are allowed")
