@@ -78,11 +78,34 @@ def perturb_batchnorms(model: nn.Module, generator: torch.Generator) -> int:
     return count
 
 
-def build_models(spec: Path, seed: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+class TorchvisionStages(nn.Module):
+    """torchvision's resnet50 (where torchvision is installed), returning the four stage outputs as
+    graphres' backbone does; its own modules and forward code, without the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torchvision
+        tv = torchvision.models.resnet50()
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(tv, name))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        return c2, c3, c4, self.layer4(c4)
+
+
+BASELINES = {"handwritten": HandwrittenResNet50, "torchvision": TorchvisionStages}
+
+
+def build_models(spec: Path, seed: int, device: torch.device, baseline: str = "handwritten"
+                 ) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(seed)  # graphres initialises its convs from the global generator
     compiled = graphres.build(str(spec))
     perturb_batchnorms(compiled, torch.Generator().manual_seed(seed + 1))
-    handwritten = HandwrittenResNet50()
+    handwritten = BASELINES[baseline]()
     handwritten.load_state_dict(compiled.state_dict(), strict=True)
     compiled.to(device).eval()
     handwritten.to(device).eval()
@@ -229,6 +252,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC,
                     help="graphres spec (default: specs/resnet50.yaml beside this script's folder)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline", choices=sorted(BASELINES), default="handwritten",
+                    help="what graphres is timed against: the hand-written ResNet-50 (default) or torchvision's "
+                         "resnet50 (needs torchvision)")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or any(b < 1 for b in args.batch):
@@ -259,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"repeats {args.repeats}, warmup {args.warmup}, input {args.size}x{args.size}, interleaved")
     sys.stdout.flush()
 
-    handwritten, compiled = build_models(args.spec, args.seed, device)
+    handwritten, compiled = build_models(args.spec, args.seed, device, args.baseline)
     models = {"handwritten": handwritten, "graphres": compiled}
     gen = torch.Generator().manual_seed(args.seed + 2)
     inputs = {b: torch.randn(b, 3, args.size, args.size, generator=gen).to(device) for b in args.batch}

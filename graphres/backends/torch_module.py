@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import linecache
+import sys
 import types
 
 import networkx as nx
@@ -36,6 +37,9 @@ def _network_class(gen: Generated) -> type:
         linecache.cache[filename] = (len(gen.source), None, lines, filename)
         module = types.ModuleType(module_name)
         module.__file__ = filename
+        # registered so that inspect.getsource and pickling by reference (torch.save(model) in this
+        # process, multiprocessing with fork) find the classes
+        sys.modules[module_name] = module
         exec(compile(gen.source, filename, "exec"), module.__dict__)  # noqa: S102  (our own generated code)
         cls = module.__dict__[gen.network]
         cls.generated_source = gen.source
