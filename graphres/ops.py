@@ -108,6 +108,11 @@ class OpDef:
     scratch: Callable[[dict, int, int, int, Mapping], int] = _zero  # (attrs, in_ch, out_ch, out_bytes, settings)
     unique_name: bool = False  # has parameters, so two layers may not share its name
     uses_norm: bool = False  # is the spec's normalisation layer (its norm: section applies)
+    # what torch would refuse (or compute as NaN) once it runs: (attrs, in_ch, first operand's
+    # (C, H, W), settings) -> (code, message with a {node} field, hint) or None
+    check_run: Callable[[dict, int, tuple, Mapping], tuple[str, str, str] | None] = _no_check
+    # float32 buffers of its module (a BatchNorm's running mean and variance), in elements
+    buffers: Callable[[dict, int, Mapping], int] = _zero
     symbol: str | None = None  # diagrams draw it as a small circle with this symbol (a merge)
     label_channels: bool = False  # diagrams show its output channels
 
@@ -178,6 +183,16 @@ def _conv_scratch(a: dict, in_ch: int, out_ch: int, out_bytes: int, settings: Ma
     return max(2 * weight + 3 * vector - out_bytes, weight + 2 * vector)
 
 
+def _conv_check_run(a: dict, in_ch: int, in_shape: tuple, settings: Mapping):
+    per_group = in_ch // a["groups"]
+    if _conv_ws(settings) and per_group * a["kernel"] ** 2 == 1:
+        return ("E065", f"weight-standardised conv {{node}} has one weight per output channel ({per_group} input "
+                        f"channel{'s' if per_group != 1 else ''} per group, kernel 1x1): its standard deviation is "
+                        f"undefined and every output NaN",
+                "use conv: {type: Conv2d}, or fewer groups or a larger kernel in this layer")
+    return None
+
+
 def _conv_torch(a: dict, in_ch: int, out_ch: int, settings: Mapping, inplace: bool) -> str:
     args = [str(in_ch), str(out_ch), str(a["kernel"]), f"stride={a['stride']}", f"padding={a['padding']}",
             f"dilation={a['dilation']}", f"groups={a['groups']}", f"bias={a['bias']}"]
@@ -243,6 +258,17 @@ def _norm_needs(settings: Mapping) -> tuple[str, ...]:
     return {"SyncBN": ("SyncBatchNorm2d",), "FrozenBN": ("FrozenBatchNorm2d",)}.get(settings["norm"]["type"], ())
 
 
+def _norm_check_run(a: dict, in_ch: int, in_shape: tuple, settings: Mapping):
+    if settings["norm"]["type"] == "IN" and in_shape and in_shape[1] * in_shape[2] == 1:
+        return ("E064", "instance norm {node} normalises a 1x1 map: one value per channel, which torch refuses",
+                "use BN or GN, or a larger input.size, or move the norm before the global pool")
+    return None
+
+
+def _norm_buffers(a: dict, out_ch: int, settings: Mapping) -> int:
+    return 2 * out_ch  # running mean and variance (kept by every norm module torch builds here)
+
+
 # -- act ------------------------------------------------------------------------------------------
 
 def _act_torch(a: dict, in_ch: int, out_ch: int, settings: Mapping, inplace: bool) -> str:
@@ -258,6 +284,15 @@ def _act_torch(a: dict, in_ch: int, out_ch: int, settings: Mapping, inplace: boo
 def _pool_normalize(a: dict) -> None:
     if a.get("stride") is None:
         a["stride"] = a["kernel"]
+
+
+def _pool_check_run(name: str) -> Callable:
+    def check(a: dict, in_ch: int, in_shape: tuple, settings: Mapping):
+        if 2 * a["padding"] > a["kernel"]:
+            return ("E063", f"{name} {{node}} pads by {a['padding']}, more than half its kernel of {a['kernel']}",
+                    f"torch allows padding up to kernel // 2 = {a['kernel'] // 2}")
+        return None
+    return check
 
 
 def _pool_window(a: dict) -> Window:
@@ -320,13 +355,13 @@ OPS: dict[str, OpDef] = {
               normalize=_conv_normalize, channels=lambda a, chs: a["out"], check_channels=_conv_check_channels,
               spatial=lambda a, shapes: _window_hw(_conv_window(a), shapes[0], pool=False),
               params=_conv_params, macs=_conv_macs, window=_conv_window, overwritable=True,
-              scratch=_conv_scratch, unique_name=True, label_channels=True),
+              scratch=_conv_scratch, unique_name=True, label_channels=True, check_run=_conv_check_run),
         OpDef("norm", "the spec's normalisation layer over the input channels (BN, SyncBN, GN or IN)",
               {"zero_init": False}, TorchEmit(module=_norm_torch, needs=_norm_needs),
               label=lambda a, s, compact: (NORM_NAMES.get(s["norm"]["type"], s["norm"]["type"]) if compact
                                            else str(s["norm"]["type"])),
               check_channels=_norm_check_channels, params=_norm_params, overwritable=True, unique_name=True,
-              uses_norm=True),
+              uses_norm=True, check_run=_norm_check_run, buffers=_norm_buffers),
         OpDef("act", "activation function", {"type": "relu"}, TorchEmit(module=_act_torch),
               label=lambda a, s, compact: str(a["type"]), choices={"type": ACT_TYPES},
               in_place=lambda a: ACT_MODULES[a["type"]][1]),
@@ -334,6 +369,7 @@ OPS: dict[str, OpDef] = {
               TorchEmit(module=_pool_torch("MaxPool2d"), defaults={"padding": 0, "ceil_mode": False}), label=lambda a, s, compact: _window_label("maxpool", a, compact),
               int_min={"kernel": 1, "stride": 1, "padding": 0}, normalize=_pool_normalize,
               spatial=lambda a, shapes: _window_hw(_pool_window(a), shapes[0], pool=True), window=_pool_window,
+              check_run=_pool_check_run("maxpool"),
               # torch's max pooling also makes int64 indices (twice the float32 output), freed on return
               scratch=lambda a, i, o, out_bytes, s: 2 * out_bytes),
         OpDef("avgpool", "average pooling",
@@ -341,7 +377,8 @@ OPS: dict[str, OpDef] = {
               TorchEmit(module=_pool_torch("AvgPool2d"),
                         defaults={"padding": 0, "ceil_mode": False, "count_include_pad": True}), label=lambda a, s, compact: _window_label("avgpool", a, compact),
               int_min={"kernel": 1, "stride": 1, "padding": 0}, normalize=_pool_normalize,
-              spatial=lambda a, shapes: _window_hw(_pool_window(a), shapes[0], pool=True), window=_pool_window),
+              spatial=lambda a, shapes: _window_hw(_pool_window(a), shapes[0], pool=True), window=_pool_window,
+              check_run=_pool_check_run("avgpool")),
         OpDef("global_avgpool", "average over all spatial positions (output 1x1)", {},
               TorchEmit(module=lambda a, i, o, s, inplace: "nn.AdaptiveAvgPool2d(1)"),
               label=_plain("global avgpool"),

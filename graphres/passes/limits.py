@@ -16,6 +16,7 @@ import re
 import networkx as nx
 
 from .. import ir
+from ..ops import OPS
 from ..diagnostics import Diagnostic, DiagnosticBag, GraphresError, SpecError, Span
 
 MAX_PARAMS = 10_000_000_000  # GRAPHRES_MAX_PARAMS overrides it
@@ -31,25 +32,17 @@ class LimitError(GraphresError, ValueError):
 
 
 def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
-    conv_ws = (g.graph.get("conv") or {}).get("type") == "ConvWS"
-    norm = g.graph.get("norm") or {}
     for n in ir.topological_order(g):
         d = g.nodes[n]
-        op, a = d[ir.OP], d[ir.ATTRS]
-        span = _span_of(d)
+        op = OPS.get(d[ir.OP])
+        if op is None:
+            continue
         srcs = ir.inputs_of(g, n)
         in_shape = g.nodes[srcs[0]][ir.META].get("shape") if srcs else None
-        if op in ("maxpool", "avgpool") and 2 * a["padding"] > a["kernel"]:
-            diags.add("E063", f"{op} {n} pads by {a['padding']}, more than half its kernel of {a['kernel']}",
-                      span, f"torch allows padding up to kernel // 2 = {a['kernel'] // 2}")
-        if op == "norm" and norm.get("type") == "IN" and in_shape and in_shape[1] * in_shape[2] == 1:
-            diags.add("E064", f"instance norm {n} normalises a 1x1 map: one value per channel, which torch refuses",
-                      span, "use BN or GN, or a larger input.size, or move the norm before the global pool")
-        if op == "conv" and conv_ws and (d[ir.IN_CH] // a["groups"]) * a["kernel"] ** 2 == 1:
-            diags.add("E065", f"weight-standardised conv {n} has one weight per output channel "
-                              f"({d[ir.IN_CH] // a['groups']} input channel{'s' if d[ir.IN_CH] // a['groups'] != 1 else ''}"
-                              f" per group, kernel 1x1): its standard deviation is undefined and every output NaN",
-                      span, "use conv: {type: Conv2d}, or fewer groups or a larger kernel in this layer")
+        problem = op.check_run(d[ir.ATTRS], d[ir.IN_CH], in_shape, g.graph)
+        if problem is not None:
+            code, message, hint = problem
+            diags.add(code, message.format(node=n), _span_of(d), hint)
     params = g.graph.get("params", 0)
     limit = _env_count("GRAPHRES_MAX_PARAMS", MAX_PARAMS)
     if params > limit:
@@ -70,7 +63,8 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
 
 def state_bytes(g: nx.DiGraph) -> int:
     """Bytes of the built module's state: float32 parameters, and a BN's running mean and variance."""
-    buffers = sum(2 * g.nodes[n][ir.OUT_CH] for n in g if g.nodes[n][ir.OP] == "norm")
+    buffers = sum(OPS[d[ir.OP]].buffers(d[ir.ATTRS], d[ir.OUT_CH], g.graph) for _, d in g.nodes(data=True)
+                  if d[ir.OP] in OPS)
     return _FLOAT * (g.graph.get("params", 0) + buffers)
 
 
