@@ -111,8 +111,8 @@ class OpDef:
     # what torch would refuse (or compute as NaN) once it runs: (attrs, in_ch, first operand's
     # (C, H, W), settings) -> (code, message with a {node} field, hint) or None
     check_run: Callable[[dict, int, tuple, Mapping], tuple[str, str, str] | None] = _no_check
-    # float32 buffers of its module (a BatchNorm's running mean and variance), in elements
-    buffers: Callable[[dict, int, Mapping], int] = _zero
+    # the state-dict entries of its module, name -> shape: (attrs, in_ch, out_ch, settings)
+    tensors: Callable[[dict, int, int, Mapping], dict] = lambda a, i, o, s: {}
     symbol: str | None = None  # diagrams draw it as a small circle with this symbol (a merge)
     label_channels: bool = False  # diagrams show its output channels
 
@@ -265,8 +265,15 @@ def _norm_check_run(a: dict, in_ch: int, in_shape: tuple, settings: Mapping):
     return None
 
 
-def _norm_buffers(a: dict, out_ch: int, settings: Mapping) -> int:
-    return 2 * out_ch  # running mean and variance (kept by every norm module torch builds here)
+BN_LIKE = ("BN", "SyncBN", "FrozenBN")  # torch BatchNorm layouts: running statistics as buffers
+
+
+def _norm_tensors(a: dict, in_ch: int, out_ch: int, settings: Mapping) -> dict:
+    norm = settings["norm"]
+    out = {"weight": (out_ch,), "bias": (out_ch,)} if _norm_affine(norm) else {}
+    if norm["type"] in BN_LIKE:  # GroupNorm and InstanceNorm2d (track_running_stats off) keep none
+        out.update(running_mean=(out_ch,), running_var=(out_ch,), num_batches_tracked=())
+    return out
 
 
 # -- act ------------------------------------------------------------------------------------------
@@ -355,13 +362,15 @@ OPS: dict[str, OpDef] = {
               normalize=_conv_normalize, channels=lambda a, chs: a["out"], check_channels=_conv_check_channels,
               spatial=lambda a, shapes: _window_hw(_conv_window(a), shapes[0], pool=False),
               params=_conv_params, macs=_conv_macs, window=_conv_window, overwritable=True,
-              scratch=_conv_scratch, unique_name=True, label_channels=True, check_run=_conv_check_run),
+              scratch=_conv_scratch, unique_name=True, label_channels=True, check_run=_conv_check_run,
+              tensors=lambda a, i, o, s: {"weight": (o, i // a["groups"], a["kernel"], a["kernel"])}
+              | ({"bias": (o,)} if a["bias"] else {})),
         OpDef("norm", "the spec's normalisation layer over the input channels (BN, SyncBN, GN or IN)",
               {"zero_init": False}, TorchEmit(module=_norm_torch, needs=_norm_needs),
               label=lambda a, s, compact: (NORM_NAMES.get(s["norm"]["type"], s["norm"]["type"]) if compact
                                            else str(s["norm"]["type"])),
               check_channels=_norm_check_channels, params=_norm_params, overwritable=True, unique_name=True,
-              uses_norm=True, check_run=_norm_check_run, buffers=_norm_buffers),
+              uses_norm=True, check_run=_norm_check_run, tensors=_norm_tensors),
         OpDef("act", "activation function", {"type": "relu"}, TorchEmit(module=_act_torch),
               label=lambda a, s, compact: str(a["type"]), choices={"type": ACT_TYPES},
               in_place=lambda a: ACT_MODULES[a["type"]][1]),
@@ -404,6 +413,6 @@ OPS: dict[str, OpDef] = {
               label=_plain("linear"), int_min={"out": 1}, channels=lambda a, chs: a["out"],
               check_spatial=_linear_check_spatial,
               params=lambda a, i, o, s: o * i + (o if a["bias"] else 0), macs=lambda a, i, o, hw: o * i,
-              unique_name=True),
+              unique_name=True, tensors=lambda a, i, o, s: {"weight": (o, i)} | ({"bias": (o,)} if a["bias"] else {})),
     ]
 }

@@ -1,5 +1,6 @@
 """The op table: every op states every rule, and the rules hold on small cases."""
 import dataclasses
+import math
 
 import pytest
 
@@ -44,6 +45,9 @@ def test_every_op_defines_every_rule(name):
     assert isinstance(op.in_place(a), bool) and isinstance(op.overwritable, bool)
     assert isinstance(op.scratch(a, 8, out_ch, 1024, SETTINGS), int)
     assert isinstance(op.label(a, SETTINGS, True), str) and isinstance(op.label(a, SETTINGS, False), str)
+    tensors = op.tensors(a, 8, out_ch, SETTINGS)
+    assert isinstance(tensors, dict) and bool(tensors) == (op.params(a, 8, out_ch, SETTINGS) > 0)
+    assert sum(math.prod(s) for k, s in tensors.items() if k in ("weight", "bias")) == op.params(a, 8, out_ch, SETTINGS)
     assert isinstance(op.torch, TorchEmit)
     assert (op.torch.module is not None) == op.has_module  # a module op says how to build its module
     if op.has_module:

@@ -16,13 +16,12 @@ from typing import Any, Iterable
 import networkx as nx
 
 from .. import ir
-from ..passes.analysis import stage_frozen
+from ..ops import OPS
 from .info import layer_text
 
 SCHEMA = 1
 WIDTH = 80
 LEVELS = ("stage", "layer")
-BN_LIKE = ("BN", "SyncBN", "FrozenBN")  # torch BatchNorm layouts: running statistics as buffers
 
 # stage fields in report order: JSON key, text label
 STAGE_FIELDS = (("block", "block"), ("blocks", "blocks"), ("channels", "channels"), ("shape", "output"),
@@ -38,20 +37,9 @@ _SUMMARY_FIELDS = ("block", "blocks", "shape", "params", "macs")
 # -- state-dict tensors, statically ---------------------------------------------------------------
 
 def module_tensors(op: str, attrs: dict, in_ch: int, out_ch: int, norm: dict) -> dict[str, tuple[int, ...]]:
-    """The state-dict entries (parameters and buffers) of one node's module, name -> shape."""
-    if op == "conv":
-        out = {"weight": (out_ch, in_ch // attrs["groups"], attrs["kernel"], attrs["kernel"])}
-        return out | ({"bias": (out_ch,)} if attrs["bias"] else {})
-    if op == "linear":
-        return {"weight": (out_ch, in_ch)} | ({"bias": (out_ch,)} if attrs["bias"] else {})
-    if op == "norm":
-        out = {}
-        if norm.get("affine", norm["type"] != "IN"):  # InstanceNorm2d is not affine by default
-            out.update(weight=(out_ch,), bias=(out_ch,))
-        if norm["type"] in BN_LIKE:  # GroupNorm and InstanceNorm2d (track_running_stats off) keep none
-            out.update(running_mean=(out_ch,), running_var=(out_ch,), num_batches_tracked=())
-        return out
-    return {}
+    """The state-dict entries (parameters and buffers) of one node's module, name -> shape (the op
+    table's rule)."""
+    return OPS[op].tensors(attrs, in_ch, out_ch, {"norm": norm}) if op in OPS else {}
 
 
 def modules(g: nx.DiGraph) -> dict[str, str]:
@@ -84,9 +72,9 @@ def _stage_records(g: nx.DiGraph) -> dict[str, dict[str, Any]]:
                 "trainable_params": entry["trainable_params"], "macs": entry["macs"], "frozen": frozen}
 
     stem = g.graph["stem"]
-    out = {"stem": record(stem, stem["block"], None, [stem["dilation"]], stage_frozen(g, -1))}
+    out = {"stem": record(stem, stem["block"], None, [stem["dilation"]], ir.is_frozen(g, -1))}
     for st in g.graph["stages"]:
-        out[st["name"]] = record(st, st["block"], st["blocks"], list(st["dilations"]), stage_frozen(g, st["index"]))
+        out[st["name"]] = record(st, st["block"], st["blocks"], list(st["dilations"]), ir.is_frozen(g, st["index"]))
     head = g.graph.get("head")
     if head:
         metas = [g.nodes[n][ir.META] for n in head["nodes"]]

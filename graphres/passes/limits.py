@@ -10,6 +10,7 @@ make before allocating anything (E067). The limits and their overrides are in do
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -63,9 +64,14 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
 
 def state_bytes(g: nx.DiGraph) -> int:
     """Bytes of the built module's state: float32 parameters, and a BN's running mean and variance."""
-    buffers = sum(OPS[d[ir.OP]].buffers(d[ir.ATTRS], d[ir.OUT_CH], g.graph) for _, d in g.nodes(data=True)
-                  if d[ir.OP] in OPS)
-    return _FLOAT * (g.graph.get("params", 0) + buffers)
+    seen: set = set()
+    elements = 0
+    for _, d in g.nodes(data=True):
+        if d[ir.OP] in OPS and d[ir.MODULE] and d[ir.MODULE] not in seen:
+            seen.add(d[ir.MODULE])
+            for shape in OPS[d[ir.OP]].tensors(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], g.graph).values():
+                elements += math.prod(shape) if shape else 0  # () is a BN's int64 step counter
+    return _FLOAT * elements
 
 
 def estimate_bytes(g: nx.DiGraph, purpose: str = "build") -> int:
