@@ -80,3 +80,22 @@ def test_ir_order_and_ports_are_deterministic():
     assert ir.dump(g) == ir.dump(graphres.compile_spec("specs/resnet18.yaml").graph)
     assert "  layer1.0.conv1 = conv(maxpool) {bias=False, dilation=1, groups=1, kernel=3, out=64, padding=1, " \
            "stride=1}  -> (64, 56, 56)" in ir.dump(g).splitlines()
+
+
+def test_no_file_but_the_op_table_switches_on_op_names():
+    """Each op rule is written once, in graphres/ops.py: nowhere else compares a value with an op name."""
+    from graphres.ops import OPS
+    names = set(OPS)
+    found = []
+    for rel in MODULES:
+        if rel == "ops.py" or rel.startswith("spec/"):  # the spec package reads layer keys, not IR ops
+            continue
+        for node in ast.walk(ast.parse((PKG / rel).read_text())):
+            if isinstance(node, ast.Compare):
+                consts = [c for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                consts += [e for c in node.comparators if isinstance(c, (ast.Tuple, ast.Set, ast.List))
+                           for e in c.elts if isinstance(e, ast.Constant)]
+                hits = [c.value for c in consts if isinstance(c.value, str) and c.value in names]
+                if hits:
+                    found.append(f"{rel}:{node.lineno}: {hits}")
+    assert found == []

@@ -11,6 +11,7 @@ from typing import Any
 import networkx as nx
 
 from .. import ir
+from ..ops import OPS
 from ..diagnostics import Diagnostic, DiagnosticBag
 from .analysis import stage_frozen
 
@@ -47,9 +48,10 @@ def _dilated_beyond_input(g: nx.DiGraph, spec: Any, diags: DiagnosticBag) -> Non
     seen: set = set()
     for n in ir.topological_order(g):
         d = g.nodes[n]
-        if d[ir.OP] != "conv" or d[ir.ATTRS]["dilation"] == 1 or d[ir.STAGE] in seen:
+        w = OPS[d[ir.OP]].window(d[ir.ATTRS]) if d[ir.OP] in OPS else None
+        if w is None or w.dilation == 1 or d[ir.STAGE] in seen:
             continue
-        a = d[ir.ATTRS]
+        a = {"kernel": w.kernel, "dilation": w.dilation}
         extent = a["dilation"] * (a["kernel"] - 1) + 1
         src = g.nodes[ir.inputs_of(g, n)[0]][ir.META]["shape"]
         if extent > max(src[1:]):
