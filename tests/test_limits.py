@@ -131,3 +131,15 @@ def test_validate_warns_what_build_will_refuse(monkeypatch):
     assert [d.message for d in compiled.warnings] == [
         "building the model needs about 617.8 KiB, more than the 100.0 KiB of GRAPHRES_MAX_MEMORY; build and compile "
         "will refuse it"]
+
+
+def test_a_join_of_one_input_with_itself_is_refused_before_torch():
+    spec = {"graphres": 1, "blocks": {"sq": {
+        "params": {"planes": {"type": "int"}, "stride": {"type": "int", "default": 1}}, "out_channels": "in_channels",
+        "layers": [{"name": "c", "op": "conv", "out": "in_channels", "kernel": 1},
+                   {"name": "square", "op": "mul", "from": ["c", "c"]}]}},
+        "stages": [{"block": "sq", "blocks": 1, "planes": 64}]}
+    with pytest.raises(SpecError) as e:
+        graphres.compile_spec(spec)
+    assert [d.headline() for d in e.value.diagnostics] == [
+        "<dict>: error[E016]: 'mul' at layer1.0.square takes the same input twice, which graphres does not support yet"]

@@ -1,7 +1,7 @@
 """Analysis pass: what torch would refuse or get wrong later, and what is too large to build.
 
 Reads the shapes pass's results (``meta['shape']``, ``meta['params']``) and reports, located at the
-layer that causes them: a pool padded by more than half its kernel (E063, torch refuses it), an
+layer that causes them: an add, mul or concat given one input twice (E016), a pool padded by more than half its kernel (E063, torch refuses it), an
 instance norm over a 1x1 map (E064, torch fails in forward), a weight-standardised conv with one
 weight per output channel (E065, its standard deviation is undefined: every output is NaN), a
 model over the parameter limit (E066), and one whose build needs more memory than this machine
@@ -39,6 +39,9 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
         span = _span_of(d)
         srcs = ir.inputs_of(g, n)
         in_shape = g.nodes[srcs[0]][ir.META].get("shape") if srcs else None
+        if op in ("add", "mul", "concat") and len(srcs) < 2:  # one edge per pair of nodes in the IR
+            diags.add("E016", f"'{op}' at {n} takes the same input twice, which graphres does not support yet",
+                      span, "list each input once")
         if op in ("maxpool", "avgpool") and 2 * a["padding"] > a["kernel"]:
             diags.add("E063", f"{op} {n} pads by {a['padding']}, more than half its kernel of {a['kernel']}",
                       span, f"torch allows padding up to kernel // 2 = {a['kernel'] // 2}")
