@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if not Path(args.spec).is_file():
+        if not _is_file(args.spec):
             raise _Usage(f"spec file '{args.spec}' not found")
         commands = {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile}
         return commands[args.command](args)
@@ -106,6 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     return EXIT_OK
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a name too long for the system, a NUL byte
+        return False
 
 
 def _compile_spec(args: argparse.Namespace):
