@@ -143,3 +143,15 @@ def test_a_join_of_one_input_with_itself_is_refused_before_torch():
         graphres.compile_spec(spec)
     assert [d.headline() for d in e.value.diagnostics] == [
         "<dict>: error[E016]: 'mul' at layer1.0.square takes the same input twice, which graphres does not support yet"]
+
+
+def test_a_layer_named_input_is_refused():
+    spec = {"graphres": 1, "blocks": {"b": {
+        "params": {"planes": {"type": "int"}, "stride": {"type": "int", "default": 1}}, "out_channels": "in_channels",
+        "layers": [{"name": "input", "op": "global_avgpool"}, {"name": "c", "op": "conv", "out": "in_channels",
+                                                               "kernel": 1}]}},
+        "stages": [{"block": "b", "blocks": 2, "planes": 64}]}
+    with pytest.raises(SpecError) as e:
+        graphres.compile_spec(spec)
+    assert [d.headline() for d in e.value.diagnostics] == [
+        "<dict>: error[E013]: layer name 'input' in block 'b' is reserved: 'from: input' names the block's input"]
