@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         for attr, what in (("spec", "spec"), ("spec_a", "spec"), ("spec_b", "spec"), ("config", "config")):
-            if hasattr(args, attr) and not Path(getattr(args, attr)).is_file():
+            if hasattr(args, attr) and not _is_file(getattr(args, attr)):
                 raise _Usage(f"{what} file '{getattr(args, attr)}' not found")
         commands = {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile,
                     "diff": _diff, "import": _import, "schema": _schema, "lsp": _lsp}
@@ -142,6 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     return EXIT_OK
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a name too long for the system, a NUL byte
+        return False
 
 
 def _compile_spec(args: argparse.Namespace):

@@ -32,13 +32,29 @@ class OutputError(GraphresError, OSError):
         return self.strerror or super().__str__()
 
 
-def _reason(output: Path, e: OSError) -> str:
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _reason(output: Path, e: OSError | ValueError) -> str:
+    if not isinstance(e, OSError):
+        return f"cannot write '{output}': {e}"
     if e.errno == errno.ENOSPC:
         why = "no space left on the device"
-    elif e.errno in (errno.ENOTDIR, errno.EEXIST) and not output.parent.is_dir():
-        blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), output.parent)
+    elif e.errno in (errno.ENOTDIR, errno.EEXIST) and not _is_dir(output.parent):
+        blocker = next((p for p in output.parents if _exists(p) and not _is_dir(p)), output.parent)
         why = f"'{blocker}' is a file, not a directory"
-    elif e.errno == errno.EISDIR or output.is_dir():
+    elif e.errno == errno.EISDIR or _is_dir(output):
         why = "it is a directory"
     else:
         why = e.strerror or str(e)
@@ -49,20 +65,24 @@ def _reason(output: Path, e: OSError) -> str:
 def check_output(output: str | Path) -> None:
     """Fail early (before a long compile) when ``output`` is a directory or lies under a file."""
     output = Path(output)
-    if output.is_dir():
-        raise OutputError(errno.EISDIR, f"cannot write '{output}': it is a directory")
-    blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+    try:
+        if output.is_dir():
+            raise OutputError(errno.EISDIR, f"cannot write '{output}': it is a directory")
+        blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+    except OutputError:
+        raise
+    except (OSError, ValueError) as e:
+        raise OutputError(getattr(e, "errno", None) or errno.EINVAL, _reason(output, e)) from None
     if blocker is not None:
         raise OutputError(errno.ENOTDIR, f"cannot write '{output}': '{blocker}' is a file, not a directory")
 
 
 def _prepare(output: Path) -> None:
-    if output.is_dir():
-        raise OutputError(errno.EISDIR, f"cannot write '{output}': it is a directory")
+    check_output(output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(e.errno, _reason(output, e)) from None
+    except (OSError, ValueError) as e:
+        raise OutputError(getattr(e, "errno", None) or errno.EINVAL, _reason(output, e)) from None
     remove_stale_temps(output)
 
 

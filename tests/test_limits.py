@@ -131,3 +131,32 @@ def test_validate_warns_what_build_will_refuse(monkeypatch):
     assert [d.message for d in compiled.warnings] == [
         "building the model needs about 617.8 KiB, more than the 100.0 KiB of GRAPHRES_MAX_MEMORY; build and compile "
         "will refuse it"]
+
+
+def test_a_join_of_one_input_with_itself_works():
+    spec = {"graphres": 1, "blocks": {"sq": {
+        "params": {"planes": {"type": "int"}, "stride": {"type": "int", "default": 1}}, "out_channels": "in_channels",
+        "layers": [{"name": "c", "op": "conv", "out": "in_channels", "kernel": 1},
+                   {"name": "square", "op": "mul", "from": ["c", "c"]}]}},
+        "stages": [{"block": "sq", "blocks": 1, "planes": 64}]}
+    spec["input"] = {"size": [32, 32]}
+    compiled = graphres.compile_spec(spec)  # the IR keeps both operands (ports 0 and 1)
+    assert ir.inputs_of(compiled.graph, "layer1.0.square") == ["layer1.0.c", "layer1.0.c"]
+    model = graphres.build(compiled).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        c = model.layer1[0].c(stem)
+        assert torch.equal(model(x)[0], c * c)
+
+
+def test_a_layer_named_input_is_refused():
+    spec = {"graphres": 1, "blocks": {"b": {
+        "params": {"planes": {"type": "int"}, "stride": {"type": "int", "default": 1}}, "out_channels": "in_channels",
+        "layers": [{"name": "input", "op": "global_avgpool"}, {"name": "c", "op": "conv", "out": "in_channels",
+                                                               "kernel": 1}]}},
+        "stages": [{"block": "b", "blocks": 2, "planes": 64}]}
+    with pytest.raises(SpecError) as e:
+        graphres.compile_spec(spec)
+    assert [d.headline() for d in e.value.diagnostics] == [
+        "<dict>: error[E013]: layer name 'input' in block 'b' is reserved: 'from: input' names the block's input"]

@@ -145,3 +145,16 @@ def test_two_compiles_with_a_checkpoint_are_byte_identical(tmp_path):
     assert (tmp_path / "a.pt2").read_bytes() == (tmp_path / "b.pt2").read_bytes()
     program = torch.export.load(str(tmp_path / "a.pt2"))
     assert torch.equal(program.state_dict["conv1.weight"], sd["conv1.weight"])
+
+
+def test_names_too_long_for_the_system(tmp_path):
+    long = "x" * 300
+    r = run_cli("expand", SPEC, "-o", f"{long}/{long}.yaml", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (1, f"graphres: error: cannot write '{long}/{long}.yaml': file name too long\n")
+    r = run_cli("validate", f"{long}.yaml", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, f"graphres: error: spec file '{long}.yaml' not found\n")
+    (tmp_path / "spec.yaml").write_text(f"_base_: {long}.yaml\ngraphres: 1\n")
+    r = run_cli("validate", "spec.yaml", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0] == f"spec.yaml:1:9: error[E005]: _base_ '{long}.yaml' cannot be read: File name too long"
+    assert listing(tmp_path) == ["spec.yaml"]

@@ -1,7 +1,7 @@
 """Analysis pass: what torch would refuse or get wrong later, and what is too large to build.
 
 Reads the shapes pass's results (``meta['shape']``, ``meta['params']``) and reports, located at the
-layer that causes them: a pool padded by more than half its kernel (E063, torch refuses it), an
+layer that causes them (the op table's check_run rules): a pool padded by more than half its kernel (E063, torch refuses it), an
 instance norm over a 1x1 map (E064, torch fails in forward), a weight-standardised conv with one
 weight per output channel (E065, its standard deviation is undefined: every output is NaN), a
 model over the parameter limit (E066), and one whose build needs more memory than this machine

@@ -230,6 +230,11 @@ def _parse_layers(r: Reader, path: Path, known: set[str], where: str) -> list[La
             layer = _parse_use(r, item, lpath, known, where)
         else:
             layer = _parse_layer(r, item, lpath, known, where)
+        if layer is not None and layer.name == "input":  # 'from: input' means the block's input
+            key = "seq" if layer.seq is not None else "name" if "name" in item else "block"
+            r.diags.add("E013", f"layer name 'input' in {where} is reserved: 'from: input' names the block's input",
+                        r.span(lpath + (key,)), "give the layer another name")
+            continue
         if layer is not None:
             out.append(layer)
     return out

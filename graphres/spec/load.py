@@ -58,8 +58,13 @@ def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = (), 
                                         span)], sources)
         if len(_chain) >= MAX_BASE_DEPTH:
             raise SpecError([Diagnostic("E005", f"_base_ nesting deeper than {MAX_BASE_DEPTH} files", span)], sources)
-        if not base_path.is_file():
-            message = (f"_base_ '{base}' is not a regular file" if base_path.exists() else
+        try:
+            is_file, exists = base_path.is_file(), base_path.exists()
+        except OSError as e:  # a name too long, a permission on the way
+            raise SpecError([Diagnostic("E005", f"_base_ '{base}' cannot be read: {e.strerror or e}", span)],
+                            sources) from None
+        if not is_file:
+            message = (f"_base_ '{base}' is not a regular file" if exists else
                        f"_base_ file '{base}' not found (paths are relative to {path.name})")
             raise SpecError([Diagnostic("E005", message, span)],
                             sources)
