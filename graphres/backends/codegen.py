@@ -196,8 +196,8 @@ def _chains(g: nx.DiGraph, nodes: list[str], prefix: str) -> dict[str, tuple[str
 
 
 def _body(g: nx.DiGraph, steps: list[_Step], input_node: str, input_name: str, returns: list[str],
-          names: Namespace, hints: dict[str, str] | None = None, default: str | None = None
-          ) -> tuple[list[str], dict[str, str]]:
+          names: Namespace, hints: dict[str, str] | None = None, default: str | None = None,
+          reuse_input: bool = True) -> tuple[list[str], dict[str, str]]:
     """The lines of a forward body: each step on one line, a value's name reused by the step that
     reads it last (as ``out = self.bn1(out)``), other values deleted after their last reader.
     ``returns`` are the nodes returned (they live to the end); ``hints`` name chosen values;
@@ -217,7 +217,8 @@ def _body(g: nx.DiGraph, steps: list[_Step], input_node: str, input_name: str, r
         if st.in_place:
             assert last.get(first) == i, f"in-place {st.node} but its operand is read later"
         hint = (hints or {}).get(st.node)
-        reuse = last.get(first) == i and first not in returns and hint is None
+        reuse = (last.get(first) == i and first not in returns and hint is None
+                 and (reuse_input or first != input_node))
         if reuse or st.in_place:
             name = var[first]
         elif hint is None and default is not None and last.get(holder.get(default), -1) <= i \
@@ -276,7 +277,8 @@ class BlockClass:
 def _instance(g: nx.DiGraph, scope: str, nodes: list[str], input_node: str) -> _Instance:
     prefix = scope + "."
     steps = _steps(g, nodes, prefix)
-    lines, var = _body(g, steps, input_node, "x", [nodes[-1]], Namespace(["x"]), default="out")
+    # a block keeps ``x`` for its input (the caller holds it anyway): ``identity = self.downsample(x)``
+    lines, var = _body(g, steps, input_node, "x", [nodes[-1]], Namespace(["x"]), default="out", reuse_input=False)
     lines.append(f"return {var[nodes[-1]]}")
     modules = _module_list(g, nodes, prefix)
     return _Instance(scope, nodes, input_node, lines, modules, g.nodes[input_node][ir.OUT_CH],

@@ -155,9 +155,9 @@ class BasicDownsample(nn.Module):
         out = self.relu(out)
         out = self.conv2(out)
         out = self.bn2(out)
-        x = self.downsample(x)
-        out += x
-        del x
+        downsample = self.downsample(x)
+        out += downsample
+        del downsample
         out = self.relu(out)
         return out
 
