@@ -240,6 +240,7 @@ def _compile_format(output: str) -> str:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    check_output(args.output)  # a directory or an unwritable place is an output error before a format one
     fmt = _compile_format(args.output)
     if fmt == ".py" and args.checkpoint:
         raise _Usage("a .py file holds the network, not its weights: drop --checkpoint and load them with "
@@ -327,10 +328,7 @@ def _import(args: argparse.Namespace) -> int:
             (g.graph["params"], g.graph["macs"]):
         raise GraphresError("internal error: the written spec does not compile to the imported backbone")
     if args.output:
-        try:
-            write_atomic(args.output, text.encode())
-        except OSError as e:
-            raise GraphresError(f"cannot write '{args.output}': {e.strerror or e}") from None
+        write_atomic(args.output, text.encode())  # an OutputError names the file and the reason
         print(f"wrote {args.output} ({summary[0]})")
     else:
         sys.stdout.write(text)

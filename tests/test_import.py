@@ -411,7 +411,7 @@ def test_an_unwritable_output_is_an_error(tmp_path):
     (tmp_path / "out").mkdir()
     r = run_cli("import", "cfg.py", "-o", "out", cwd=tmp_path)
     assert r.returncode == 1
-    assert r.stderr == "graphres: error: cannot write 'out': Is a directory\n"
+    assert r.stderr == "graphres: error: cannot write 'out': it is a directory\n"
 
 
 def test_values_nested_too_deeply_are_an_error_not_a_crash(tmp_path, monkeypatch):
