@@ -1,7 +1,7 @@
 """Analysis pass: what torch would refuse or get wrong later, and what is too large to build.
 
 Reads the shapes pass's results (``meta['shape']``, ``meta['params']``) and reports, located at the
-layer that causes them: an add, mul or concat given one input twice (E016), a pool padded by more than half its kernel (E063, torch refuses it), an
+layer that causes them: a layer whose output nothing reads (E016), an add, mul or concat given one input twice (E016), a pool padded by more than half its kernel (E063, torch refuses it), an
 instance norm over a 1x1 map (E064, torch fails in forward), a weight-standardised conv with one
 weight per output channel (E065, its standard deviation is undefined: every output is NaN), a
 model over the parameter limit (E066), and one whose build needs more memory than this machine
@@ -16,6 +16,7 @@ import re
 import networkx as nx
 
 from .. import ir
+from ..ops import OPS
 from ..diagnostics import Diagnostic, DiagnosticBag, GraphresError, SpecError, Span
 
 MAX_PARAMS = 10_000_000_000  # GRAPHRES_MAX_PARAMS overrides it
@@ -33,15 +34,20 @@ class LimitError(GraphresError, ValueError):
 def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
     conv_ws = (g.graph.get("conv") or {}).get("type") == "ConvWS"
     norm = g.graph.get("norm") or {}
+    ends = {st.get("output") for st in g.graph.get("stages", [])} | {(g.graph.get("head") or {}).get("output")}
     for n in ir.topological_order(g):
+        if g.out_degree(n) == 0 and n not in ends and n != ir.INPUT:  # the torch backend cannot plan a dead end
+            diags.add("E016", f"the output of {n} is never used, which graphres does not support yet",
+                      _span_of(g.nodes[n]), "remove the layer, or feed it into the block's result")
+        opdef = OPS.get(g.nodes[n][ir.OP])
+        if opdef is not None and len(ir.inputs_of(g, n)) < opdef.arity[0]:  # one IR edge per pair of nodes
+            diags.add("E016", f"'{opdef.name}' at {n} takes the same input twice, which graphres does not support yet",
+                      _span_of(g.nodes[n]), "list each input once")
         d = g.nodes[n]
         op, a = d[ir.OP], d[ir.ATTRS]
         span = _span_of(d)
         srcs = ir.inputs_of(g, n)
         in_shape = g.nodes[srcs[0]][ir.META].get("shape") if srcs else None
-        if op in ("add", "mul", "concat") and len(srcs) < 2:  # one edge per pair of nodes in the IR
-            diags.add("E016", f"'{op}' at {n} takes the same input twice, which graphres does not support yet",
-                      span, "list each input once")
         if op in ("maxpool", "avgpool") and 2 * a["padding"] > a["kernel"]:
             diags.add("E063", f"{op} {n} pads by {a['padding']}, more than half its kernel of {a['kernel']}",
                       span, f"torch allows padding up to kernel // 2 = {a['kernel'] // 2}")
