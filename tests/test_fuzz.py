@@ -47,3 +47,16 @@ def test_a_crash_is_counted_minimised_and_saved(tmp_path, monkeypatch):
     reproducer = (tmp_path / saved[1]).read_text()
     assert "planes: 64" in reproducer and len(reproducer) <= len("planes: 64") + 2
     assert (tmp_path / saved[0]).read_text().startswith("# KeyError@test_fuzz.py:")
+
+
+def test_a_hang_is_cut_off_by_cpu_time(tmp_path, monkeypatch):
+    from graphres import cli
+
+    def spinning(argv):  # a planted infinite loop
+        while True:
+            pass
+
+    monkeypatch.setattr(cli, "main", spinning)
+    counts = fuzz.fuzz(1, 3, "structure", time_limit=0.1, crash_dir=tmp_path, quiet=True)
+    assert counts["hang"] == 1
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".args", ".yaml"]

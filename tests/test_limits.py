@@ -16,7 +16,8 @@ from conftest import ROOT
 
 def _graph(op: str, attrs: dict, in_shape=(8, 16, 16), conv=None, norm=None):
     """input -> one node, annotated as the shapes pass would."""
-    g = ir.new_graph("t", norm=norm or {"type": "BN"}, conv=conv or {"type": "Conv2d"}, params=0)
+    g = ir.new_graph("t", norm=norm or {"type": "BN"}, conv=conv or {"type": "Conv2d"}, params=0,
+                     stages=[{"output": "layer1.0.x"}])
     span = Span("t.yaml", 3, 5)
     ir.add_node(g, ir.INPUT, "input", **{ir.MODULE: None, ir.IN_CH: in_shape[0], ir.OUT_CH: in_shape[0],
                                         ir.STAGE: None, ir.SCOPE: "", ir.SPAN: span, ir.DEF_SPAN: None})
@@ -160,3 +161,25 @@ def test_a_layer_named_input_is_refused():
         graphres.compile_spec(spec)
     assert [d.headline() for d in e.value.diagnostics] == [
         "<dict>: error[E013]: layer name 'input' in block 'b' is reserved: 'from: input' names the block's input"]
+
+
+def test_a_layer_whose_output_nothing_reads_is_refused_before_torch(write_spec):
+    path = write_spec("""
+        graphres: 1
+        input: {channels: 4, size: [64, 64]}
+        blocks:
+          mine:
+            params: {planes: {type: int}, stride: {default: 1, type: int}}
+            out_channels: in_channels
+            layers:
+            - {name: pool, op: avgpool, kernel: 3, stride: stride, padding: 1}
+            - {seq: down, from: input, when: stride != 1, layers: [{kernel: 1, op: conv, out: out_channels, stride: stride}, {op: norm}]}
+        stages:
+        - {block: mine, blocks: 1, planes: 16}
+        - {block: mine, blocks: 3, planes: 64, stride: 2}
+    """)
+    with pytest.raises(SpecError) as e:
+        graphres.compile_spec(path)
+    assert [d.headline() for d in e.value.diagnostics] == [
+        f"{path}:8:7: error[E016]: the output of layer2.{i}.pool is never used, which graphres does not support yet"
+        for i in (0, 1)]

@@ -13,8 +13,9 @@ spec, then mutated:
   spliced in.
 
 The case runs ``graphres validate`` in this process (``graphres.cli.main``) with its output
-captured (and, when it validates, ``expand`` and ``info --level layer --json`` too), under a wall-clock limit (SIGALRM) and an address-space limit (RLIMIT_AS above what the
-process already uses). Outcomes: ``ok`` (exit 0), ``error`` (exit 1: a located error),
+captured (and, when it validates, ``expand`` and ``info --level layer --json`` too), under a
+CPU-time limit (SIGPROF; a wall-clock limit six times as long backs it up) and an address-space
+limit (RLIMIT_AS above what the process already uses). Outcomes: ``ok`` (exit 0), ``error`` (exit 1: a located error),
 ``usage`` (exit 2), ``crash`` (any exception out of main, or a diagnostic that breaks the JSON
 printer), ``hang`` (over the time limit), ``memory`` (MemoryError), ``big-output`` (over 1 MB
 printed). Each crash, hang or memory case whose signature (exception type and the innermost
@@ -52,6 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 OUTPUT_LIMIT = 1_000_000  # bytes of printed output per case
+WALL_FACTOR = 6  # wall-clock backstop, as a multiple of the per-case CPU-time limit
 OUTCOMES = ("ok", "error", "usage", "crash", "hang", "memory", "big-output")
 BAD = ("crash", "hang", "memory", "big-output")
 
@@ -304,13 +306,16 @@ class Runner:
         limit = _vm_bytes() + self.memory_limit
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
-        old = signal.signal(signal.SIGALRM, _on_alarm)
+        old = signal.signal(signal.SIGALRM, _on_alarm), signal.signal(signal.SIGPROF, _on_alarm)
         cwd = os.getcwd()
         outcome, sig, printed = "ok", "", 0
         try:
             os.chdir(self.workdir)
             resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-            signal.setitimer(signal.ITIMER_REAL, self.time_limit)
+            # CPU time (so that a loaded machine does not make slow cases look hung), with wall time
+            # as a backstop for a case that blocks
+            signal.setitimer(signal.ITIMER_PROF, self.time_limit)
+            signal.setitimer(signal.ITIMER_REAL, WALL_FACTOR * self.time_limit)
             code = self._main(argv, out, err)
             outcome = {0: "ok", 1: "error", 2: "usage"}.get(code, "crash")
             if outcome == "crash":
@@ -333,8 +338,10 @@ class Runner:
             outcome, sig = "crash", _signature(e)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
             resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-            signal.signal(signal.SIGALRM, old)
+            signal.signal(signal.SIGALRM, old[0])
+            signal.signal(signal.SIGPROF, old[1])
             os.chdir(cwd)
         if outcome in ("ok", "error", "usage") and printed > OUTPUT_LIMIT:
             outcome, sig = "big-output", "output"
@@ -406,7 +413,7 @@ def fuzz(cases: int, seed: int, mode: str = "mixed", time_limit: float = 10.0, m
             counts[f"{kind}:{outcome}"] += 1
             if outcome in BAD and sig not in seen:
                 seen.add(sig)
-                small = minimise(runner, text, overrides, outcome, sig)
+                small = minimise(runner, text, overrides, outcome, sig, budget=400 if outcome == "crash" else 12)
                 name = f"{outcome}-{hashlib.sha1(sig.encode()).hexdigest()[:10]}"
                 if not quiet:
                     log(f"case {n}: {outcome} {sig} ({len(text)} -> {len(small)} chars)")
@@ -430,7 +437,7 @@ def main(argv=None) -> int:
     p.add_argument("--cases", type=int, default=1000)
     p.add_argument("--seed", type=int, default=None, help="default: a random seed (printed)")
     p.add_argument("--mode", choices=("structure", "bytes", "mixed"), default="mixed")
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds per case (default 10)")
+    p.add_argument("--time-limit", type=float, default=10.0, help="CPU seconds per case (default 10)")
     p.add_argument("--memory-limit", type=int, default=2048, help="MiB of address space per case (default 2048)")
     p.add_argument("--crash-dir", default="build/fuzz-crashes", help="where minimal reproducers go")
     p.add_argument("--quiet", action="store_true")

@@ -1,7 +1,7 @@
 """Analysis pass: what torch would refuse or get wrong later, and what is too large to build.
 
 Reads the shapes pass's results (``meta['shape']``, ``meta['params']``) and reports, located at the
-layer that causes them (the op table's check_run rules): a pool padded by more than half its kernel (E063, torch refuses it), an
+layer that causes them (the op table's check_run rules, and a layer whose output nothing reads, E016): a pool padded by more than half its kernel (E063, torch refuses it), an
 instance norm over a 1x1 map (E064, torch fails in forward), a weight-standardised conv with one
 weight per output channel (E065, its standard deviation is undefined: every output is NaN), a
 model over the parameter limit (E066), and one whose build needs more memory than this machine
@@ -33,7 +33,11 @@ class LimitError(GraphresError, ValueError):
 
 
 def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
+    ends = {st.get("output") for st in g.graph.get("stages", [])} | {(g.graph.get("head") or {}).get("output")}
     for n in ir.topological_order(g):
+        if g.out_degree(n) == 0 and n not in ends and n != ir.INPUT:  # the torch backend cannot plan a dead end
+            diags.add("E016", f"the output of {n} is never used, which graphres does not support yet",
+                      _span_of(g.nodes[n]), "remove the layer, or feed it into the block's result")
         d = g.nodes[n]
         op = OPS.get(d[ir.OP])
         if op is None:
