@@ -13,7 +13,7 @@ from ..diagnostics import Diagnostic, DiagnosticBag, SourceCache, Span, SpecErro
 from .model import Spec, parse_explicit
 from .reader import describe
 from .shorthand import expand_shorthand, is_shorthand
-from .source import Limits, Located, Path, check_mapping, parse_yaml, read_text, read_yaml
+from .source import Limits, Located, Path, parse_yaml, plain_data, read_text, read_yaml
 
 MAX_BASE_DEPTH = 16
 
@@ -221,12 +221,12 @@ def load_spec(source: str | FsPath | Mapping[str, Any], overrides: Sequence[str]
     diagnostic found.
     """
     sources = SourceCache()
-    if isinstance(source, Mapping):
+    if isinstance(source, Mapping) or callable(getattr(type(source), "to_dict", None)):
         file = "<dict>"
-        problems = check_mapping(source, file)
+        data, problems = plain_data(source, file)
         if problems:
             raise SpecError(problems, sources)
-        doc = Located(copy.deepcopy(dict(source)), {(): Span(file)})
+        doc = Located(data, {(): Span(file)})
     else:
         file = str(source)
         doc = load_document(source, sources, text=text)
