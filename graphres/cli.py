@@ -153,8 +153,13 @@ def _check_spec_name(text: str, what: str) -> None:
     """A SPEC argument that is no file may name a shipped spec (``graphres validate resnet50``)."""
     from .spec.names import is_name, resolve_name, unknown_name_hint
     if what != "spec" or resolve_name(text, Path(".")) is None:
-        extra = (f", and no shipped spec has that name; {unknown_name_hint(text)}"
-                 if what == "spec" and is_name(text) and not Path(text).exists() else "")
+        extra = ""
+        if what == "spec" and not Path(text).exists():
+            hint = unknown_name_hint(text)
+            if is_name(text):
+                extra = f", and no shipped spec has that name; {hint}"
+            elif hint.startswith("the shipped spec"):  # resnet50.yaml where there is none
+                extra = f"; {hint}"
         raise _Usage(f"{what} file '{text}' not found{extra}")
 
 
