@@ -203,6 +203,12 @@ def test_cli_list(tmp_path):
         "a local file of that name wins. MACs: multiply-accumulates at 224x224."]
 
 
+def test_cli_list_does_not_import_torch():
+    code = "import sys; from graphres.cli import main; main(['list']); assert 'torch' not in sys.modules, 'torch'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env(), timeout=300)
+    assert (r.returncode, r.stderr) == (0, "")
+
+
 def test_cli_list_json_matches_compile_spec():
     r = run_cli("list", "--json", env=env())
     assert r.returncode == 0
