@@ -2,9 +2,10 @@
 `graphres list`, names wherever a spec path goes, local files first; the package's data and exports."""
 import json
 import os
+import shutil
 import subprocess
 import sys
-import tomllib
+import zipfile
 from importlib import resources
 
 import pytest
@@ -42,9 +43,24 @@ def test_shipped_specs_and_blocks_are_package_resources():
 
 
 def test_pyproject_declares_the_package_data():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    data = project["tool"]["setuptools"]["package-data"]["graphres"]
-    assert {"blocks/*.yaml", "specs/*.yaml", "py.typed"} <= set(data)
+    text = (ROOT / "pyproject.toml").read_text()  # as text: tomllib is Python 3.11+, graphres runs on 3.10
+    section = text.split("[tool.setuptools.package-data]\n", 1)[1].split("\n[", 1)[0]
+    assert 'graphres = ["blocks/*.yaml", "specs/*.yaml", "py.typed"]' in section.splitlines()
+
+
+def test_the_wheel_holds_the_shipped_specs_blocks_and_py_typed(tmp_path):
+    """What `pip install .` installs: built from a copy, so that the checkout gets no build/ folder."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "graphres", src / "graphres", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                        str(src), "-w", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = (tmp_path / "out").glob("graphres-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {n for n in names if n.startswith("graphres/specs/")} == {f"graphres/specs/{n}.yaml" for n in NAMES}
+    assert {"graphres/blocks/resnet.yaml", "graphres/py.typed", "graphres/spec/names.py"} <= names
 
 
 def test_root_specs_folder_is_the_shipped_one():
