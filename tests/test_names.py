@@ -239,3 +239,12 @@ def test_cli_list_json_matches_compile_spec():
     for row in rows:
         g = graphres.compile_spec(ROOT / "specs" / f"{row['name']}.yaml", input_size=(224, 224)).graph
         assert (row["params"], row["macs"]) == (g.graph["params"], g.graph["macs"])
+
+
+def test_editor_goes_to_a_base_named_by_name(tmp_path):
+    from graphres.lsp.document import base_chain, definition
+    child = tmp_path / "child.yaml"
+    text = "_base_: resnet50\nfrozen_stages: -1\n"
+    shipped = (ROOT / "graphres" / "specs" / "resnet50.yaml").resolve()
+    assert definition(str(child), text, 0, 10).path == str(shipped)
+    assert base_chain(str(child), text) == [shipped]
