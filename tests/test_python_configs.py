@@ -132,3 +132,13 @@ def test_conv_alias_stays_a_shorthand_spelling(write_spec):
     with pytest.raises(SpecError) as e:
         graphres.load_spec(path)
     assert [d.code for d in e.value.diagnostics] == ["E013"]
+
+
+def test_schema_accepts_the_conv_alias_in_conv_cfg_only():
+    import jsonschema
+    from graphres.spec.schema import spec_schema
+    validator = jsonschema.Draft202012Validator(spec_schema())
+    ok = {"graphres": 1, "backbone": {"type": "ResNet", "depth": 18, "conv_cfg": {"type": "Conv"}}}
+    assert list(validator.iter_errors(ok)) == []
+    bad = {"graphres": 1, "stages": [{"block": "basic", "blocks": 1, "planes": 64}], "conv": {"type": "Conv"}}
+    assert [e.validator for e in validator.iter_errors(bad)] != []
