@@ -1,7 +1,8 @@
 """graphres: a declarative model-graph compiler for ResNet-style backbones.
 
-``graphres.build(spec)`` returns a torch module; ``graphres.compile_spec(spec)`` the validated and
-analysed graph without importing torch.
+``graphres.build(spec)`` returns a torch module (a :class:`GraphresBackbone`);
+``graphres.compile_spec(spec)`` the validated and analysed graph without importing torch. ``spec`` is
+a path, the name of a shipped spec (``"resnet50"``, see ``graphres list``) or a mapping.
 """
 from __future__ import annotations
 
@@ -13,11 +14,20 @@ from .pipeline import Compiled, compile_spec
 from .spec.load import load_spec
 
 if TYPE_CHECKING:
-    from .backends.torch_module import GraphresBackbone
+    from .backends.runtime import GraphresBackbone
 
 __version__ = "0.1.0"
-__all__ = ["build", "compile_spec", "load_spec", "Compiled", "SpecError", "GraphresError", "CheckpointError",
+__all__ = ["build", "compile_spec", "load_spec", "Compiled", "GraphresBackbone", "SpecError", "GraphresError", "CheckpointError",
            "CheckpointWarning", "Diagnostic", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """``graphres.GraphresBackbone``, the class of every built module, imported (with torch) only
+    when asked for, so that ``import graphres`` and the CLI's validate/info/render stay torch-free."""
+    if name == "GraphresBackbone":
+        from .backends.runtime import GraphresBackbone
+        return GraphresBackbone
+    raise AttributeError(f"module 'graphres' has no attribute '{name}'")
 
 
 def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[str] = (), *,

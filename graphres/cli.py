@@ -112,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="require no key anywhere (for files used only as a _base_)")
     s.add_argument("--draft", choices=("2020-12", "7"), default="2020-12",
                    help="JSON Schema draft (default 2020-12; 7 for YAML language servers that read draft 7 only)")
+    ls = sub.add_parser("list", help="list the specs shipped with graphres, which can be named where a SPEC "
+                                     "path goes (graphres info resnet50)",
+                        description="list the shipped specs with their parameters, MACs at 224x224 and output "
+                                    "stride, computed from the specs alone (no torch)")
+    ls.add_argument("--json", action="store_true", help="print the list as JSON (keys in docs/cli.md)")
     sub.add_parser("lsp", help="run the language server on standard input and output (needs graphres[lsp])",
                    description="run the graphres language server over stdio (needs the 'lsp' extra: pygls)")
     return p
@@ -123,9 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for attr, what in (("spec", "spec"), ("spec_a", "spec"), ("spec_b", "spec"), ("config", "config")):
             if hasattr(args, attr) and not _is_file(getattr(args, attr)):
-                raise _Usage(f"{what} file '{getattr(args, attr)}' not found")
+                _check_spec_name(getattr(args, attr), what)
         commands = {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile,
-                    "diff": _diff, "import": _import, "schema": _schema, "lsp": _lsp}
+                    "diff": _diff, "import": _import, "schema": _schema, "list": _list, "lsp": _lsp}
         return commands[args.command](args)
     except _Usage as e:
         parser.exit(EXIT_USAGE, f"graphres: error: {e}\n")
@@ -149,6 +154,25 @@ def _is_file(path: str) -> bool:
         return Path(path).is_file()
     except (OSError, ValueError):  # a name too long for the system, a NUL byte
         return False
+
+
+def _check_spec_name(text: str, what: str) -> None:
+    """A SPEC argument that is no file may name a shipped spec (``graphres validate resnet50``)."""
+    from .spec.names import is_name, resolve_name, unknown_name_hint
+    try:
+        found = what == "spec" and resolve_name(text, Path(".")) is not None
+        exists = Path(text).exists()
+    except (OSError, ValueError):  # a name too long for the system, a NUL byte
+        found = exists = False
+    if not found:
+        extra = ""
+        if what == "spec" and not exists:
+            hint = unknown_name_hint(text)
+            if is_name(text):
+                extra = f", and no shipped spec has that name; {hint}"
+            elif hint.startswith("the shipped spec"):  # resnet50.yaml where there is none
+                extra = f"; {hint}"
+        raise _Usage(f"{what} file '{text}' not found{extra}")
 
 
 def _compile_spec(args: argparse.Namespace):
@@ -195,7 +219,7 @@ def _info(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return EXIT_OK
     _print_warnings(compiled)
-    print(format_info(compiled.graph, args.level, color=use_color(sys.stdout), source=args.spec))
+    print(format_info(compiled.graph, args.level, color=use_color(sys.stdout), source=compiled.spec.file))
     return EXIT_OK
 
 
@@ -342,6 +366,37 @@ def _schema(args: argparse.Namespace) -> int:
         write_atomic(args.output, text.encode())
     else:
         sys.stdout.write(text)
+    return EXIT_OK
+
+
+LIST_SIZE = (224, 224)  # graphres list compares the shipped specs at one input size
+
+
+def list_specs() -> list[dict]:
+    """The shipped specs, each compiled at 224x224: name, file, parameters, MACs, output stride."""
+    from .pipeline import compile_spec
+    from .spec.names import SHIPPED_DISPLAY, shipped_names
+    rows = []
+    for name in shipped_names():
+        g = compile_spec(name, input_size=LIST_SIZE).graph
+        rows.append({"name": name, "file": f"{SHIPPED_DISPLAY}/{name}.yaml", "params": g.graph["params"],
+                     "macs": g.graph["macs"], "input": list(LIST_SIZE), "output_stride": g.graph["stages"][-1]["stride"],
+                     "out_channels": [o["channels"] for o in g.graph["outputs"]], "head": bool(g.graph.get("head"))})
+    return rows
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = list_specs()
+    if args.json:
+        print(json.dumps({"specs": rows}, indent=2))
+        return EXIT_OK
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'spec':<{width}} {'parameters':>11} {'MACs at 224x224':>15} {'stride':>6}  outputs")
+    for r in rows:
+        outs = "logits" if r["head"] else ", ".join(map(str, r["out_channels"])) + " ch"
+        print(f"{r['name']:<{width}} {r['params']:>11,} {r['macs']:>15,} {r['output_stride']:>6}  {outs}")
+    print(f"\n{len(rows)} shipped specs ({rows[0]['file'].rsplit('/', 1)[0]}/): name one where a SPEC path goes, "
+          f"e.g. graphres info resnet50;\na local file of that name wins. MACs: multiply-accumulates at 224x224.")
     return EXIT_OK
 
 

@@ -65,6 +65,7 @@ CODES: dict[str, str] = {
     "E066": "model too large",
     "E067": "model does not fit in memory",
     "W020": "model needs much memory",
+    "E100": "unknown spec name",
 }
 
 # How much of a run the text printer shows: the first MAX_PRINTED diagnostics (then "... and N

@@ -22,6 +22,7 @@ from .. import ir
 from ..diagnostics import Diagnostic, SpecError
 from ..pipeline import Compiled, compile_spec
 from ..spec.blocks import builtin_blocks
+from ..spec.names import resolve_name
 from ..spec.source import parse_yaml
 from ..spec.schema import spec_schema
 
@@ -713,7 +714,13 @@ def _bases(path: Path, text: str | None) -> list[Path]:
         bases = [bases]
     if not isinstance(bases, list):
         return []
-    return [(path.parent / b).resolve() for b in bases if isinstance(b, str)]
+    return [_base_file(path.parent, b) for b in bases if isinstance(b, str)]
+
+
+def _base_file(folder: Path, base: str) -> Path:
+    """The file a ``_base_`` entry names: a path next to the spec, or a spec name (``resnet50``)."""
+    named = resolve_name(base, folder)
+    return (named[0] if named else folder / base).resolve()
 
 
 def base_chain(path: str, text: str) -> list[Path]:
@@ -746,7 +753,7 @@ def definition(path: str, text: str, line: int, char: int) -> Target | None:
         return None
     p = spot.path
     if p[:1] == ("_base_",):
-        target = (Path(path).parent / spot.value).resolve()
+        target = _base_file(Path(path).parent, spot.value)
         return Target(str(target)) if target.is_file() else None
     is_block = (p[-1:] == ("block",) or (len(p) >= 2 and p[-2] == "block" and isinstance(p[-1], int))
                 or p == ("stem", "type"))

@@ -11,9 +11,10 @@ from typing import Any, Mapping, Sequence
 
 from ..diagnostics import Diagnostic, DiagnosticBag, SourceCache, Span, SpecError
 from .model import Spec, parse_explicit
+from .names import is_name, resolve_name, unknown_name_hint
 from .reader import describe
 from .shorthand import expand_shorthand, is_shorthand
-from .source import Limits, Located, Path, check_mapping, parse_yaml, read_text, read_yaml
+from .source import Limits, Located, Path, parse_yaml, plain_data, read_text, read_yaml
 
 MAX_BASE_DEPTH = 16
 
@@ -51,7 +52,12 @@ def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = (), 
     here = _resolve(path, path.name, bspan, sources)
     for i, base in enumerate(bases):
         span = doc.span(("_base_", i)) if ("_base_", i) in doc.spans else bspan
-        base_path = _resolve(path.parent / base, base, span, sources)
+        base_display = os.path.normpath(os.path.join(os.path.dirname(display), base))
+        named = resolve_name(base, path.parent, os.path.dirname(display))  # _base_: resnet50
+        if named is not None:
+            base_path, base_display = _resolve(named[0], base, span, sources), named[1]
+        else:
+            base_path = _resolve(path.parent / base, base, span, sources)
         if base_path in _chain or base_path == here:
             raise SpecError([Diagnostic("E005", f"_base_ '{base}' includes itself (cycle: "
                                                 f"{' -> '.join(p.name for p in _chain + (here, base_path))})",
@@ -66,9 +72,8 @@ def load_document(path: str | FsPath, sources: SourceCache, _chain: tuple = (), 
         if not is_file:
             message = (f"_base_ '{base}' is not a regular file" if exists else
                        f"_base_ file '{base}' not found (paths are relative to {path.name})")
-            raise SpecError([Diagnostic("E005", message, span)],
-                            sources)
-        base_display = os.path.normpath(os.path.join(os.path.dirname(display), base))
+            hint = unknown_name_hint(base) if not base_path.exists() and is_name(base) else None
+            raise SpecError([Diagnostic("E005", message, span, hint)], sources)
         merge_into(merged, load_document(base_path, sources, _chain + (here,), base_display, span))
     for key in [k for k in doc.spans if k[:1] == ("_base_",)]:
         doc.spans.pop(key, None)
@@ -226,21 +231,35 @@ def load_spec(source: str | FsPath | Mapping[str, Any], overrides: Sequence[str]
     diagnostic found.
     """
     sources = SourceCache()
-    if isinstance(source, Mapping):
+    if isinstance(source, Mapping) or callable(getattr(type(source), "to_dict", None)):
         file = "<dict>"
-        problems = check_mapping(source, file)
+        data, problems = plain_data(source, file)
         if problems:
             raise SpecError(problems, sources)
-        doc = Located(copy.deepcopy(dict(source)), {(): Span(file)})
+        doc = Located(data, {(): Span(file)})
     else:
-        file = str(source)
-        doc = load_document(source, sources, text=text)
+        source, file = resolve_spec(source) if text is None else (source, str(source))
+        doc = load_document(source, sources, text=text, display=file)
     apply_overrides(doc, overrides, sources)
     spec, diags = parse_document(doc, sources, file)
     diags.raise_if_errors(sources)
     assert spec is not None
     spec.warnings = [d for d in diags if not d.is_error]
     return spec
+
+
+def resolve_spec(source: str | FsPath) -> tuple[FsPath, str]:
+    """The file a spec argument stands for, and its name in messages: a path as given, or the
+    file of a spec name (``resnet50``: a local ``resnet50`` or ``resnet50.yaml`` first, then the
+    shipped spec). A name with no file behind it is E100, with the shipped names."""
+    text = str(source)
+    named = resolve_name(text, FsPath("."))
+    if named is not None:
+        return named
+    if is_name(text) and not FsPath(text).exists():
+        raise SpecError([Diagnostic("E100", f"'{text}' is neither a file nor a shipped spec", Span(text),
+                                    unknown_name_hint(text))])
+    return FsPath(source), text
 
 
 def parse_document(doc: Located, sources: SourceCache, file: str) -> tuple[Spec | None, DiagnosticBag]:

@@ -112,7 +112,7 @@ BACKBONE_DOCS = {
     "deep_stem": "Three 3x3 convs instead of the 7x7 conv (default from type).",
     "avg_down": "Average-pool before the shortcut conv (default from type).",
     "frozen_stages": TOP_DOCS["frozen_stages"],
-    "conv_cfg": "null, {type: Conv2d} or {type: ConvWS}; DCN is not supported yet.",
+    "conv_cfg": "null, {type: Conv2d} (or mmcv's alias {type: Conv}) or {type: ConvWS}; DCN is not supported yet.",
     "norm_cfg": "The norm, as the explicit form's 'norm'.",
     "norm_eval": "Keep BatchNorms in eval mode while training (default true; mmseg: false).",
     "dcn": "Deformable convolution: not supported yet, must be null.",
@@ -331,7 +331,7 @@ class _Defs:
     def build(self) -> dict[str, dict]:
         defs = {
             "explicit": self.explicit(), "shorthand": self.shorthand(), "input": self.input(),
-            "norm": self.norm(), "conv": self.conv(), "act": self.act(), "stem": self.stem(),
+            "norm": self.norm(), "conv": self.conv(), "conv_cfg": self.conv(("Conv",)), "act": self.act(), "stem": self.stem(),
             "stage": self.stage(), "out_indices": self.out_indices(), "init": self.init(), "head": self.head(),
             "backbone": self.backbone(), "init_cfg": self.init_cfg(), "block_def": self.block_def(),
             "param_decl": self.param_decl(), "layer": self.layer(), "op_layer": self.op_layer(),
@@ -401,8 +401,9 @@ class _Defs:
             ]
         return out
 
-    def conv(self) -> dict:
-        props = {"type": _enum(CONV_TYPES, default="Conv2d"), "eps": {"type": "number", "minimum": 0}}
+    def conv(self, aliases: tuple[str, ...] = ()) -> dict:
+        """``conv``; the shorthand's ``conv_cfg`` also takes mmcv's alias ``Conv`` (Conv2d)."""
+        props = {"type": _enum(CONV_TYPES + aliases, default="Conv2d"), "eps": {"type": "number", "minimum": 0}}
         assert tuple(props) == model.CONV_KEYS
         out = _obj(props, CONV_DOCS, "conv")
         if not self.partial:
@@ -505,7 +506,7 @@ class _Defs:
             "dilations": {"type": "array", "items": _int(1), "minItems": 1, "maxItems": 4},
             "out_indices": self.ref("out_indices"), "style": _param_schema(style),
             "deep_stem": _BOOL, "avg_down": _BOOL, "frozen_stages": _int(-1, default=-1),
-            "conv_cfg": self.ref("conv"), "norm_cfg": self.ref("norm"), "norm_eval": {**_BOOL, "default": True},
+            "conv_cfg": self.ref("conv_cfg"), "norm_cfg": self.ref("norm"), "norm_eval": {**_BOOL, "default": True},
             "dcn": {"type": "null"}, "stage_with_dcn": _nullable({"type": "array", "items": _BOOL}),
             "plugins": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]},
             "with_cp": _BOOL, "zero_init_residual": _BOOL, "init_cfg": self.ref("init_cfg"),

@@ -190,6 +190,8 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
     conv_cfg = r.get(at("conv_cfg"), None)
     if conv_cfg is not None:
         copy(("conv",), at("conv_cfg"))
+        if isinstance(conv_cfg, dict) and conv_cfg.get("type") == "Conv":  # mmcv's alias of Conv2d
+            out.data["conv"] = {**conv_cfg, "type": "Conv2d"}
 
     dcn = r.get(at("dcn"), None)
     if dcn is not None:

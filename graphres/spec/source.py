@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -292,32 +292,53 @@ def _too_large(e: _TooLarge, name: str) -> Diagnostic:
     return Diagnostic("E062", e.message, span, e.hint)
 
 
-def check_mapping(data: Any, name: str, limits: Limits | None = None) -> list[Diagnostic]:
-    """The limits of a YAML document, for a spec given as a Python mapping: nesting, number of values
-    (a shared or self-containing container counted at every use) and integer size. Walked without
-    recursion, so a self-containing list is an error, not a RecursionError."""
+def plain_data(data: Any, name: str, limits: Limits | None = None) -> tuple[Any, list[Diagnostic]]:
+    """A spec given as Python data, as the plain dicts and lists a YAML document gives, with the limits
+    of a YAML document checked: nesting, number of values (a shared or self-containing container
+    counted at every use) and integer size.
+
+    Configs loaded by ``mmengine.Config.fromfile`` hold ConfigDicts and tuples
+    (``out_indices=(0, 1, 2, 3)``): any Mapping becomes a dict, an object with ``.to_dict()`` the
+    dict that gives, and a tuple a list. Walked without recursion, so a self-containing list is an
+    error, not a RecursionError."""
     limits = limits or Limits.from_env()
-    stack: list[tuple[Any, tuple]] = [(data, ())]
+    root: list[Any] = [None]
+    stack: list[tuple[Any, tuple, Any, Any]] = [(data, (), root, 0)]  # (value, path, parent, key in parent)
     count = 0
     while stack:
-        value, path = stack.pop()
+        value, path, parent, slot = stack.pop()
         count += 1
         where = ".".join(map(str, path)) or "the top level"
         if count > limits.nodes:
-            return [Diagnostic("E062", f"the mapping is too large: more than {limits.nodes:,} values", Span(name),
-                               _limit_hint("GRAPHRES_MAX_SPEC_NODES", limits.nodes))]
+            return None, [Diagnostic("E062", f"the mapping is too large: more than {limits.nodes:,} values",
+                                     Span(name), _limit_hint("GRAPHRES_MAX_SPEC_NODES", limits.nodes))]
         if len(path) > limits.depth:
-            return [Diagnostic("E062", f"the mapping is too deeply nested: more than {limits.depth} levels "
-                                       f"(at {where[:80]})", Span(name),
-                               _limit_hint("GRAPHRES_MAX_SPEC_DEPTH", limits.depth))]
+            return None, [Diagnostic("E062", f"the mapping is too deeply nested: more than {limits.depth} levels "
+                                             f"(at {where[:80]})", Span(name),
+                                     _limit_hint("GRAPHRES_MAX_SPEC_DEPTH", limits.depth))]
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT:
-            return [Diagnostic("E061", f"integer {_short_int(value)} at {where[:80]} is too large", Span(name),
-                               "integers in a spec are below 2**63")]
-        if isinstance(value, dict):
-            stack.extend((v, path + (k,)) for k, v in value.items())
+            return None, [Diagnostic("E061", f"integer {_short_int(value)} at {where[:80]} is too large",
+                                     Span(name), "integers in a spec are below 2**63")]
+        if not isinstance(value, Mapping) and callable(getattr(type(value), "to_dict", None)):
+            try:
+                value = value.to_dict()
+            except Exception as e:  # the caller's object: its failure is a located error, not a traceback
+                return None, [Diagnostic("E011", f"{where[:80]}: {type(value).__name__}.to_dict() failed: "
+                                                 f"{type(e).__name__}", Span(name),
+                                         "pass plain dicts and lists, or a Mapping")]
+            if not isinstance(value, Mapping):
+                return None, [Diagnostic("E011", f"{where[:80]}: to_dict() gave {type(value).__name__}, "
+                                                 f"not a mapping", Span(name), "pass plain dicts and lists")]
+        if isinstance(value, Mapping):
+            out: Any = {}
+            stack.extend((v, path + (k,), out, k) for k, v in reversed(list(value.items())))
         elif isinstance(value, (list, tuple)):
-            stack.extend((v, path + (i,)) for i, v in enumerate(value))
-    return []
+            out = [None] * len(value)
+            stack.extend((v, path + (i,), out, i) for i, v in reversed(list(enumerate(value))))
+        else:
+            out = value
+        parent[slot] = out
+    return root[0], []
 
 
 def read_yaml(path: str | FsPath, sources: SourceCache | None = None, display: str | None = None,
