@@ -124,6 +124,9 @@ def _unreadable(file: Path, size: int, e: Exception) -> str:
     if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
         return f"checkpoint '{file}' is not a torch.save file (it starts with {head!r})"
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    refused = re.search(r"Unsupported (global|operand)[^\n]*?(GLOBAL (\S+)|$)", str(e), re.M)
+    if refused:
+        reason = f"refused: {refused.group(3) or refused.group(0)}".rstrip(".")
     if "weights_only" in str(e) or "Unsupported global" in str(e):
         return (f"cannot read checkpoint '{file}' safely (weights_only=True): it holds Python objects other "
                 f"than tensors and plain containers ({reason[:200]})")

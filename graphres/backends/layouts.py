@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,12 @@ class _StandIn:
         self.__dict__["_state"] = state
 
 
-class _StandInDict(dict):
-    """Stand-in for mmengine's ``ConfigDict`` (an addict ``Dict``, itself a dict)."""
+class _StandInDict:
+    """Stand-in for mmengine's ``ConfigDict`` (an addict ``Dict``, itself a dict): becomes a plain
+    OrderedDict, the one mapping type torch's weights-only unpickler fills and builds."""
 
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, dict):
-            self.update(state)
+    def __new__(cls, *args: Any) -> Any:
+        return OrderedDict()
 
 
 def _stand_in(name: str, base: type) -> type:
@@ -144,7 +145,7 @@ def _to_tensors(obj: Any) -> Any:
         return obj
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(obj)) if obj.dtype.kind in "biuf" else obj
-    if isinstance(obj, dict) and not isinstance(obj, _StandInDict):
+    if isinstance(obj, dict):
         return {k: _to_tensors(v) for k, v in obj.items()}
     return obj
 
