@@ -297,3 +297,46 @@ def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None
         report.warnings.append(message)
         warnings.warn(message, CheckpointWarning, stacklevel=3)
     return report
+
+
+# -- graphres weights: preview and conversion ---------------------------------------------------
+
+def model_keys(graph) -> dict[str, torch.Tensor]:
+    """The state dict a compiled graph's module has, on the meta device (shapes only, no memory)."""
+    from .torch_module import build_module
+    with torch.device("meta"):
+        return build_module(graph, init=False).state_dict()
+
+
+def _fits(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> bool:
+    names = {k for k in own if not k.endswith("num_batches_tracked") and not k.startswith("fc.")}
+    mine = {k for k in sd if not k.endswith("num_batches_tracked") and not k.startswith("fc.")}
+    return names == mine and all(sd[k].shape == own[k].shape for k in names)
+
+
+def preview(graph, path: str | Path, prefix: str | None = None,
+            candidates: dict[str, object] | None = None) -> dict:
+    """What ``graphres weights`` prints: the layout, the keys mapped, missing, unexpected and
+    mismatched, and the candidate specs (name -> compiled graph) the checkpoint would fit."""
+    plan = map_keys(model_keys(graph), path, prefix)
+    fits_instead = []
+    if not plan.fits:
+        fits_instead = [name for name, g in (candidates or {}).items() if _fits(plan.sd, model_keys(g))]
+    return {"file": str(plan.file), "layout": plan.layout, "mapped": len(plan.sd) - len(plan.unexpected),
+            "renamed": plan.renamed, "ignored": plan.ignored, "missing": plan.missing,
+            "unexpected": plan.unexpected, "mismatched": plan.mismatched, "fits": plan.fits,
+            "fits_instead": fits_instead, "plan": plan}
+
+
+def convert(plan: KeyMapping, layout: str, has_deep_stem: bool) -> dict:
+    """The mapped state dict written in ``layout``, as that project saves it."""
+    from .layouts import from_graphres
+    if layout == "torchvision" and has_deep_stem:
+        raise CheckpointError("torchvision's ResNets have a 7x7 stem, and this spec a deep one: convert to timm "
+                              "or mmdet instead")
+    sd = {k: v for k, v in plan.sd.items()}
+    if layout == "mmdet":
+        return {"state_dict": sd, "meta": {"converted_by": "graphres weights"}}
+    if layout == "detectron2":
+        return {"model": from_graphres(sd, "detectron2")}
+    return from_graphres(sd, layout)
