@@ -287,17 +287,7 @@ def _weights(args: argparse.Namespace) -> int:
     from .backends.checkpoint import convert, preview
     compiled = _compile_spec(args)
     _print_warnings(compiled)
-    candidates = {}
-    here = Path(__file__).resolve().parent
-    shipped = [p for d in (here / "specs", here.parent / "specs") if d.is_dir() for p in sorted(d.glob("*.yaml"))]
-    for path in shipped:
-        if f"specs/{path.name}" in candidates:
-            continue
-        try:
-            candidates[f"specs/{path.name}"] = compile_spec_quiet(path)
-        except GraphresError:
-            continue
-    result = preview(compiled.graph, args.checkpoint, args.prefix, candidates)
+    result = preview(compiled.graph, args.checkpoint, args.prefix, _shipped_specs)
     plan = result.pop("plan")
     if args.json:
         print(json.dumps(result, indent=2))
@@ -329,9 +319,19 @@ def _weights(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def compile_spec_quiet(path: Path):
+def _shipped_specs() -> dict:
+    """The shipped specs (the package's, else the source tree's specs/), compiled: name -> graph."""
     from .pipeline import compile_spec
-    return compile_spec(path).graph
+    here = Path(__file__).resolve().parent
+    out = {}
+    for folder in (here / "specs", here.parent / "specs"):
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            if f"specs/{path.name}" not in out:
+                try:
+                    out[f"specs/{path.name}"] = compile_spec(path).graph
+                except GraphresError:
+                    continue
+    return out
 
 
 def _diff(args: argparse.Namespace) -> int:

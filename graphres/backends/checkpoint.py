@@ -315,13 +315,14 @@ def _fits(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> bool:
 
 
 def preview(graph, path: str | Path, prefix: str | None = None,
-            candidates: dict[str, object] | None = None) -> dict:
+            candidates=None) -> dict:
     """What ``graphres weights`` prints: the layout, the keys mapped, missing, unexpected and
-    mismatched, and the candidate specs (name -> compiled graph) the checkpoint would fit."""
+    mismatched, and, when it does not fit, the candidate specs it would fit (``candidates()`` returns
+    name -> compiled graph; called only then)."""
     plan = map_keys(model_keys(graph), path, prefix)
     fits_instead = []
-    if not plan.fits:
-        fits_instead = [name for name, g in (candidates or {}).items() if _fits(plan.sd, model_keys(g))]
+    if not plan.fits and candidates is not None:
+        fits_instead = [name for name, g in candidates().items() if _fits(plan.sd, model_keys(g))]
     return {"file": str(plan.file), "layout": plan.layout, "mapped": len(plan.sd) - len(plan.unexpected),
             "renamed": plan.renamed, "ignored": plan.ignored, "missing": plan.missing,
             "unexpected": plan.unexpected, "mismatched": plan.mismatched, "fits": plan.fits,
