@@ -93,6 +93,8 @@ def zoo_url(checkpoint: str) -> str | None:
     """The URL a zoo name stands for (the name itself for an http(s) URL); None when unknown."""
     if checkpoint.startswith(URL_SCHEMES):
         return checkpoint
+    if not checkpoint.startswith(SCHEMES):
+        return None
     _, table, name = _table(checkpoint)
     return table.get(name)
 

@@ -333,3 +333,10 @@ def test_conversion_round_trips(layout, r18):
         if layout == "timm" else dict(r18)
     back, ignored, _ = to_graphres(from_graphres(sd, layout), layout)
     assert ignored == [] and back.keys() == sd.keys()
+
+
+def test_a_url_is_looked_up_in_the_cache(torch_home, r18):
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(r18, torch_home / "hub" / "checkpoints" / "r18-abc.pth")
+    model = graphres.build("specs/resnet18.yaml", checkpoint="https://example.org/weights/r18-abc.pth")
+    assert _same(model, r18) == []
