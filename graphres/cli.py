@@ -304,6 +304,10 @@ def _weights(args: argparse.Namespace) -> int:
             if len(items) > 20:
                 print(f"  ... ({len(items) - 20} more)")
         print("result: " + ("loads into the spec" if result["fits"] else "does not load into the spec"))
+        if result["layout"] == "detectron2" and _style_of(compiled) == "pytorch":
+            print("note: detectron2's ImageNet and COCO ResNets put the stride in the 1x1 conv (stride_in_1x1, "
+                  "caffe style) and this spec does not: the keys match, the numerics only if the checkpoint was "
+                  "trained with stride_in_1x1 false (else set style: caffe)")
         if result["fits_instead"]:
             print(f"hint: it fits {', '.join(result['fits_instead'])}")
     if not result["fits"]:
@@ -317,6 +321,11 @@ def _weights(args: argparse.Namespace) -> int:
         write_atomic(args.output, buffer.getvalue())
         print(f"wrote {args.output} ({args.convert_to} layout)")
     return EXIT_OK
+
+
+def _style_of(compiled) -> str | None:
+    from . import _style_of as style_of
+    return style_of(compiled)
 
 
 def _shipped_specs() -> dict:

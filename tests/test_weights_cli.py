@@ -106,6 +106,21 @@ def test_convert_to_detectron2(tmp_path, r18):
     assert torch.equal(d2["stem.conv1.weight"], r18["conv1.weight"])
     done = run_cli("weights", out, "specs/resnet18.yaml")
     assert done.returncode == 0 and done.stdout.startswith(f"checkpoint: {out} (detectron2 layout)\n")
+    assert done.stdout.endswith("result: loads into the spec\n")  # basic blocks: no stride_in_1x1 question
+
+
+def test_detectron2_into_a_pytorch_style_bottleneck_spec_gets_a_note(tmp_path):
+    import graphres
+    from graphres.backends.layouts import from_graphres
+    sd = graphres.build("specs/resnet50.yaml").state_dict()
+    src = tmp_path / "d2.pth"
+    torch.save({"model": {f"backbone.bottom_up.{k}": v for k, v in from_graphres(sd, "detectron2").items()}}, src)
+    done = run_cli("weights", src, "specs/resnet50.yaml")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("result: loads into the spec\nnote: detectron2's ImageNet and COCO ResNets put the "
+                                "stride in the 1x1 conv (stride_in_1x1, caffe style) and this spec does not: the keys "
+                                "match, the numerics only if the checkpoint was trained with stride_in_1x1 false (else "
+                                "set style: caffe)\n")
 
 
 def test_usage_errors(tmp_path):
