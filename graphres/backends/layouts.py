@@ -92,6 +92,8 @@ def read_file(path: Path) -> Any:
         return _read_safetensors(path)
     if path.suffix == ".pkl" and head[:1] == b"\x80":
         return _to_tensors(_read_numpy_pickle(path))
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: plain weights_only, no stand-ins
+        return _to_tensors(torch.load(str(path), map_location="cpu", weights_only=True))
     with torch.serialization.safe_globals(_safe_globals()):
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     return _to_tensors(obj)
