@@ -52,9 +52,11 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
     check_memory(compiled, "build", max_memory)
     model = build_module(compiled.graph)
     init = compiled.spec.init
-    path = checkpoint or (init["checkpoint"] if init and init.get("type") == "pretrained" else None)
+    from_spec = checkpoint is None and bool(init) and init.get("type") == "pretrained"
+    path = init["checkpoint"] if from_spec else checkpoint
     if path is not None:
-        model.load_report = load_checkpoint(model, path, style=_style_of(compiled))
+        model.load_report = load_checkpoint(model, path, style=_style_of(compiled),
+                                            prefix=init.get("prefix") if from_spec else None)
     return model
 
 

@@ -1,13 +1,14 @@
-"""Command line: ``graphres validate | info | expand | render | compile | diff | import | schema | lsp``.
+"""Command line: ``graphres validate | info | expand | render | compile | diff | import | weights | schema | lsp``.
 
 Exit codes: 0 success, 1 errors in the spec (or a checkpoint / Graphviz problem), 2 usage errors.
 ``diff`` follows diff(1) instead: 0 identical, 1 different, 2 trouble (usage or spec errors).
-Only ``compile`` to ``.pt2`` imports torch; the other commands (``compile -o model.py`` too) start
+Only ``compile`` to ``.pt2`` and ``weights`` import torch; the other commands (``compile -o model.py`` too) start
 without it.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -105,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
                                    "never running it, and write model.backbone as a shorthand spec")
     m.add_argument("config", help="the Python config file (CONFIG.py)")
     m.add_argument("-o", "--output", help="write the spec to this file instead of standard output")
+    w = sub.add_parser("weights", help="preview how a checkpoint's keys map onto a spec (or convert it)",
+                       description="read a checkpoint (torchvision, OpenMMLab, timm, detectron2; .pth, .safetensors, "
+                                   ".pkl; or a model-zoo name such as torchvision://resnet50) and show the layout "
+                                   "detected and the keys mapped, ignored, missing, unexpected and mismatched; exit 0 "
+                                   "when it loads, 1 when it does not")
+    w.add_argument("checkpoint", help="the checkpoint file, or a model-zoo name read from torch.hub's cache")
+    w.add_argument("spec", help="the spec file (YAML)")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value in the spec (repeatable; VALUE is YAML)")
+    w.add_argument("--prefix", help="load only the keys under this prefix (init_cfg.prefix), e.g. backbone.")
+    w.add_argument("--convert-to", choices=("torchvision", "mmdet", "timm", "detectron2"),
+                   help="write the mapped weights in this layout (needs -o)")
+    w.add_argument("-o", "--output", help="the converted checkpoint (.pth), written atomically")
+    w.add_argument("--json", action="store_true", help="print the preview as JSON")
     s = sub.add_parser("schema", help="print the JSON Schema of the spec language (for YAML editors)",
                        description="print the JSON Schema (draft 2020-12) of the spec language")
     s.add_argument("-o", "--output", help="write to this file instead of standard output")
@@ -130,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hasattr(args, attr) and not _is_file(getattr(args, attr)):
                 _check_spec_name(getattr(args, attr), what)
         commands = {"validate": _validate, "info": _info, "expand": _expand, "render": _render, "compile": _compile,
-                    "diff": _diff, "import": _import, "schema": _schema, "list": _list, "lsp": _lsp}
+                    "diff": _diff, "import": _import, "weights": _weights, "schema": _schema, "list": _list, "lsp": _lsp}
         return commands[args.command](args)
     except _Usage as e:
         parser.exit(EXIT_USAGE, f"graphres: error: {e}\n")
@@ -296,6 +311,68 @@ def _compile(args: argparse.Namespace) -> int:
     out = save_program(program, args.output)
     print(f"wrote {out} ({COMPILE_FORMATS[fmt]})")
     return EXIT_OK
+
+
+def _weights(args: argparse.Namespace) -> int:
+    if bool(args.convert_to) != bool(args.output):
+        raise _Usage("--convert-to and -o/--output go together")
+    from .backends.checkpoint import convert, preview
+    compiled = _compile_spec(args)
+    _print_warnings(compiled)
+    result = preview(compiled.graph, args.checkpoint, args.prefix, _shipped_specs)
+    plan = result.pop("plan")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"checkpoint: {result['file']} ({result['layout']} layout)")
+        print(f"mapped: {result['mapped']} tensors" + (f" ({result['renamed']} renamed from {result['layout']} names)"
+                                                     if result["renamed"] else ""))
+        for key, label in (("ignored", "ignored (fc.* and non-backbone keys)"), ("missing", "missing in checkpoint"),
+                           ("unexpected", "unexpected in checkpoint"), ("mismatched", "shape mismatch")):
+            items = result[key]
+            print(f"{label}: {len(items)}")
+            for item in items[:20]:
+                print(f"  {item}")
+            if len(items) > 20:
+                print(f"  ... ({len(items) - 20} more)")
+        print("result: " + ("loads into the spec" if result["fits"] else "does not load into the spec"))
+        if result["layout"] == "detectron2" and _style_of(compiled) == "pytorch":
+            print("note: detectron2's ImageNet and COCO ResNets put the stride in the 1x1 conv (stride_in_1x1, "
+                  "caffe style) and this spec does not: the keys match, the numerics only if the checkpoint was "
+                  "trained with stride_in_1x1 false (else set style: caffe)")
+        if result["fits_instead"]:
+            print(f"hint: it fits {', '.join(result['fits_instead'])}")
+    if not result["fits"]:
+        return EXIT_SPEC
+    if args.convert_to:
+        import torch
+        out = convert(plan, args.convert_to, any(k.startswith("stem.") for k in plan.sd))
+        check_output(args.output)
+        buffer = io.BytesIO()
+        torch.save(out, buffer)
+        write_atomic(args.output, buffer.getvalue())
+        print(f"wrote {args.output} ({args.convert_to} layout)")
+    return EXIT_OK
+
+
+def _style_of(compiled) -> str | None:
+    from . import _style_of as style_of
+    return style_of(compiled)
+
+
+def _shipped_specs() -> dict:
+    """The shipped specs (the package's, else the source tree's specs/), compiled: name -> graph."""
+    from .pipeline import compile_spec
+    here = Path(__file__).resolve().parent
+    out = {}
+    for folder in (here / "specs", here.parent / "specs"):
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            if f"specs/{path.name}" not in out:
+                try:
+                    out[f"specs/{path.name}"] = compile_spec(path).graph
+                except GraphresError:
+                    continue
+    return out
 
 
 def _diff(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ CODES: dict[str, str] = {
     "E083": "config name or reference does not resolve",
     "E084": "no model.backbone in the config",
     "E085": "new-style config (read_base) not supported",
+    "E090": "unknown model-zoo name",
     "W001": "dilated stage also strides",
     "W002": "feature output is 1 pixel wide",
     "W003": "dilated kernel larger than its input",

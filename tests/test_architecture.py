@@ -12,7 +12,8 @@ import graphres
 from graphres import ir
 
 PKG = Path(graphres.__file__).parent
-TORCH_BACKENDS = {"backends/torch_module.py", "backends/runtime.py", "backends/checkpoint.py", "backends/export.py"}
+TORCH_BACKENDS = {"backends/torch_module.py", "backends/runtime.py", "backends/checkpoint.py", "backends/export.py",
+                  "backends/layouts.py"}
 
 
 def imports(path: Path) -> set[str]:

@@ -103,7 +103,8 @@ R18 = "stages:\n  - {block: basic, blocks: 2, planes: 64}\n"
     ("backbone: {type: ResNet, depth: 50, contract_dilation: true}\n", [("backbone", "None")]),
     ("backbone: {type: ResNet, depth: 50, num_stages: 5}\n", [("backbone/num_stages", "maximum")]),
     ("backbone: {type: ResNet, depth: 50, dcn: {type: DCN}}\n", [("backbone/dcn", "type")]),
-    ("backbone: {type: ResNet, depth: 50, init_cfg: {type: Pretrained, checkpoint: x, prefix: b}}\n",
+    # init_cfg.prefix is supported (issue 11); a non-string prefix is not
+    ("backbone: {type: ResNet, depth: 50, init_cfg: {type: Pretrained, checkpoint: x, prefix: 3}}\n",
      [("backbone/init_cfg", "anyOf")]),
     ("backbone: {type: ResNet, depth: 50}\nnorm: {type: BN}\n", [("", "additionalProperties")]),
     ("backbone: {depth: 50}\n", [("backbone", "required")]),

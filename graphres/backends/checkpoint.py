@@ -1,8 +1,11 @@
-"""Backend helper: load a torchvision- or OpenMMLab-layout checkpoint into a compiled module.
+"""Backend helper: load a torchvision, OpenMMLab, timm or detectron2 checkpoint into a compiled module.
 
-Checkpoints are untrusted input: ``torch.load(weights_only=True)`` only. Accepted layouts: a bare
+Checkpoints are untrusted input: ``torch.load(weights_only=True)``, safetensors, or a numpy-only
+unpickler (:mod:`graphres.backends.layouts`). A model-zoo name (``torchvision://resnet50``) is read
+from torch.hub's cache (:mod:`graphres.zoo`), never downloaded. Accepted layouts: a bare
 state dict, or one wrapped in ``state_dict`` / ``model``; keys may carry ``module.`` (DataParallel)
-and ``backbone.`` (detector) prefixes. Loading is strict except for a classifier head (``fc.*``,
+and ``backbone.`` (detector) prefixes, or the prefix given by ``init.prefix``; timm and detectron2
+names are renamed to graphres' own. Loading is strict except for a classifier head (``fc.*``,
 loaded too when the spec has ``head``) and, for a whole detector, its non-backbone parts; every
 other difference is reported by name.
 """
@@ -17,7 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import zoo
 from ..diagnostics import CheckpointError, CheckpointWarning
+from .layouts import detect_layout, read_file, to_graphres
 
 _LIST_MAX = 8
 
@@ -27,9 +32,10 @@ class LoadReport:
     loaded: int
     ignored: list[str] = field(default_factory=list)  # fc.* and non-backbone keys, skipped on purpose
     warnings: list[str] = field(default_factory=list)
+    layout: str = "torchvision"
 
     def __str__(self) -> str:
-        text = f"loaded {self.loaded} tensors"
+        text = f"loaded {self.loaded} tensors" + (f" ({self.layout} layout)" if self.layout != "torchvision" else "")
         if self.ignored:
             text += f"; ignored {len(self.ignored)} ({_short(self.ignored)})"
         return text
@@ -40,8 +46,26 @@ def _short(keys: list[str]) -> str:
     return shown + (f", ... ({len(keys) - _LIST_MAX} more)" if len(keys) > _LIST_MAX else "")
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The file a checkpoint argument names: a path, or a model-zoo name or URL found in torch.hub's
+    cache. A zoo file that is not there is an error saying where it should be and how to fetch it."""
+    text = str(path)
+    if not zoo.is_zoo_name(text):
+        return Path(path)
+    url = zoo.zoo_url(text)
+    if url is None:
+        raise CheckpointError(f"checkpoint '{text}' is not a model-zoo name graphres knows; give the file's path")
+    file = zoo.cache_path(url)
+    if not file.is_file():
+        shown = f"'{text}'" if text == url else f"'{text}' ({url})"
+        raise CheckpointError(f"checkpoint {shown} is not in torch.hub's cache: expected {file}; graphres never "
+                              f"downloads: {zoo.fetch_hint(url)}")
+    return file
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The checkpoint's state dict, and its ``meta`` mapping (empty when it has none)."""
+    path = resolve_checkpoint(path)
     file = Path(path)
     try:
         size = file.stat().st_size
@@ -54,7 +78,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if size == 0:
         raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes)")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = read_file(file)
+    except CheckpointError:
+        raise
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' not found") from None
     except Exception as e:  # pickle refusals, corrupt archives
@@ -98,6 +124,9 @@ def _unreadable(file: Path, size: int, e: Exception) -> str:
     if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
         return f"checkpoint '{file}' is not a torch.save file (it starts with {head!r})"
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    refused = re.search(r"Unsupported (global|operand)[^\n]*?(GLOBAL (\S+)|$)", str(e), re.M)
+    if refused:
+        reason = f"refused: {refused.group(3) or refused.group(0)}".rstrip(".")
     if "weights_only" in str(e) or "Unsupported global" in str(e):
         return (f"cannot read checkpoint '{file}' safely (weights_only=True): it holds Python objects other "
                 f"than tensors and plain containers ({reason[:200]})")
@@ -171,20 +200,73 @@ def _dtype(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None) -> LoadReport:
-    """Load ``path`` into ``model``; raise :class:`CheckpointError` naming every mismatch.
+def select_prefix(sd: dict[str, torch.Tensor], prefix: str, path: object) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The keys under ``prefix`` (mmengine's ``init_cfg.prefix``) with it removed, and the others."""
+    if sd and all(k.startswith("module.") for k in sd) and not prefix.startswith("module."):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    dotted = prefix if prefix.endswith(".") else prefix + "."
+    chosen = {k[len(dotted):]: v for k, v in sd.items() if k.startswith(dotted)}
+    if not chosen:
+        firsts = sorted({k.split(".", 1)[0] + "." for k in sd})
+        raise CheckpointError(f"checkpoint '{path}' has no key starting with '{dotted}' (init prefix); its keys "
+                              f"start with {_short(firsts)}")
+    return chosen, sorted(k for k in sd if not k.startswith(dotted))
 
-    ``style`` is the model's bottleneck style: style does not change any key, so a caffe-style
-    checkpoint loads silently into a pytorch-style model with wrong numerics. Where the checkpoint's
-    metadata records its style and it differs, a :class:`CheckpointWarning` says so."""
-    raw, meta = read_state_dict(path)
-    own = model.state_dict()
-    sd, ignored = normalise_keys(raw, keep_head="fc.weight" in own)
+
+@dataclass
+class KeyMapping:
+    """How a checkpoint's keys meet a model's: the preview of ``graphres weights`` and the plan of a load."""
+    file: Path
+    layout: str
+    sd: dict[str, torch.Tensor]       # the checkpoint's tensors under graphres' names
+    ignored: list[str]                # left out on purpose: fc.*, non-backbone keys, other prefixes
+    renamed: int                      # keys renamed from the layout's names
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+    meta: dict
+
+    @property
+    def fits(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+def map_keys(own: dict[str, torch.Tensor], path: str | Path, prefix: str | None = None,
+             layout: str | None = None) -> KeyMapping:
+    """Read ``path`` and match its keys, renamed from their layout (detected unless given), to ``own``."""
+    file = resolve_checkpoint(path)
+    raw, meta = read_state_dict(file)
+    ignored: list[str] = []
+    if prefix:
+        raw, ignored = select_prefix(raw, prefix, path)
+    elif raw and all(k.startswith("module.") for k in raw):
+        raw = {k[len("module."):]: v for k, v in raw.items()}
+    found = layout or detect_layout(list(raw))
+    raw, left_out, renamed = to_graphres(raw, found)
+    sd, skipped = normalise_keys(raw, keep_head="fc.weight" in own)
+    ignored = skipped + sorted(set(ignored + left_out) - set(skipped))
     optional = {k for k in own if k.endswith("num_batches_tracked")}  # absent from old checkpoints
     missing = sorted(k for k in own if k not in sd and k not in optional)
     unexpected = sorted(k for k in sd if k not in own)
     mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in sorted(sd) if k in own and sd[k].shape != own[k].shape]
+    return KeyMapping(file, found, sd, ignored, renamed, missing, unexpected, mismatched, meta)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None,
+                    prefix: str | None = None) -> LoadReport:
+    """Load ``path`` into ``model``; raise :class:`CheckpointError` naming every mismatch.
+
+    ``path`` may be a model-zoo name (``torchvision://resnet50``, ``open-mmlab://...``) read from
+    torch.hub's cache; ``prefix`` loads only the keys under it (``backbone.`` of a detector).
+    ``style`` is the model's bottleneck style: style does not change any key, so a caffe-style
+    checkpoint loads silently into a pytorch-style model with wrong numerics. Where the checkpoint's
+    metadata records its style and it differs, a :class:`CheckpointWarning` says so."""
+    own = model.state_dict()
+    plan = map_keys(own, path, prefix)
+    sd, ignored, meta = plan.sd, plan.ignored, plan.meta
+    missing, unexpected, mismatched = plan.missing, plan.unexpected, plan.mismatched
+    path = plan.file if str(plan.file) != str(path) else path
     if missing or unexpected or mismatched:
         lines = [f"checkpoint '{path}' does not match the model:"]
         if missing:
@@ -203,7 +285,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None
         raise CheckpointError(f"checkpoint '{path}' cannot be loaded:\n" + "\n".join(f"  {p}" for p in problems))
     with torch.no_grad():
         model.load_state_dict(sd, strict=False)
-    report = LoadReport(loaded=len(sd), ignored=ignored)
+    report = LoadReport(loaded=len(sd), ignored=ignored, layout=plan.layout)
     for note in notes:
         message = f"checkpoint '{path}': {note}"
         report.warnings.append(message)
@@ -215,3 +297,47 @@ def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None
         report.warnings.append(message)
         warnings.warn(message, CheckpointWarning, stacklevel=3)
     return report
+
+
+# -- graphres weights: preview and conversion ---------------------------------------------------
+
+def model_keys(graph) -> dict[str, torch.Tensor]:
+    """The state dict a compiled graph's module has, on the meta device (shapes only, no memory)."""
+    from .torch_module import build_module
+    with torch.device("meta"):
+        return build_module(graph, init=False).state_dict()
+
+
+def _fits(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> bool:
+    names = {k for k in own if not k.endswith("num_batches_tracked") and not k.startswith("fc.")}
+    mine = {k for k in sd if not k.endswith("num_batches_tracked") and not k.startswith("fc.")}
+    return names == mine and all(sd[k].shape == own[k].shape for k in names)
+
+
+def preview(graph, path: str | Path, prefix: str | None = None,
+            candidates=None) -> dict:
+    """What ``graphres weights`` prints: the layout, the keys mapped, missing, unexpected and
+    mismatched, and, when it does not fit, the candidate specs it would fit (``candidates()`` returns
+    name -> compiled graph; called only then)."""
+    plan = map_keys(model_keys(graph), path, prefix)
+    fits_instead = []
+    if not plan.fits and candidates is not None:
+        fits_instead = [name for name, g in candidates().items() if _fits(plan.sd, model_keys(g))]
+    return {"file": str(plan.file), "layout": plan.layout, "mapped": len(plan.sd) - len(plan.unexpected),
+            "renamed": plan.renamed, "ignored": plan.ignored, "missing": plan.missing,
+            "unexpected": plan.unexpected, "mismatched": plan.mismatched, "fits": plan.fits,
+            "fits_instead": fits_instead, "plan": plan}
+
+
+def convert(plan: KeyMapping, layout: str, has_deep_stem: bool) -> dict:
+    """The mapped state dict written in ``layout``, as that project saves it."""
+    from .layouts import from_graphres
+    if layout == "torchvision" and has_deep_stem:
+        raise CheckpointError("torchvision's ResNets have a 7x7 stem, and this spec a deep one: convert to timm "
+                              "or mmdet instead")
+    sd = {k: v for k, v in plan.sd.items()}
+    if layout == "mmdet":
+        return {"state_dict": sd, "meta": {"converted_by": "graphres weights"}}
+    if layout == "detectron2":
+        return {"model": from_graphres(sd, "detectron2")}
+    return from_graphres(sd, layout)

@@ -64,6 +64,8 @@ def to_explicit(spec: Spec, resolved: list[dict] | None = None) -> dict[str, Any
         out["head"] = dict(spec.head)
     if spec.init:
         out["init"] = {"type": spec.init["type"], "checkpoint": spec.init["checkpoint"]}
+        if "prefix" in spec.init:
+            out["init"]["prefix"] = spec.init["prefix"]
     user_blocks = {name: spec.doc.data["blocks"][name] for name, b in spec.blocks.items() if not b.builtin}
     if user_blocks:
         out["blocks"] = user_blocks

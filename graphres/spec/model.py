@@ -12,6 +12,7 @@ from typing import Any
 
 from ..diagnostics import DiagnosticBag, SourceCache, did_you_mean
 from ..ops import ACT_TYPES, CONV_TYPES, NORM_TYPES
+from ..zoo import is_zoo_name, known_names, zoo_url
 from .blocks import BlockDef, ParamDef, builtin_blocks, check_block_uses, parse_blocks
 from .expr import ExprError, evaluate
 from .reader import MISSING, Reader, describe
@@ -28,7 +29,7 @@ CONV_KEYS = ("type", "eps")
 ACT_KEYS = ("type",)
 HEAD_KEYS = ("num_classes",)
 MAX_CLASSES = 1 << 20
-INIT_KEYS = ("type", "checkpoint")
+INIT_KEYS = ("type", "checkpoint", "prefix")
 INIT_TYPES = ("default", "pretrained")
 MAX_BLOCKS = 1000  # per stage; far beyond any real network, and a guard against typos like 3000000
 MAX_STAGES = 64  # docs/limits.md: they bound the work of lowering and analysis (seconds, not minutes)
@@ -524,5 +525,21 @@ def _parse_init(r: Reader) -> dict[str, Any] | None:
                     r.doc.key_span(path + ("checkpoint",)), "use init: {type: pretrained, checkpoint: PATH}")
     if kind == "pretrained":
         ckpt = r.value(path + ("checkpoint",), str, what="init.checkpoint")
-        return {"type": "pretrained", "checkpoint": ckpt, "span": r.span(path + ("checkpoint",))}
+        if ckpt is not None and is_zoo_name(ckpt) and zoo_url(ckpt) is None:
+            names = known_names(ckpt)
+            r.diags.add("E090", f"'{ckpt}' is not a model-zoo name graphres knows ({ckpt.split('://')[0]}:// "
+                                f"has {len(names)} ResNet-family names)", r.span(path + ("checkpoint",)),
+                        did_you_mean(ckpt, names) or "give the checkpoint's file path instead")
+        prefix = r.value(path + ("prefix",), str, None, what="init.prefix")
+        if prefix == "":
+            r.diags.add("E014", "init.prefix is empty", r.span(path + ("prefix",)),
+                        "give the key prefix to load, such as 'backbone.', or leave prefix out")
+            prefix = None
+        out = {"type": "pretrained", "checkpoint": ckpt, "span": r.span(path + ("checkpoint",))}
+        if prefix is not None:
+            out["prefix"] = prefix
+        return out
+    if isinstance(init, dict) and "prefix" in init:
+        r.diags.add("E017", "init.prefix is set but init.type is 'default', which loads nothing",
+                    r.doc.key_span(path + ("prefix",)), "use init: {type: pretrained, checkpoint: PATH, prefix: ...}")
     return None

@@ -89,7 +89,10 @@ STAGE_DOCS = {
 HEAD_DOCS = {"num_classes": "Output classes of the fc layer."}
 INIT_DOCS = {
     "type": "pretrained loads a checkpoint; default is OpenMMLab's initialisation.",
-    "checkpoint": "Path of a torchvision or OpenMMLab checkpoint.",
+    "checkpoint": "Path of a checkpoint (torchvision, OpenMMLab, timm, detectron2 layout; .pth, .safetensors, .pkl), "
+                  "or a model-zoo name (torchvision://resnet50, open-mmlab://resnext101_32x4d) read from "
+                  "$TORCH_HOME/hub/checkpoints.",
+    "prefix": "Load only the keys under this prefix (such as 'backbone.'), with the prefix removed.",
 }
 SHORTHAND_DOCS = {
     "graphres": TOP_DOCS["graphres"],
@@ -130,7 +133,7 @@ BACKBONE_DOCS = {
 INIT_CFG_DOCS = {
     "type": "Only Pretrained is supported.",
     "checkpoint": INIT_DOCS["checkpoint"],
-    "prefix": "Not supported yet: graphres strips 'module.' and 'backbone.' itself.",
+    "prefix": INIT_DOCS["prefix"],
     "map_location": "Accepted and not needed: checkpoints are always read onto the CPU.",
 }
 BLOCK_DOCS = {
@@ -460,13 +463,13 @@ class _Defs:
         return {"anyOf": [_int(0), {"type": "array", "items": _int(0), "minItems": 1, "uniqueItems": True}]}
 
     def init(self) -> dict:
-        out = _obj({"type": _enum(model.INIT_TYPES), "checkpoint": _STR}, INIT_DOCS, "init")
+        out = _obj({"type": _enum(model.INIT_TYPES), "checkpoint": _STR, "prefix": _STR}, INIT_DOCS, "init")
         if not self.partial:
             out["allOf"] = [
                 {"if": {"properties": {"type": {"const": "pretrained"}}, "required": ["type"]},
                  "then": {"required": ["checkpoint"]}},
                 {"if": {"properties": {"type": {"const": "default"}}, "required": ["type"]},
-                 "then": {"properties": {"checkpoint": False}}},
+                 "then": {"properties": {"checkpoint": False, "prefix": False}}},
             ]
         assert tuple(out["properties"]) == model.INIT_KEYS
         return _nullable(out)
@@ -525,11 +528,10 @@ class _Defs:
         return out
 
     def init_cfg(self) -> dict:
-        props = {"type": {"const": "Pretrained"}, "checkpoint": _STR, "prefix": False, "map_location": {}}
+        props = {"type": {"const": "Pretrained"}, "checkpoint": _STR, "prefix": _STR, "map_location": {}}
         assert tuple(props) == shorthand.INIT_CFG_KEYS
         out = _obj({k: v for k, v in props.items() if v is not False}, INIT_CFG_DOCS, "init_cfg",
                    required=self.req("type"))
-        # prefix is not supported yet (the reader says so, E016): the schema refuses it
         out["properties"] = {k: out["properties"].get(k, False) for k in props}
         return _nullable(out)
 

@@ -221,11 +221,10 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
     elif init_cfg is not None:
         if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
             r.mapping(at("init_cfg"), INIT_CFG_KEYS, "init_cfg")
-            if "prefix" in init_cfg:
-                diags.add("E016", "init_cfg.prefix is not supported yet", r.doc.key_span(at("init_cfg") + ("prefix",)),
-                          "graphres strips 'module.' and 'backbone.' itself; remove prefix")
             put(("init",), {"type": "pretrained", "checkpoint": init_cfg.get("checkpoint")}, at("init_cfg"))
             out.spans[("init", "checkpoint")] = doc.span(at("init_cfg") + ("checkpoint",))
+            if "prefix" in init_cfg:
+                put(("init", "prefix"), init_cfg["prefix"], at("init_cfg") + ("prefix",))
         elif isinstance(init_cfg, (dict, list)):
             diags.add("E016", "init_cfg other than {type: Pretrained, checkpoint: ...} is not supported yet",
                       r.span(at("init_cfg")), "leave init_cfg out for OpenMMLab's default initialisation")
