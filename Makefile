@@ -34,6 +34,8 @@ demo: setup
 	$(BIN)/graphres expand specs/mmdet_faster_rcnn_r50.yaml
 	$(BIN)/graphres render $(SPEC) -o build/resnet50.svg
 	$(BIN)/graphres compile $(SPEC) -o build/resnet50.pt2
+	$(BIN)/graphres compile $(SPEC) -o build/resnet50.py
+	$(PY) build/resnet50.py
 	$(PY) -c "import graphres; m = graphres.build('$(SPEC)'); print(m.feature_info)"
 	$(PY) -c "import torch; p = torch.export.load('build/resnet50.pt2'); print([tuple(t.shape) for t in p.module()(torch.randn(1, 3, 224, 224))])"
 
