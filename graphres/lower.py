@@ -23,7 +23,6 @@ from .spec.model import Arg, Spec
 from .spec.reader import MISSING
 
 MAX_CHANNELS = 1 << 20
-ACT_OP = "act"  # the op whose type defaults to the spec's act: section
 
 
 class _Abort(Exception):
@@ -363,8 +362,9 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
             attrs[attr] = value
         elif default is not REQUIRED:
             attrs[attr] = default
-    if layer.op == ACT_OP and "type" not in layer.attrs:
-        attrs["type"] = ctx.spec.act  # the spec's act: section (relu by default)
+    for attr, setting in opdef.spec_defaults.items():  # e.g. an act's type: the spec's act: section
+        if attr not in layer.attrs:
+            attrs[attr] = getattr(ctx.spec, setting)
     opdef.normalize(attrs)
     lo, hi = opdef.arity
     if not lo <= len(inputs) <= hi:

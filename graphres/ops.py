@@ -108,6 +108,8 @@ class OpDef:
     scratch: Callable[[dict, int, int, int, Mapping], int] = _zero  # (attrs, in_ch, out_ch, out_bytes, settings)
     unique_name: bool = False  # has parameters, so two layers may not share its name
     uses_norm: bool = False  # is the spec's normalisation layer (its norm: section applies)
+    # attributes that default to a spec-wide setting when a layer does not set them: attr -> Spec field
+    spec_defaults: dict[str, str] = field(default_factory=dict)
     # what torch would refuse (or compute as NaN) once it runs: (attrs, in_ch, first operand's
     # (C, H, W), settings) -> (code, message with a {node} field, hint) or None
     check_run: Callable[[dict, int, tuple, Mapping], tuple[str, str, str] | None] = _no_check
@@ -372,7 +374,7 @@ OPS: dict[str, OpDef] = {
               check_channels=_norm_check_channels, params=_norm_params, overwritable=True, unique_name=True,
               uses_norm=True, check_run=_norm_check_run, tensors=_norm_tensors),
         OpDef("act", "activation function", {"type": "relu"}, TorchEmit(module=_act_torch),
-              label=lambda a, s, compact: str(a["type"]), choices={"type": ACT_TYPES},
+              label=lambda a, s, compact: str(a["type"]), choices={"type": ACT_TYPES}, spec_defaults={"type": "act"},
               in_place=lambda a: ACT_MODULES[a["type"]][1]),
         OpDef("maxpool", "max pooling", {"kernel": REQUIRED, "stride": None, "padding": 0, "ceil_mode": False},
               TorchEmit(module=_pool_torch("MaxPool2d"), defaults={"padding": 0, "ceil_mode": False}), label=lambda a, s, compact: _window_label("maxpool", a, compact),
