@@ -66,6 +66,9 @@ class TorchEmit:
     # keyword arguments the constructor writes out always, with torch's default: generated code
     # leaves such a keyword out where it has this value in every instance of a block class
     defaults: dict[str, Any] = field(default_factory=dict)
+    # for functional ops whose call depends on their attributes (a slice's channel range):
+    # (attrs, module reference or None, operands, in place) -> source; used instead of ``call``
+    call_attrs: Callable[[dict, str | None, Sequence[str], bool], str] | None = None
 
 
 def _no_check(*_: Any) -> None:
@@ -117,6 +120,9 @@ class OpDef:
     tensors: Callable[[dict, int, int, Mapping], dict] = lambda a, i, o, s: {}
     symbol: str | None = None  # diagrams draw it as a small circle with this symbol (a merge)
     label_channels: bool = False  # diagrams show its output channels
+    # its receptive field depends on the data (a deformable conv's learned offsets): the analysis
+    # marks it and everything after it, and reports the regular-grid field as a lower bound only
+    data_dependent_rf: bool = False
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -351,6 +357,105 @@ def _plain(name: str) -> Callable[[dict, Mapping, bool], str]:
     return lambda a, settings, compact: name
 
 
+# -- deformable conv (mmcv's DCN / DCNv2) ------------------------------------------------------------
+
+def _dcn_offset_channels(a: dict) -> int:
+    """Channels of the offset conv: a (dy, dx) pair per kernel position and deform group, plus a
+    mask value per position for the modulated (v2) form."""
+    return a["deform_groups"] * (3 if a["modulated"] else 2) * a["kernel"] ** 2
+
+
+def _dcn_check_channels(a: dict, inputs: Sequence[tuple[str, int]], settings: Mapping):
+    problem = _conv_check_channels(a, inputs, settings)
+    if problem is not None:
+        return problem
+    in_ch = inputs[0][1]
+    if in_ch % a["deform_groups"]:
+        return (f"deform_groups = {a['deform_groups']} must divide the deformable conv's {in_ch} input channels",
+                "deform_groups", "mmcv's kernels split the input channels evenly among the deform groups")
+    return None
+
+
+def _dcn_params(a: dict, in_ch: int, out_ch: int, settings: Mapping) -> int:
+    offset = _dcn_offset_channels(a)
+    return _conv_params(a, in_ch, out_ch, settings) + offset * in_ch * a["kernel"] ** 2 + offset
+
+
+def _dcn_macs(a: dict, in_ch: int, out_ch: int, hw: HW) -> int:
+    """The offset conv's and the deformable conv's multiply-accumulates, padding counted; the
+    bilinear sampling (4 reads and 3 lerps per tap) and the v2 mask products are not counted, as
+    FlopCounterMode does not count them."""
+    offset = _dcn_offset_channels(a) * hw[0] * hw[1] * in_ch * a["kernel"] ** 2
+    return offset + _conv_macs(a, in_ch, out_ch, hw)
+
+
+def _dcn_torch(a: dict, in_ch: int, out_ch: int, settings: Mapping, inplace: bool) -> str:
+    cls = "ModulatedDeformConv2dPack" if a["modulated"] else "DeformConv2dPack"
+    args = [str(in_ch), str(out_ch), str(a["kernel"]), f"stride={a['stride']}", f"padding={a['padding']}",
+            f"dilation={a['dilation']}", f"groups={a['groups']}", f"deform_groups={a['deform_groups']}",
+            f"bias={a['bias']}"]
+    return f"{cls}({', '.join(args)})"
+
+
+def _dcn_tensors(a: dict, in_ch: int, out_ch: int, settings: Mapping) -> dict:
+    k, offset = a["kernel"], _dcn_offset_channels(a)
+    return ({"weight": (out_ch, in_ch // a["groups"], k, k)} | ({"bias": (out_ch,)} if a["bias"] else {})
+            | {"conv_offset.weight": (offset, in_ch, k, k), "conv_offset.bias": (offset,)})
+
+
+def _dcn_label(a: dict, settings: Mapping, compact: bool) -> str:
+    name = "dcnv2" if a["modulated"] else "dcn"
+    text = _window_label("conv", a, compact).replace("conv", name, 1)
+    return text + (f" dg{a['deform_groups']}" if a["deform_groups"] != 1 else "")
+
+
+def _dcn_check_run(a: dict, in_ch: int, in_shape: tuple, settings: Mapping):
+    if a["bias"] and not a["modulated"]:
+        return ("E113", "deformable conv {node} (DCN v1) has bias: true, which mmcv's DeformConv2d refuses",
+                "set bias: false, or use the modulated form (modulated: true, mmcv's DCNv2), which has a bias")
+    return None
+
+
+# -- slice (a channel range, Res2Net) ---------------------------------------------------------------
+
+def _slice_range(a: dict, in_ch: int) -> tuple[int, int]:
+    """The [start, stop) channels a slice takes: ``start``/``stop`` (stop -1 = to the end), or the
+    ``index``-th of ``chunks`` equal parts (torch.chunk's rule when chunks does not divide)."""
+    if a["chunks"] > 0:
+        size = -(-in_ch // a["chunks"])
+        return min(a["index"] * size, in_ch), min((a["index"] + 1) * size, in_ch)
+    stop = in_ch if a["stop"] < 0 else a["stop"]
+    return a["start"], stop
+
+
+def _slice_check_channels(a: dict, inputs: Sequence[tuple[str, int]], settings: Mapping):
+    in_ch = inputs[0][1]
+    if a["chunks"] > 0:
+        if a["index"] >= a["chunks"]:
+            return (f"slice index = {a['index']} is out of range for chunks = {a['chunks']} (0..{a['chunks'] - 1})",
+                    "index", None)
+        if in_ch % a["chunks"]:
+            return (f"slice chunks = {a['chunks']} does not divide its {in_ch} input channels", "chunks",
+                    "give start and stop instead, or make the channels a multiple of chunks")
+        return None
+    start, stop = _slice_range(a, in_ch)
+    if not 0 <= start < stop <= in_ch:
+        return (f"slice [{start}:{stop}] is not a non-empty channel range of its {in_ch} input channels", "start"
+                if start >= min(stop, in_ch) else "stop", f"channels run from 0 to {in_ch}")
+    return None
+
+
+def _slice_channels(a: dict, chs: Sequence[int]) -> int:
+    start, stop = _slice_range(a, chs[0])
+    return max(stop - start, 0)
+
+
+def _slice_call(a: dict, ref: str | None, xs: Sequence[str], inplace: bool) -> str:
+    if a["chunks"] > 0:
+        return f"torch.chunk({xs[0]}, {a['chunks']}, 1)[{a['index']}]"
+    return f"{xs[0]}[:, {a['start']}:{'' if a['stop'] < 0 else a['stop']}]"
+
+
 OPS: dict[str, OpDef] = {
     op.name: op
     for op in [
@@ -416,5 +521,27 @@ OPS: dict[str, OpDef] = {
               check_spatial=_linear_check_spatial,
               params=lambda a, i, o, s: o * i + (o if a["bias"] else 0), macs=lambda a, i, o, hw: o * i,
               unique_name=True, tensors=lambda a, i, o, s: {"weight": (o, i)} | ({"bias": (o,)} if a["bias"] else {})),
+        OpDef("deform_conv", "deformable 2-d convolution (mmcv's DCN; modulated: true is DCNv2): a conv_offset conv "
+                             "predicts per-position (dy, dx) offsets (and a sigmoid mask for v2) of every kernel tap",
+              {"out": REQUIRED, "kernel": REQUIRED, "stride": 1, "padding": None, "dilation": 1, "groups": 1,
+               "deform_groups": 1, "modulated": False, "bias": False},
+              TorchEmit(module=_dcn_torch, needs=lambda s: ("DeformConv2d", "DeformConv2dPack",
+                                                             "ModulatedDeformConv2dPack"),
+                        defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "deform_groups": 1}),
+              label=_dcn_label,
+              int_min={"out": 1, "kernel": 1, "stride": 1, "dilation": 1, "groups": 1, "padding": 0,
+                       "deform_groups": 1},
+              normalize=_conv_normalize, channels=lambda a, chs: a["out"], check_channels=_dcn_check_channels,
+              spatial=lambda a, shapes: _window_hw(_conv_window(a), shapes[0], pool=False),
+              params=_dcn_params, macs=_dcn_macs, window=_conv_window, overwritable=True, unique_name=True,
+              label_channels=True, check_run=_dcn_check_run, tensors=_dcn_tensors, data_dependent_rf=True),
+        OpDef("slice", "a channel range of its input: start..stop (stop -1 = the end), or part index of chunks "
+                       "equal parts (a view; Res2Net's split)",
+              {"start": 0, "stop": -1, "chunks": 0, "index": 0},
+              TorchEmit(call_attrs=_slice_call), label=lambda a, s, compact: (
+                  f"slice {a['index']}/{a['chunks']}" if a["chunks"] > 0
+                  else f"slice {a['start']}:{'' if a['stop'] < 0 else a['stop']}"),
+              has_module=False, int_min={"start": 0, "stop": -1, "chunks": 0, "index": 0},
+              channels=_slice_channels, check_channels=_slice_check_channels),
     ]
 }

@@ -229,7 +229,10 @@ def _body(g: nx.DiGraph, steps: list[_Step], input_node: str, input_name: str, r
         var[st.node] = name
         holder[name] = st.node
         op = OPS.get(st.op)
-        if st.module is not None:
+        if op is not None and op.torch.call_attrs is not None:
+            call = op.torch.call_attrs(g.nodes[st.node][ir.ATTRS], _attr_ref(st.module) if st.module else None,
+                                       args, st.in_place)
+        elif st.module is not None:
             ref = _attr_ref(st.module)
             call = op.torch.call(ref, args, st.in_place) if op is not None else f"{ref}({args[0]})"
         else:
@@ -325,10 +328,12 @@ def _plan_classes(g: nx.DiGraph, instances: list[tuple[str, _Instance]], taken: 
 
 _CHANNEL_ROLES = {("nn.Conv2d", 0), ("nn.Conv2d", 1), ("ConvWS2d", 0), ("ConvWS2d", 1), ("nn.Linear", 0),
                   ("nn.Linear", 1), ("nn.BatchNorm2d", 0), ("SyncBatchNorm2d", 0), ("FrozenBatchNorm2d", 0),
-                  ("nn.InstanceNorm2d", 0), ("nn.GroupNorm", 1)}
+                  ("nn.InstanceNorm2d", 0), ("nn.GroupNorm", 1), ("DeformConv2dPack", 0), ("DeformConv2dPack", 1),
+                  ("ModulatedDeformConv2dPack", 0), ("ModulatedDeformConv2dPack", 1)}
 _POSITIONAL_ROLES = {("nn.Conv2d", 2): "kernel_size", ("ConvWS2d", 2): "kernel_size", ("nn.GroupNorm", 0): "num_groups",
                      ("nn.MaxPool2d", 0): "kernel_size", ("nn.MaxPool2d", 1): "pool_stride",
-                     ("nn.AvgPool2d", 0): "kernel_size", ("nn.AvgPool2d", 1): "pool_stride"}
+                     ("nn.AvgPool2d", 0): "kernel_size", ("nn.AvgPool2d", 1): "pool_stride",
+                     ("DeformConv2dPack", 2): "kernel_size", ("ModulatedDeformConv2dPack", 2): "kernel_size"}
 
 
 def _parameterise(cls: BlockClass) -> None:
@@ -446,7 +451,8 @@ def generate(g: nx.DiGraph, standalone: bool = False) -> Generated:
     for n in order:
         if n != ir.INPUT:
             by_scope.setdefault(g.nodes[n][ir.SCOPE], []).append(n)
-    class_names = Namespace(BASE_RUNTIME + ("FrozenBatchNorm2d", "SyncBatchNorm2d", "SyncBNError", "ConvWS2d"))
+    class_names = Namespace(BASE_RUNTIME + ("FrozenBatchNorm2d", "SyncBatchNorm2d", "SyncBNError", "ConvWS2d",
+                                            "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack"))
     net_name = class_names.make(camel(g.graph[ir.G_NAME]))
     instances: list[tuple[str, _Instance]] = []
     for st in g.graph[ir.G_STAGES]:

@@ -95,6 +95,147 @@ class SyncBatchNorm2d(nn.SyncBatchNorm):
         return super().forward(x)
 
 
+class DeformConv2d(nn.Module):
+    """The part of mmcv's deformable convolutions (DCN, DCNv2) that does not depend on the version:
+    the weight (and bias), the argument checks, and the sampling itself.
+
+    :meth:`deform_conv2d` runs on ``torchvision.ops.deform_conv2d`` when torchvision is importable
+    (it reads mmcv's offset layout) and otherwise on a pure-torch implementation with the same
+    semantics: for output pixel (i, j), kernel tap (ky, kx) and deform group g, the input is sampled
+    at (i * stride - padding + ky * dilation + dy, j * stride - padding + kx * dilation + dx), where
+    (dy, dx) are offset channels g * 2 * K + 2 * (ky * kw + kx) and the one after it, bilinearly,
+    with zero outside the map; the v2 form multiplies each sample by its mask channel
+    g * K + ky * kw + kx. Maps smaller than the kernel are handled as torchvision handles them
+    (zero padding), where mmcv's own kernels refuse them."""
+
+    use_torchvision = True  # False forces the pure-torch path (tests compare the two)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, deform_groups: int = 1, bias: bool = False):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups = {groups} must divide in_channels = {in_channels} and "
+                             f"out_channels = {out_channels}")
+        if in_channels % deform_groups:
+            raise ValueError(f"deform_groups = {deform_groups} must divide in_channels = {in_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (kernel_size, kernel_size)
+        self.stride, self.padding, self.dilation = (stride, stride), (padding, padding), (dilation, dilation)
+        self.groups, self.deform_groups = groups, deform_groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_channels))
+        else:
+            self.register_parameter("bias", None)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"deform_groups={self.deform_groups}, bias={self.bias is not None}")
+
+    def deform_conv2d(self, x: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None
+                      ) -> torch.Tensor:
+        if self.use_torchvision:
+            try:
+                from torchvision.ops import deform_conv2d
+            except ImportError:  # torchvision is optional: the pure-torch path computes the same
+                pass
+            else:
+                return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                     mask)
+        return self.deform_conv2d_torch(x, offset, self.weight, self.bias, self.stride[0], self.padding[0],
+                                        self.dilation[0], self.groups, self.deform_groups, mask)
+
+    @staticmethod
+    def deform_conv2d_torch(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+                            bias: Optional[torch.Tensor], stride: int, padding: int, dilation: int, groups: int,
+                            deform_groups: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Deformable convolution in plain torch ops: bilinear gathers, then one batched matmul
+        (which FlopCounterMode counts as the conv's multiply-accumulates)."""
+        n, c, h, w = x.shape
+        out_ch, _, kh, kw = weight.shape
+        ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+        wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+        k, dg = kh * kw, deform_groups
+        cg = c // dg
+        off = offset.reshape(n, dg, k, 2, ho, wo)
+        ky = torch.arange(kh, device=x.device, dtype=x.dtype).repeat_interleave(kw) * dilation
+        kx = torch.arange(kw, device=x.device, dtype=x.dtype).repeat(kh) * dilation
+        oy = torch.arange(ho, device=x.device, dtype=x.dtype) * stride - padding
+        ox = torch.arange(wo, device=x.device, dtype=x.dtype) * stride - padding
+        py = oy.reshape(1, 1, 1, ho, 1) + ky.reshape(1, 1, k, 1, 1) + off[:, :, :, 0]  # (n, dg, k, ho, wo)
+        px = ox.reshape(1, 1, 1, 1, wo) + kx.reshape(1, 1, k, 1, 1) + off[:, :, :, 1]
+        y0, x0 = torch.floor(py), torch.floor(px)
+        ly, lx = py - y0, px - x0
+        src = x.reshape(n, dg, cg, h * w)
+        cols = x.new_zeros(n, dg, cg, k * ho * wo)
+        for yc, xc, wt in ((y0, x0, (1 - ly) * (1 - lx)), (y0, x0 + 1, (1 - ly) * lx),
+                           (y0 + 1, x0, ly * (1 - lx)), (y0 + 1, x0 + 1, ly * lx)):
+            valid = (yc >= 0) & (yc <= h - 1) & (xc >= 0) & (xc <= w - 1)
+            index = (yc.clamp(0, h - 1) * w + xc.clamp(0, w - 1)).long().reshape(n, dg, 1, k * ho * wo)
+            taken = torch.gather(src, 3, index.expand(n, dg, cg, k * ho * wo))
+            cols = cols + taken * (wt * valid.to(x.dtype)).reshape(n, dg, 1, k * ho * wo)
+        cols = cols.reshape(n, dg, cg, k, ho * wo)
+        if mask is not None:
+            cols = cols * mask.reshape(n, dg, 1, k, ho * wo)
+        cols = cols.reshape(n, groups, (c // groups) * k, ho * wo)
+        wmat = weight.reshape(groups, out_ch // groups, (c // groups) * k)
+        out = torch.matmul(wmat.unsqueeze(0), cols).reshape(n, out_ch, ho, wo)
+        if bias is not None:
+            out = out + bias.reshape(1, -1, 1, 1)
+        return out
+
+
+class DeformConv2dPack(DeformConv2d):
+    """mmcv's ``DCN`` (DeformConv2dPack): a deformable conv whose offsets come from its own
+    ``conv_offset`` (deform_groups * 2 * k * k channels, same window as the conv, with bias).
+    Keys ``weight``, ``conv_offset.weight``, ``conv_offset.bias``; no bias (mmcv refuses one).
+    Init as mmcv: the weight Kaiming-uniform (relu), conv_offset zero (a backbone's Kaiming init of
+    convs then re-initialises conv_offset, which is an ``nn.Conv2d``, but not the weight)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, deform_groups: int = 1, bias: bool = False):
+        if bias:
+            raise ValueError("DeformConv2dPack (DCN v1) has no bias: mmcv's DeformConv2d refuses bias=True")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, deform_groups)
+        nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
+        self.conv_offset = nn.Conv2d(in_channels, deform_groups * 2 * kernel_size * kernel_size, kernel_size,
+                                     stride=stride, padding=padding, dilation=dilation, bias=True)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.deform_conv2d(x, self.conv_offset(x))
+
+
+class ModulatedDeformConv2dPack(DeformConv2d):
+    """mmcv's ``DCNv2`` (ModulatedDeformConv2dPack): ``conv_offset`` gives deform_groups * 3 * k * k
+    channels, chunked in three: the offset is the first two chunks concatenated, the mask the
+    sigmoid of the third. ``init_weights`` is mmcv's: the weight uniform in +-1/sqrt(fan_in), the
+    bias and conv_offset zero; the backbone calls it after its own init, as mmengine does, so
+    conv_offset ends at zero."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, deform_groups: int = 1, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, deform_groups,
+                         bias)
+        self.conv_offset = nn.Conv2d(in_channels, deform_groups * 3 * kernel_size * kernel_size, kernel_size,
+                                     stride=stride, padding=padding, dilation=dilation, bias=True)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        bound = (self.in_channels * self.kernel_size[0] * self.kernel_size[1]) ** -0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o1, o2, mask = torch.chunk(self.conv_offset(x), 3, dim=1)
+        return self.deform_conv2d(x, torch.cat((o1, o2), dim=1), torch.sigmoid(mask))
+
+
 class GraphresBackbone(nn.Module):
     """A backbone compiled from a graphres spec; forward returns the tuple of out_indices outputs.
 
@@ -145,6 +286,9 @@ class GraphresBackbone(nn.Module):
             elif isinstance(m, (_BatchNorm, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():  # then each layer's own init_weights, as mmengine calls them after the parent's
+            if m is not self and callable(getattr(m, "init_weights", None)):
+                m.init_weights()
         if zero_init_residual:
             for path in self.zero_init_modules:
                 m = self.get_submodule(path)
