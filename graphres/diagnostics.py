@@ -67,6 +67,14 @@ CODES: dict[str, str] = {
     "E067": "model does not fit in memory",
     "W020": "model needs much memory",
     "E100": "unknown spec name",
+    "E110": "unknown dcn type",
+    "E111": "dcn on a basic block",
+    "E112": "dcn with conv_cfg",
+    "E113": "DCN v1 with a bias",
+    "E114": "stage_with_dcn length differs from num_stages",
+    "E115": "deform_groups does not divide the channels",
+    "W110": "fallback_on_stride differs from mmdetection",
+    "W111": "deformable conv input smaller than its kernel",
 }
 
 # How much of a run the text printer shows: the first MAX_PRINTED diagnostics (then "... and N

@@ -143,6 +143,19 @@ def is_frozen(g: nx.DiGraph, stage: int | None) -> bool:
     return bool(g.graph.get(G_FROZEN_SCOPES, {}).get(stage, False))
 
 
+def format_rf(rf: dict | None, compact: bool = False) -> str:
+    """The text of a ``meta['rf']``: ``427``; ``global`` after a global pool; ``>= 427, deformable``
+    downstream of a deformable conv, whose field depends on the data (the number is the regular
+    grid's field, a lower bound, never presented as exact); ``compact``: ``>=427 dcn``."""
+    if not rf:
+        return ""
+    if rf.get("size") is None:
+        return "global"
+    if rf.get("deformable"):
+        return f">={rf['size']} dcn" if compact else f">= {rf['size']}, deformable"
+    return str(rf["size"])
+
+
 def format_formula(f: tuple[int, int] | None, var: str = "H") -> str:
     """The text of a ``meta['formula']``: ``ceil(H/32)``, ``floor((H+1)/2)``, ``H``; ``-`` when
     piecewise or constant."""

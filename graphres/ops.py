@@ -413,6 +413,11 @@ def _dcn_check_run(a: dict, in_ch: int, in_shape: tuple, settings: Mapping):
     if a["bias"] and not a["modulated"]:
         return ("E113", "deformable conv {node} (DCN v1) has bias: true, which mmcv's DeformConv2d refuses",
                 "set bias: false, or use the modulated form (modulated: true, mmcv's DCNv2), which has a bias")
+    if in_shape and min(in_shape[1:]) < a["kernel"]:
+        return ("W111", f"deformable conv {{node}} reads a {in_shape[1]}x{in_shape[2]} map, smaller than its "
+                        f"{a['kernel']}x{a['kernel']} kernel: mmcv's kernels refuse it ('input image is smaller than "
+                        f"kernel'); graphres runs it as torchvision does (taps outside the map read zero)",
+                "use a larger input.size, or a plain conv in this stage, where the model must also run on mmcv")
     return None
 
 

@@ -394,7 +394,8 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
             for k, run in enumerate(runs):
                 if plan.detail[i] == "block":
                     sub.node(run.id, _label(*_block_lines(g, st, run, plan, shortcut=True)),
-                             fillcolor=t.frozen if frozen else t.block)
+                             fillcolor=t.frozen if frozen else t.block,
+                             **_deformable_style([n for sc in run.scopes for n in plan.scope_nodes[sc]], g))
                     continue
                 with sub.subgraph(name=f"cluster_{run.id}") as inner:
                     lines = _block_lines(g, st, run, plan, shortcut=False)
@@ -440,7 +441,8 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
         frozen_any = stem_frozen or any(ir.is_frozen(g, st["index"]) for st in stages)
         kinds = {e.kind for e in edges}
         dg.node("legend", _legend(t, t.stage if level == "stage" else t.block, frozen_any, bool(outputs),
-                                  "shortcut" in kinds, "downsample" in kinds),
+                                  "shortcut" in kinds, "downsample" in kinds,
+                                  level != "stage" and bool(_deformable_style(order, g))),
                 shape="plaintext", style="", margin="0")
     return dg
 
@@ -517,7 +519,15 @@ def _layer_node(sub: graphviz.Digraph, g: nx.DiGraph, n: str, node_id: str, t: T
         sub.node(node_id, _label(symbol), shape="circle", width="0.3", height="0.3",
                  fixedsize="true", fillcolor=fill, fontsize="12", **group)
     else:
-        sub.node(node_id, _label(*_layer_lines(g, n)), fillcolor=fill, **group)
+        sub.node(node_id, _label(*_layer_lines(g, n)), fillcolor=fill, **group, **_deformable_style([n], g))
+
+
+def _deformable_style(nodes: list[str], g: nx.DiGraph) -> dict[str, str]:
+    """A deformable conv (its receptive field depends on the data) is drawn with a double border,
+    at layer level on the conv itself and at block level on the blocks that hold one."""
+    if any(g.nodes[n][ir.OP] in OPS and OPS[g.nodes[n][ir.OP]].data_dependent_rf for n in nodes):
+        return {"peripheries": "2"}
+    return {}
 
 
 def _main_path(g: nx.DiGraph, plan: _Plan) -> set[str]:
@@ -536,7 +546,8 @@ def _main_path(g: nx.DiGraph, plan: _Plan) -> set[str]:
 
 
 
-def _legend(t: Theme, trainable: str, frozen: bool, outputs: bool, shortcut: bool, downsample: bool) -> str:
+def _legend(t: Theme, trainable: str, frozen: bool, outputs: bool, shortcut: bool, downsample: bool,
+            deformable: bool = False) -> str:
     """An HTML-like table of fixed text (nothing from the spec): fills, then edge styles."""
     def swatch(fill: str, text: str) -> str:
         return (f'<tr><td bgcolor="{fill}" color="{t.line}" border="1" width="22" height="12" fixedsize="true"></td>'
@@ -557,6 +568,8 @@ def _legend(t: Theme, trainable: str, frozen: bool, outputs: bool, shortcut: boo
         rows.append(stroke(t.downsample, "&#8212;&#8212;&#8212;", "downsample shortcut"))
     if outputs:
         rows.append(stroke(t.output_line, "&#183; &#183; &#183; &#183;", "feature output"))
+    if deformable:
+        rows.append(stroke(t.line, "&#9552;&#9552;&#9552;", "deformable conv (double border)"))
     return ('<<table border="1" cellborder="0" cellspacing="2" cellpadding="2" '
             f'color="{t.cluster_line}" bgcolor="{t.background}">' + "".join(rows) + "</table>>")
 
@@ -704,7 +717,7 @@ def _rf_text(rf: dict | None) -> str:
     if not rf:
         return ""
     if rf.get("size") is not None:
-        return f"receptive field {rf['size']}"
+        return f"receptive field {ir.format_rf(rf)}"
     local = rf.get("local_size")
     return "receptive field global" + (f" (local {local})" if local is not None else "")
 

@@ -26,7 +26,10 @@ WIDTH = 80
 # -- rows -----------------------------------------------------------------------------------------
 
 def _rf(rf: dict) -> dict:
-    return {"size": rf["size"], "jump": rf["jump"], "center": rf["center"], "local_size": rf["local_size"]}
+    out = {"size": rf["size"], "jump": rf["jump"], "center": rf["center"], "local_size": rf["local_size"]}
+    if rf.get("deformable"):  # size is then a lower bound: the field depends on the offsets
+        out["deformable"] = True
+    return out
 
 
 def _row(g: nx.DiGraph, name: str, kind: str, what: str, nodes: list[str], frozen: bool) -> dict[str, Any]:
@@ -154,7 +157,7 @@ def _bytes(n: int) -> str:
 
 
 def _rf_text(rf: dict) -> str:
-    return "global" if rf["size"] is None else str(rf["size"])
+    return ir.format_rf(rf, compact=True)
 
 
 def _dil_text(row: dict) -> str:
@@ -232,6 +235,9 @@ def format_info(g: nx.DiGraph, level: str = "stage", color: bool = False, source
     if marks:
         notes.append("out: feature output index")
     notes.append("RF: receptive field in pixels")
+    if any(r["receptive_field"].get("deformable") for r in table):
+        notes.append(">=N dcn: after a deformable conv the field depends on its offsets; N (zero offsets) "
+                     "is a lower bound")
     lines.append("; ".join(notes))
     lines.append("")
     frozen_txt = f" (trainable {_commas(t['trainable_params'])}, frozen {_commas(t['frozen_params'])})" \

@@ -525,17 +525,24 @@ def shape_text(shape) -> str:
 _shape = shape_text
 
 
+def _rf(rf: dict | None):
+    """The receptive field shown: its size, or where a deformable conv makes it data-dependent
+    the lower-bound text (``>= 427, deformable``), never the bare number."""
+    rf = rf or {}
+    return ir.format_rf(rf) if rf.get("deformable") else rf.get("size")
+
+
 def stage_rows(compiled: Compiled) -> list[dict]:
     """The stem and every stage: name, type, output shape, stride, dilation, RF, params, MACs."""
     g = compiled.graph
     rows = []
     stem = g.graph["stem"]
     rows.append({"name": "stem", "index": -1, "type": stem["block"], "shape": stem["shape"], "stride": stem["stride"],
-                 "dilation": stem["dilation"], "rf": stem["rf"]["size"], "params": stem["params"], "macs": stem["macs"]})
+                 "dilation": stem["dilation"], "rf": _rf(stem["rf"]), "params": stem["params"], "macs": stem["macs"]})
     for st in g.graph["stages"]:
         rows.append({"name": st["name"], "index": st["index"], "type": f"{st['block']} x{st['blocks']}",
                      "shape": st["shape"], "stride": st["stride"], "dilation": st["dilation"],
-                     "dilations": st["dilations"], "rf": st["rf"]["size"], "params": st["params"], "macs": st["macs"]})
+                     "dilations": st["dilations"], "rf": _rf(st["rf"]), "params": st["params"], "macs": st["macs"]})
     return rows
 
 
@@ -577,7 +584,7 @@ def _layer_rows(compiled: Compiled, nodes: list[str]) -> list[dict]:
     for n in nodes:
         m = g.nodes[n][ir.META]
         out.append({"name": n, "type": g.nodes[n][ir.OP], "shape": m.get("shape"), "stride": m.get("stride"),
-                    "dilation": m.get("dilation"), "rf": (m.get("rf") or {}).get("size"),
+                    "dilation": m.get("dilation"), "rf": _rf(m.get("rf")),
                     "params": m.get("params", 0), "macs": m.get("macs", 0)})
     return out
 
@@ -658,7 +665,7 @@ def _block_hover(compiled: Compiled, name: str, block) -> str:
         out = g.nodes[nodes[-1]][ir.META]
         rows.append({"name": scope, "type": name, "shape": out.get("shape"), "stride": out.get("stride"),
                      "dilation": max(g.nodes[n][ir.META].get("dilation", 1) for n in nodes),
-                     "rf": (out.get("rf") or {}).get("size"),
+                     "rf": _rf(out.get("rf")),
                      "params": sum(g.nodes[n][ir.META].get("params", 0) for n in nodes),
                      "macs": sum(g.nodes[n][ir.META].get("macs", 0) for n in nodes)})
     head = f"**{name}** ({block.kind}){': ' + block.description if block.description else ''}"

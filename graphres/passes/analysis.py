@@ -11,7 +11,9 @@ Runs after :func:`graphres.passes.shapes.infer_shapes`. It writes, on each node'
     ``center + i * jump``; negative or beyond the image where padding is counted). Residual
     branches are joined exactly: the field of an ``add`` is the union of its operands' fields.
     Anything downstream of a global pool has ``size`` ``None`` ("global"); ``local_size`` is then
-    the field of the paths that avoid global pools (an SE block's convolutions). Normalisation layers
+    the field of the paths that avoid global pools (an SE block's convolutions). ``deformable`` is
+    true downstream of a deformable conv: its learned offsets move the taps anywhere, so ``size``
+    (the field of the regular, zero-offset grid) is only a lower bound (shown "RF >= N, deformable"). Normalisation layers
     are treated as pointwise (BatchNorm in eval mode is; GN and IN statistics are not counted).
 ``dilation``
     A conv's own dilation; for other nodes, the largest dilation of a conv with kernel > 1 in the
@@ -63,14 +65,17 @@ def _receptive_fields(g: nx.DiGraph, order: list[str]) -> None:
     full: dict[str, tuple | None] = {}
     local: dict[str, tuple | None] = {}
     jumps: dict[str, int] = {}
+    deformable: dict[str, bool] = {}  # a data-dependent field (a deformable conv) on some path to it
     for n in order:
         d = g.nodes[n]
         op, a = d[ir.OP], d[ir.ATTRS]
         if op == "input":
             full[n] = local[n] = (0, 0)
             jumps[n] = 1
+            deformable[n] = False
         else:
             srcs = ir.inputs_of(g, n)
+            deformable[n] = OPS[op].data_dependent_rf or any(deformable[x] for x in srcs)
             jump = jumps[srcs[0]]
             opdef = OPS[op]
             w = opdef.window(a)
@@ -90,7 +95,8 @@ def _receptive_fields(g: nx.DiGraph, order: list[str]) -> None:
         f, loc = full[n], local[n]
         d[ir.META]["rf"] = {"size": None if f is None else f[1] - f[0] + 1, "jump": jumps[n],
                             "center": None if f is None else (f[0] + f[1]) / 2,
-                            "local_size": None if loc is None else loc[1] - loc[0] + 1}
+                            "local_size": None if loc is None else loc[1] - loc[0] + 1,
+                            "deformable": deformable[n]}
 
 
 def _union(boxes: list, unbounded: bool) -> tuple | None:

@@ -33,6 +33,7 @@ class LimitError(GraphresError, ValueError):
 
 
 def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
+    warned: set[str] = set()
     ends = {st.get("output") for st in g.graph.get("stages", [])} | {(g.graph.get("head") or {}).get("output")}
     for n in ir.topological_order(g):
         if g.out_degree(n) == 0 and n not in ends and n != ir.INPUT:  # the torch backend cannot plan a dead end
@@ -45,8 +46,11 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
         srcs = ir.inputs_of(g, n)
         in_shape = g.nodes[srcs[0]][ir.META].get("shape") if srcs else None
         problem = op.check_run(d[ir.ATTRS], d[ir.IN_CH], in_shape, g.graph)
+        if problem is not None and problem[0].startswith("W") and problem[0] in warned:
+            problem = None  # a warning of the op table: at its first node only
         if problem is not None:
             code, message, hint = problem
+            warned.add(code)
             diags.add(code, message.format(node=n), _span_of(d), hint)
     params = g.graph.get("params", 0)
     limit = _env_count("GRAPHRES_MAX_PARAMS", MAX_PARAMS)

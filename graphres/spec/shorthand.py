@@ -194,11 +194,10 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
             out.data["conv"] = {**conv_cfg, "type": "Conv2d"}
 
     dcn = r.get(at("dcn"), None)
-    if dcn is not None:
-        diags.add("E016", "dcn (deformable convolution) is not supported yet", r.span(at("dcn")),
-                  "remove dcn and stage_with_dcn, or set dcn: null")
     swd = r.get(at("stage_with_dcn"), None)
-    if swd is not None and dcn is None and isinstance(swd, list) and any(swd):
+    if dcn is not None:
+        _expand_dcn(r, at, out, stages, block, btype, TYPES[btype][3], base, num_stages)
+    elif swd is not None and isinstance(swd, (list, tuple)) and any(swd):
         diags.add("E017", "stage_with_dcn enables stages but dcn is null", r.span(at("stage_with_dcn")),
                   "set dcn, or make every entry false")
     plugins = r.get(at("plugins"), None)
@@ -255,3 +254,91 @@ def _mmseg_dilations(r: Reader, at, counts: list[int], dilations: list[int], num
         elif values is not None:
             out[last] = list(values)
     return out
+
+
+DCN_KEYS = ("type", "deform_groups", "fallback_on_stride")
+DCN_TYPES = ("DCN", "DCNv2")
+
+
+def _expand_dcn(r: Reader, at, out: Located, stages: list, block: str, btype: str, extra: tuple, base: int,
+                num_stages: int) -> None:
+    """mmdetection's ``dcn`` / ``stage_with_dcn``: the bottlenecks of each marked stage get the
+    deformable conv2 (block arguments dcn, deform_groups, fallback_on_stride on those stages).
+    mmdet's and mmcv's asserts become located errors here."""
+    diags, path = r.diags, at("dcn")
+    dcn = r.get(path)
+    if not isinstance(dcn, dict):
+        diags.add("E011", f"dcn must be a mapping such as {{type: DCN, deform_groups: 1, fallback_on_stride: false}}, "
+                          f"found {describe(dcn)}", r.span(path))
+        return
+    r.mapping(path, DCN_KEYS, "dcn")
+    errors = sum(d.is_error for d in diags)  # this key's own mistakes are all reported, then nothing expands
+    dtype = dcn.get("type", MISSING)
+    if dtype is MISSING:
+        diags.add("E012", "dcn needs the key 'type' (DCN or DCNv2)", r.span(path))
+    elif dtype not in DCN_TYPES:
+        diags.add("E110", f"dcn type {dtype!r} is not one of 'DCN' (deformable conv v1), 'DCNv2' (modulated)",
+                  r.span(path + ("type",)), did_you_mean(str(dtype), DCN_TYPES) or "mmcv registers DCN and DCNv2")
+    groups = r.value(path + ("deform_groups",), int, 1, what="dcn.deform_groups", min=1)
+    fallback = r.value(path + ("fallback_on_stride",), bool, False, what="dcn.fallback_on_stride")
+    swd_path = at("stage_with_dcn")
+    swd = r.get(swd_path, MISSING)
+    if swd is MISSING:
+        marks = [False] * num_stages
+    elif not isinstance(swd, (list, tuple)) or not all(isinstance(v, bool) for v in swd):
+        diags.add("E011", f"stage_with_dcn must be a list of booleans, one per stage, found {describe(swd)}",
+                  r.span(swd_path), f"e.g. {[False] + [True] * (num_stages - 1)}")
+        return
+    elif len(swd) != num_stages:
+        diags.add("E114", f"stage_with_dcn has {len(swd)} values but num_stages = {num_stages}",
+                  r.span(swd_path), f"give one boolean per stage: {num_stages} values")
+        return
+    else:
+        marks = list(swd)
+    if not any(marks):
+        return
+    first = marks.index(True)
+    where = r.span(swd_path + (first,)) if swd is not MISSING else r.span(path)
+    if block != "bottleneck":
+        diags.add("E111", f"dcn on the basic blocks of a depth-{r.get(at('depth'))} {btype}: mmdetection's BasicBlock "
+                          "has no deformable conv (it asserts 'Not implemented yet')", where,
+                  "use depth 50, 101 or 152 (bottlenecks), or set dcn: null")
+        return
+    if r.get(at("conv_cfg"), None) is not None:
+        diags.add("E112", "dcn and conv_cfg are both set: mmdetection builds the deformable conv2 only when "
+                          "conv_cfg is None ('conv_cfg must be None for DCN')", r.span(path),
+                  "remove conv_cfg, or set dcn: null")
+    if groups is None or fallback is None:
+        return
+    groups_of = r.get(at("groups"), 1) if "groups" in extra else 1
+    width_of = r.get(at("base_width"), 4) if "base_width" in extra else 4
+    for i, marked in enumerate(marks):
+        planes = base * 2 ** i
+        mid = planes if groups_of == 1 else planes * width_of // base * groups_of
+        if marked and isinstance(mid, int) and mid % groups:
+            diags.add("E115", f"dcn.deform_groups = {groups} does not divide the {mid} channels of layer{i + 1}'s "
+                              "deformable conv2", r.span(path + ("deform_groups",)),
+                      f"mmcv's kernels split the input channels evenly among the deform groups; "
+                      f"use a divisor of {mid}")
+            return
+    if sum(d.is_error for d in diags) > errors:
+        return
+    if fallback:
+        diags.add("W110", "fallback_on_stride: graphres keeps the plain 3x3 conv2 where it strides (the first "
+                          "block of each marked stage with stride 2, pytorch style); mmdetection instead pops the "
+                          "key from the dcn dict it shares, so only the very first marked block falls back "
+                          "(and in a ResNeXt none does)", r.span(path + ("fallback_on_stride",)),
+                  "to load an mmdetection checkpoint trained with fallback_on_stride: true, write the "
+                  "explicit spec's per-block dcn list instead")
+    type_span = r.span(path + ("type",))
+    for i, marked in enumerate(marks):
+        if not marked or i >= len(stages):
+            continue
+        stages[i]["dcn"] = dtype
+        out.spans[("stages", i, "dcn")] = type_span
+        if groups != 1:
+            stages[i]["deform_groups"] = groups
+            out.spans[("stages", i, "deform_groups")] = r.span(path + ("deform_groups",))
+        if fallback:
+            stages[i]["fallback_on_stride"] = True
+            out.spans[("stages", i, "fallback_on_stride")] = r.span(path + ("fallback_on_stride",))
