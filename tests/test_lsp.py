@@ -18,6 +18,7 @@ from pygls.lsp.client import LanguageClient  # noqa: E402
 from pygls.uris import from_fs_path, to_fs_path  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
+from graphres.ops import OPS  # noqa: E402
 
 HANG_GUARD_S = 120
 
@@ -224,7 +225,7 @@ def test_completion(tmp_path):
         assert await s.complete(uri, 2, 12) == ["basic", "bottleneck", "mine"]
         assert await s.complete(uri, 3, 30) == ["planes", "stride", "dilation", "frozen", "style", "avg_down"]
         assert await s.complete(uri, 8, 13) == ["conv", "norm", "act", "maxpool", "avgpool", "global_avgpool",
-                                                "add", "mul", "concat", "linear"]
+                                                "add", "mul", "concat", "linear"] + list(OPS)[10:]  # then new ops
         assert await s.complete(uri, 9, 19) == ["name", "from", "when", "out", "kernel", "stride", "padding",
                                                 "dilation", "groups", "bias"]
         top = await s.complete(uri, 10, 0)

@@ -102,7 +102,7 @@ R18 = "stages:\n  - {block: basic, blocks: 2, planes: 64}\n"
     ("backbone: {type: ResNet, depth: 50, groups: 32}\n", [("backbone", "None")]),
     ("backbone: {type: ResNet, depth: 50, contract_dilation: true}\n", [("backbone", "None")]),
     ("backbone: {type: ResNet, depth: 50, num_stages: 5}\n", [("backbone/num_stages", "maximum")]),
-    ("backbone: {type: ResNet, depth: 50, dcn: {type: DCN}}\n", [("backbone/dcn", "type")]),
+    ("backbone: {type: ResNet, depth: 50, dcn: {type: DCNv3}}\n", [("backbone/dcn", "anyOf")]),
     # init_cfg.prefix is supported (issue 11); a non-string prefix is not
     ("backbone: {type: ResNet, depth: 50, init_cfg: {type: Pretrained, checkpoint: x, prefix: 3}}\n",
      [("backbone/init_cfg", "anyOf")]),
@@ -117,6 +117,8 @@ def test_unknown_keys_and_wrong_values_fail(text, expected):
     "backbone: {type: mmseg.ResNetV1c, depth: 50, contract_dilation: true, multi_grid: [1, 2, 4]}\n",
     "default_scope: mmseg\nbackbone: {type: ResNet, depth: 50, contract_dilation: true}\n",
     "backbone: {type: mmdet.ResNeXt, depth: 101, groups: 64, base_width: 4}\n",
+    "backbone: {type: ResNet, depth: 50, dcn: {type: DCNv2, deform_groups: 4, fallback_on_stride: false},\n"
+    "           stage_with_dcn: [false, true, true, true]}\n",
     "norm: {type: GN, num_groups: 32}\nconv: {type: ConvWS, eps: 1.0e-5}\nact: {type: silu}\n" + R18,
     "stages:\n  - {block: [basic, basic], blocks: 2, planes: [64, 32], dilation: [1, 2]}\n",
     "init: {type: pretrained, checkpoint: r.pth}\nhead: {num_classes: 10}\nout_indices: 0\n" + R18,

@@ -115,11 +115,11 @@ BACKBONE_DOCS = {
     "deep_stem": "Three 3x3 convs instead of the 7x7 conv (default from type).",
     "avg_down": "Average-pool before the shortcut conv (default from type).",
     "frozen_stages": TOP_DOCS["frozen_stages"],
-    "conv_cfg": "null, {type: Conv2d} (or mmcv's alias {type: Conv}) or {type: ConvWS}; DCN is not supported yet.",
+    "conv_cfg": "null, {type: Conv2d} (or mmcv's alias {type: Conv}) or {type: ConvWS}; deformable convs: dcn.",
     "norm_cfg": "The norm, as the explicit form's 'norm'.",
     "norm_eval": "Keep BatchNorms in eval mode while training (default true; mmseg: false).",
-    "dcn": "Deformable convolution: not supported yet, must be null.",
-    "stage_with_dcn": "Accepted when dcn is null and every entry is false.",
+    "dcn": "Deformable conv2 of the bottlenecks: {type: DCN | DCNv2, deform_groups: 1, fallback_on_stride: false}.",
+    "stage_with_dcn": "Which stages get the deformable conv2: one boolean per stage.",
     "plugins": "Not supported yet: null or [].",
     "with_cp": TOP_DOCS["with_cp"],
     "zero_init_residual": TOP_DOCS["zero_init_residual"],
@@ -181,6 +181,13 @@ ATTR_DOCS = {
     "type": "The activation function (default: the spec's act).",
     "ceil_mode": "Round the output size up.",
     "count_include_pad": "Count the padding in the average.",
+    "deform_groups": "deform_conv: groups of input channels that share one set of offsets (must divide the input "
+                     "channels).",
+    "modulated": "deform_conv: false = mmcv's DCN (v1), true = DCNv2 (offsets and a sigmoid mask).",
+    "start": "slice: first channel taken.",
+    "stop": "slice: channel after the last one taken; -1 = to the end.",
+    "chunks": "slice: split the channels into this many equal parts (0 = use start and stop).",
+    "index": "slice: which of the chunks to take (0-based).",
 }
 BLOCK_PARAM_DOCS = {  # the built-in blocks' parameters (their YAML declares no doc)
     "planes": STAGE_DOCS["planes"],
@@ -194,6 +201,9 @@ BLOCK_PARAM_DOCS = {  # the built-in blocks' parameters (their YAML declares no 
     "width": "The inner width; 0: OpenMMLab's rule from planes, groups and base_width.",
     "expansion": "Output channels = planes * expansion.",
     "avg_down": "Average-pool before the shortcut conv (ResNetV1d).",
+    "dcn": "Deformable conv2: none, DCN (v1) or DCNv2 (modulated).",
+    "deform_groups": "Deform groups of the deformable conv2.",
+    "fallback_on_stride": "Keep the plain conv2 where it strides (with dcn).",
 }
 
 
@@ -510,7 +520,14 @@ class _Defs:
             "out_indices": self.ref("out_indices"), "style": _param_schema(style),
             "deep_stem": _BOOL, "avg_down": _BOOL, "frozen_stages": _int(-1, default=-1),
             "conv_cfg": self.ref("conv_cfg"), "norm_cfg": self.ref("norm"), "norm_eval": {**_BOOL, "default": True},
-            "dcn": {"type": "null"}, "stage_with_dcn": _nullable({"type": "array", "items": _BOOL}),
+            "dcn": {"anyOf": [{"type": "null"}, {
+                "type": "object", "additionalProperties": False, "required": ["type"],
+                "properties": {
+                    "type": {**_enum(shorthand.DCN_TYPES), "description": "DCN (v1) or DCNv2 (modulated)."},
+                    "deform_groups": {**_int(1, default=1), "description": "Deform groups (divide the channels)."},
+                    "fallback_on_stride": {**_BOOL, "default": False,
+                                           "description": "Keep the plain conv2 where it strides."}}}]},
+            "stage_with_dcn": _nullable({"type": "array", "items": _BOOL}),
             "plugins": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]},
             "with_cp": _BOOL, "zero_init_residual": _BOOL, "init_cfg": self.ref("init_cfg"),
             "pretrained": {"type": ["string", "null"]},

@@ -83,6 +83,9 @@ class GraphresBackbone(nn.Module):
             elif isinstance(m, (_BatchNorm, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():  # then each layer's own init_weights, as mmengine calls them after the parent's
+            if m is not self and callable(getattr(m, "init_weights", None)):
+                m.init_weights()
         if zero_init_residual:
             for path in self.zero_init_modules:
                 m = self.get_submodule(path)
