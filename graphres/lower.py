@@ -267,6 +267,8 @@ def _lower_layers(ctx: _Ctx, inst: _Instance, layers: list[LayerDef], names: dic
             local = _local_name(ctx, inst, layer) if layer.name else layer.op
         prev = _emit(ctx, inst, layer, local, inputs)
         names[local] = prev
+        if prev[0] != inst.prefix + local:  # a later call of a repeated layer: 'relu:2' names that call
+            names[prev[0][len(inst.prefix):]] = prev
     return prev
 
 

@@ -51,6 +51,10 @@ class Namespace:
         self._used.add(name)
         return name
 
+    def reserve(self, name: str) -> None:
+        """Mark a name handed out elsewhere (a body's default value name) as taken."""
+        self._used.add(name)
+
 
 def camel(name: str) -> str:
     parts = [p for p in re.split(r"[^0-9a-zA-Z]+", name) if p]
@@ -210,6 +214,8 @@ def _body(g: nx.DiGraph, steps: list[_Step], input_node: str, input_name: str, r
         last[r] = len(steps)
     var = {input_node: input_name}
     holder = {input_name: input_node}  # name -> the value it holds now
+    if default is not None:
+        names.reserve(default)  # a functional op's fresh name must not be the default while it is live
     lines = []
     for i, st in enumerate(steps):
         args = [var[o] for o in st.operands]

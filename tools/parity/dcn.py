@@ -78,6 +78,7 @@ CONFIGS = [
                                      dcn=dict(type="DCN", deform_groups=1, fallback_on_stride=False),
                                      stage_with_dcn=[False, True, True, True])),
     ("r50 3 stages DCNv2", "mmdet", dict(type="ResNet", depth=50, num_stages=3, out_indices=[0, 1, 2],
+                                         strides=[1, 2, 2], dilations=[1, 1, 1],
                                          dcn=dict(type="DCNv2"), stage_with_dcn=[False, True, True])),
     ("mmseg V1c d8 contract+multi_grid DCN", "mmseg", dict(
         type="ResNetV1c", depth=50, strides=[1, 2, 1, 1], dilations=[1, 1, 2, 4], contract_dilation=True,
