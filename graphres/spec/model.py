@@ -242,7 +242,8 @@ def _parse_conv(r: Reader) -> dict[str, Any]:
     conv_type = r.get(path + ("type",), "Conv2d")
     if isinstance(conv_type, str) and conv_type in NOT_YET_CONV:
         r.diags.add("E016", f"conv type {conv_type!r} ({NOT_YET_CONV[conv_type]}) is not supported yet",
-                    r.span(path + ("type",)), "use Conv2d or ConvWS")
+                    r.span(path + ("type",)), "use Conv2d or ConvWS; for deformable convs as conv2 of the "
+                    "bottlenecks write dcn: {type: DCN} and stage_with_dcn")
         return {"type": "Conv2d"}
     conv_type = r.value(path + ("type",), str, "Conv2d", what="conv.type", choices=CONV_TYPES) or "Conv2d"
     conv = {"type": conv_type}
