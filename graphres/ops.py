@@ -404,9 +404,9 @@ def _dcn_tensors(a: dict, in_ch: int, out_ch: int, settings: Mapping) -> dict:
 
 
 def _dcn_label(a: dict, settings: Mapping, compact: bool) -> str:
-    name = "dcnv2" if a["modulated"] else "dcn"
-    text = _window_label("conv", a, compact).replace("conv", name, 1)
-    return text + (f" dg{a['deform_groups']}" if a["deform_groups"] != 1 else "")
+    name = ("dcnv2" if a["modulated"] else "dcn") if compact else ("DCNv2" if a["modulated"] else "DCN")
+    rest = _window_label("conv", a, compact)[len("conv"):].lstrip()  # "3x3 s2 d2"
+    return f"{name} {rest}" + (f" dg{a['deform_groups']}" if a["deform_groups"] != 1 else "")
 
 
 def _dcn_check_run(a: dict, in_ch: int, in_shape: tuple, settings: Mapping):

@@ -230,7 +230,7 @@ def test_op_rules():
     assert dcn.macs(a, 32, 64, (10, 10)) == (64 + 54) * 100 * 32 * 9
     assert dcn.tensors(a, 32, 64, {}) == {"weight": (64, 32, 3, 3), "conv_offset.weight": (54, 32, 3, 3),
                                           "conv_offset.bias": (54,)}
-    assert dcn.label(a, {}, True) == "dcnv2 3x3 dg2"
+    assert dcn.label(a, {}, True) == "dcnv2 3x3 dg2" and dcn.label(a, {}, False) == "DCNv2 3x3 dg2"
     assert dcn.check_channels(a, [("x", 33)], {})[0] == \
         "deform_groups = 2 must divide the deformable conv's 33 input channels"
 
@@ -352,7 +352,8 @@ def test_render_marks_deformable_convs(tmp_path):
     dot = to_dot(g, level="layer", expand=["layer2"])
     marked = [line.strip().split(" ")[0] for line in dot.splitlines() if "peripheries=2" in line]
     assert len(marked) == 4 and all("conv2" in m for m in marked)
-    assert "dcn3x3" in dot and "deformable conv (double border)" in dot
+    assert "conv2: DCN 3x3" in dot and "deformable conv (double border)" in dot
+    assert "deformable conv2: DCN 3x3 s2" in to_dot(g, level="block")
     block = to_dot(g, level="block")
     assert sum("peripheries=2" in line for line in block.splitlines()) == 2  # layer2.0 and layer2.1-3
     plain = to_dot(graphres.compile_spec(str(ROOT / "specs" / "resnet50.yaml")).graph, level="layer")

@@ -662,6 +662,10 @@ def _block_lines(g: nx.DiGraph, st: dict, run: _Run, plan: _Plan, shortcut: bool
                   if _local(g, n).startswith("downsample.") and _windowed(g, n)]
         if layers:
             lines.append("downsample: " + ", ".join(layers))
+    deformable = [f"{_local(g, n)}: {_layer_text(g, n)}" for n in first_nodes
+                  if g.nodes[n][ir.OP] in OPS and OPS[g.nodes[n][ir.OP]].data_dependent_rf]
+    if deformable:
+        lines.append("deformable " + ", ".join(deformable))
     params = _params(g, run.nodes)
     if count > 1:
         lines.append(f"{_count(params)} params ({_count(params // count)} each)")
