@@ -389,6 +389,20 @@ def _dcn_macs(a: dict, in_ch: int, out_ch: int, hw: HW) -> int:
     return offset + _conv_macs(a, in_ch, out_ch, hw)
 
 
+def _dcn_scratch(a: dict, in_ch: int, out_ch: int, out_bytes: int, settings: Mapping) -> int:
+    """What the runtime's pure-torch deformable conv holds beyond its output, per image: the offset
+    conv's output (2 values per tap and deform group, 3 with the mask, per position), and the most
+    of: the sampling grid being built (4 such values), the grid and the sampled columns (2 and
+    in_ch * k * k), or the columns, the output and the matmul's copy of the weight."""
+    k2 = a["kernel"] ** 2
+    positions = out_bytes // (BYTES_PER_ELEMENT * out_ch)
+    u = a["deform_groups"] * k2 * positions * BYTES_PER_ELEMENT
+    columns = in_ch * k2 * positions * BYTES_PER_ELEMENT
+    weight = out_ch * (in_ch // a["groups"]) * k2 * BYTES_PER_ELEMENT
+    offset = (3 if a["modulated"] else 2) * u
+    return offset + max(4 * u, 2 * u + columns, columns + out_bytes + weight) - out_bytes
+
+
 def _dcn_torch(a: dict, in_ch: int, out_ch: int, settings: Mapping, inplace: bool) -> str:
     cls = "ModulatedDeformConv2dPack" if a["modulated"] else "DeformConv2dPack"
     args = [str(in_ch), str(out_ch), str(a["kernel"]), f"stride={a['stride']}", f"padding={a['padding']}",
@@ -539,6 +553,7 @@ OPS: dict[str, OpDef] = {
               normalize=_conv_normalize, channels=lambda a, chs: a["out"], check_channels=_dcn_check_channels,
               spatial=lambda a, shapes: _window_hw(_conv_window(a), shapes[0], pool=False),
               params=_dcn_params, macs=_dcn_macs, window=_conv_window, overwritable=True, unique_name=True,
+              scratch=_dcn_scratch,
               label_channels=True, check_run=_dcn_check_run, tensors=_dcn_tensors, data_dependent_rf=True),
         OpDef("slice", "a channel range of its input: start..stop (stop -1 = the end), or part index of chunks "
                        "equal parts (a view; Res2Net's split)",

@@ -459,3 +459,16 @@ def test_dcn_v1_bias_and_small_maps(tmp_path):
         "map read zero)"]
     model = graphres.build(shorthand(tmp_path, "type: ResNet\ndepth: 50\n" + DCN_STAGES, size=48))
     assert tuple(model(torch.randn(1, 3, 48, 48))[3].shape) == (1, 2048, 2, 2)
+
+
+def test_language_server_and_diff_show_the_bound(tmp_path):
+    from graphres.backends.diff import diff_dict, format_diff
+    from graphres.lsp.document import row_text, stage_rows
+    dcn = graphres.compile_spec(shorthand(tmp_path, "type: ResNet\ndepth: 50\n" + DCN_STAGES))
+    rows = stage_rows(dcn)
+    assert [r["rf"] for r in rows] == [11, 35, ">= 91, deformable", ">= 267, deformable", ">= 427, deformable"]
+    assert row_text(rows[4]) == ("layer4 bottleneck x3: 2048x7x7 /32 d1 RF >= 427, deformable, 15.21M params, "
+                                 "821.43M MACs")
+    plain = graphres.compile_spec(str(ROOT / "specs" / "resnet50.yaml"))
+    text = format_diff(diff_dict(plain.graph, dcn.graph))
+    assert ">= 427, deformable" in text

@@ -64,11 +64,16 @@ def state_dict_shapes(g: nx.DiGraph) -> dict[str, tuple[int, ...]]:
 
 # -- the comparison -------------------------------------------------------------------------------
 
+def _rf(rf: dict):
+    """The receptive field compared: its size, or after a deformable conv the lower-bound text."""
+    return ir.format_rf(rf) if rf.get("deformable") else rf["size"]
+
+
 def _stage_records(g: nx.DiGraph) -> dict[str, dict[str, Any]]:
     def record(entry: dict, block: str, blocks: int | None, dilations: list[int], frozen: bool) -> dict:
         shape = list(entry["shape"])
         return {"block": block, "blocks": blocks, "channels": shape[0], "shape": shape, "stride": entry["stride"],
-                "dilations": dilations, "receptive_field": entry["rf"]["size"], "params": entry["params"],
+                "dilations": dilations, "receptive_field": _rf(entry["rf"]), "params": entry["params"],
                 "trainable_params": entry["trainable_params"], "macs": entry["macs"], "frozen": frozen}
 
     stem = g.graph["stem"]
@@ -81,7 +86,7 @@ def _stage_records(g: nx.DiGraph) -> dict[str, dict[str, Any]]:
         last = metas[-1]
         out["head"] = {"block": " + ".join(head["nodes"]), "blocks": None, "channels": last["shape"][0],
                        "shape": list(last["shape"]), "stride": last["stride"], "dilations": [last["dilation"]],
-                       "receptive_field": last["rf"]["size"], "params": sum(m["params"] for m in metas),
+                       "receptive_field": _rf(last["rf"]), "params": sum(m["params"] for m in metas),
                        "trainable_params": sum(m["params"] for m in metas if m["trainable"]),
                        "macs": sum(m["macs"] for m in metas), "frozen": False}
     return out

@@ -150,39 +150,39 @@ class DeformConv2d(nn.Module):
     def deform_conv2d_torch(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
                             bias: Optional[torch.Tensor], stride: int, padding: int, dilation: int, groups: int,
                             deform_groups: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Deformable convolution in plain torch ops: bilinear gathers, then one batched matmul
-        (which FlopCounterMode counts as the conv's multiply-accumulates)."""
+        """Deformable convolution in plain torch ops: the sampling points (regular grid + offsets)
+        bilinearly sampled by ``grid_sample`` (zero outside the map, torchvision's rule), then one
+        batched matmul (which FlopCounterMode counts as the conv's multiply-accumulates). Besides
+        its output it holds, per image, the sampling grid (2 values per tap, group and position),
+        while building it 2 more, and the sampled columns (C * k * k values per position)."""
         n, c, h, w = x.shape
         out_ch, _, kh, kw = weight.shape
         ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
         wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
-        k, dg = kh * kw, deform_groups
-        cg = c // dg
-        off = offset.reshape(n, dg, k, 2, ho, wo)
-        ky = torch.arange(kh, device=x.device, dtype=x.dtype).repeat_interleave(kw) * dilation
-        kx = torch.arange(kw, device=x.device, dtype=x.dtype).repeat(kh) * dilation
-        oy = torch.arange(ho, device=x.device, dtype=x.dtype) * stride - padding
-        ox = torch.arange(wo, device=x.device, dtype=x.dtype) * stride - padding
-        py = oy.reshape(1, 1, 1, ho, 1) + ky.reshape(1, 1, k, 1, 1) + off[:, :, :, 0]  # (n, dg, k, ho, wo)
-        px = ox.reshape(1, 1, 1, 1, wo) + kx.reshape(1, 1, k, 1, 1) + off[:, :, :, 1]
-        y0, x0 = torch.floor(py), torch.floor(px)
-        ly, lx = py - y0, px - x0
-        src = x.reshape(n, dg, cg, h * w)
-        cols = x.new_zeros(n, dg, cg, k * ho * wo)
-        for yc, xc, wt in ((y0, x0, (1 - ly) * (1 - lx)), (y0, x0 + 1, (1 - ly) * lx),
-                           (y0 + 1, x0, ly * (1 - lx)), (y0 + 1, x0 + 1, ly * lx)):
-            valid = (yc >= 0) & (yc <= h - 1) & (xc >= 0) & (xc <= w - 1)
-            index = (yc.clamp(0, h - 1) * w + xc.clamp(0, w - 1)).long().reshape(n, dg, 1, k * ho * wo)
-            taken = torch.gather(src, 3, index.expand(n, dg, cg, k * ho * wo))
-            cols = cols + taken * (wt * valid.to(x.dtype)).reshape(n, dg, 1, k * ho * wo)
-        cols = cols.reshape(n, dg, cg, k, ho * wo)
+        k, dg, positions = kh * kw, deform_groups, ho * wo
+        taps_y = (torch.arange(kh, device=x.device, dtype=x.dtype) * dilation).repeat_interleave(kw)
+        taps_x = (torch.arange(kw, device=x.device, dtype=x.dtype) * dilation).repeat(kh)
+        rows = (torch.arange(ho, device=x.device, dtype=x.dtype) * stride - padding).repeat_interleave(wo)
+        cols_x = (torch.arange(wo, device=x.device, dtype=x.dtype) * stride - padding).repeat(ho)
+        off = offset.reshape(n, dg, k, 2, positions)  # (dy, dx) per tap: mmcv's layout
+        px = off[:, :, :, 1] + (taps_x[:, None] + cols_x[None, :])
+        py = off[:, :, :, 0] + (taps_y[:, None] + rows[None, :])
+        grid = torch.stack((px, py), -1)  # grid_sample's (x, y) order
+        del px, py
+        # pixel p -> (2p + 1) / size - 1: align_corners=False puts pixel centres there
+        grid = grid.mul_(torch.tensor([2.0 / w, 2.0 / h], dtype=x.dtype, device=x.device)).add_(
+            torch.tensor([1.0 / w - 1.0, 1.0 / h - 1.0], dtype=x.dtype, device=x.device))
+        sampled = torch.nn.functional.grid_sample(x.reshape(n * dg, c // dg, h, w),
+                                                  grid.reshape(n * dg, k, positions, 2), mode="bilinear",
+                                                  padding_mode="zeros", align_corners=False)
+        del grid
         if mask is not None:
-            cols = cols * mask.reshape(n, dg, 1, k, ho * wo)
-        cols = cols.reshape(n, groups, (c // groups) * k, ho * wo)
-        wmat = weight.reshape(groups, out_ch // groups, (c // groups) * k)
-        out = torch.matmul(wmat.unsqueeze(0), cols).reshape(n, out_ch, ho, wo)
+            sampled = sampled.reshape(n, dg, c // dg, k, positions).mul_(mask.reshape(n, dg, 1, k, positions))
+        columns = sampled.reshape(n, groups, (c // groups) * k, positions)
+        out = torch.matmul(weight.reshape(groups, out_ch // groups, (c // groups) * k), columns)
+        out = out.reshape(n, out_ch, ho, wo)
         if bias is not None:
-            out = out + bias.reshape(1, -1, 1, 1)
+            out = out.add_(bias.reshape(1, -1, 1, 1))
         return out
 
 
@@ -232,8 +232,11 @@ class ModulatedDeformConv2dPack(DeformConv2d):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o1, o2, mask = torch.chunk(self.conv_offset(x), 3, dim=1)
-        return self.deform_conv2d(x, torch.cat((o1, o2), dim=1), torch.sigmoid(mask))
+        out = self.conv_offset(x)
+        o1, o2, mask = torch.chunk(out, 3, dim=1)
+        offset, mask = torch.cat((o1, o2), dim=1), torch.sigmoid(mask)
+        del out, o1, o2  # the offset conv's output is not needed once split
+        return self.deform_conv2d(x, offset, mask)
 
 
 class GraphresBackbone(nn.Module):
