@@ -318,10 +318,12 @@ def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: 
     return node, ch
 
 
-_TYPE_NAMES = {int: "an integer", bool: "a boolean", str: "a string"}
+_TYPE_NAMES = {int: "an integer", bool: "a boolean", str: "a string", float: "a number"}
 
 
 def _is_type(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, kind)
@@ -352,6 +354,10 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
     opdef = OPS[layer.op]
     attrs: dict[str, Any] = {}
     for attr, default in opdef.attrs.items():
+        if attr in layer.attrs and attr in opdef.list_attrs:  # a list of integer expressions (reshape dims)
+            attrs[attr] = tuple(_eval(ctx, inst, v, layer.path + (attr, j), f"{layer.op}.{attr}[{j}]", kind=int)
+                                for j, v in enumerate(layer.attrs[attr]))
+            continue
         if attr in layer.attrs:
             kind = bool if isinstance(default, bool) else (str if isinstance(default, str) else int)
             value = _eval(ctx, inst, layer.attrs[attr], layer.path + (attr,), f"{layer.op}.{attr}", kind=kind)

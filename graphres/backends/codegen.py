@@ -232,6 +232,8 @@ def _body(g: nx.DiGraph, steps: list[_Step], input_node: str, input_name: str, r
         if st.module is not None:
             ref = _attr_ref(st.module)
             call = op.torch.call(ref, args, st.in_place) if op is not None else f"{ref}({args[0]})"
+        elif op.torch.call_attrs is not None:
+            call = op.torch.call_attrs(g.nodes[st.node][ir.ATTRS], args)
         else:
             call = op.torch.call(None, args, st.in_place)
         if st.in_place and st.module is None and op.symbol == "+":

@@ -19,10 +19,12 @@ from .expr import ExprError, names_in
 from .reader import MISSING, Reader, describe, is_kind
 from .source import Located, Path, parse_yaml
 
-PARAM_TYPES = {"int": int, "bool": bool, "str": str}
+PARAM_TYPES = {"int": int, "bool": bool, "str": str, "float": float}
 STR_ATTRS = {("act", "type")}
 BLOCK_KEYS = ("doc", "kind", "params", "let", "out_channels", "layers")
-LAYER_KEYS = ("name", "op", "from", "when")
+LAYER_KEYS = ("name", "op", "from", "when", "init")
+SLOT_KEYS = ("slot",)  # a plugin position: {slot: after_conv1} (graphres.spec.plugins)
+INIT_CHOICES = ("default", "zeros", "normal_0.01", "kaiming_fan_in", "kaiming_uniform_fan_in_a1")
 SEQ_KEYS = ("seq", "from", "when", "layers")
 USE_KEYS = ("name", "block", "from", "when")  # plus the used block's parameters
 IMPLICIT_NAMES = ("in_channels", "out_channels")
@@ -55,6 +57,8 @@ class LayerDef:
     layers: list["LayerDef"] = field(default_factory=list)
     block: str | None = None
     bare: dict[str, Any] = field(default_factory=dict)  # used-block arguments written as a bare word -> names in scope
+    slot: str | None = None  # a plugin position: the stage's plugins for it run here (else a pass-through)
+    init: str = "default"  # the module's own initialisation after the network's (INIT_CHOICES)
 
 
 @dataclass
@@ -167,7 +171,7 @@ def _parse_param(r: Reader, name: str, decl: Any, path: Path) -> ParamDef | None
     tname = decl.get("type")
     if not isinstance(tname, str) or tname not in PARAM_TYPES:
         if tname is not None:
-            r.diags.add("E013", f"parameter type {tname!r} is not one of 'int', 'bool', 'str'", r.span(type_path),
+            r.diags.add("E013", f"parameter type {tname!r} is not one of 'int', 'bool', 'str', 'float'", r.span(type_path),
                         did_you_mean(str(tname), PARAM_TYPES))
         return None
     ptype = PARAM_TYPES[tname]
@@ -224,7 +228,15 @@ def _parse_layers(r: Reader, path: Path, known: set[str], where: str) -> list[La
         if not isinstance(item, dict):
             r.diags.add("E011", f"layer {i} of {where} must be a mapping, found {describe(item)}", r.span(lpath))
             continue
-        if "seq" in item:
+        if "slot" in item:
+            r.mapping(lpath, SLOT_KEYS, "a plugin slot")
+            slot = item.get("slot")
+            if not isinstance(slot, str) or not slot.isidentifier():
+                r.diags.add("E011", f"slot must be a position name such as after_conv1, found {describe(slot)}",
+                            r.span(lpath + ("slot",)))
+                continue
+            layer = LayerDef(lpath, name=slot, slot=slot)
+        elif "seq" in item:
             layer = _parse_seq(r, item, lpath, known, where)
         elif "block" in item and "op" not in item:
             layer = _parse_use(r, item, lpath, known, where)
@@ -371,11 +383,21 @@ def _parse_layer(r: Reader, item: dict, path: Path, known: set[str], where: str)
         name = None
     layer = LayerDef(path, name=name, op=op)
     _parse_common(r, item, path, known, layer)
+    if "init" in item:
+        layer.init = r.check(item["init"], path + ("init",), str, "default", label="init", choices=INIT_CHOICES) \
+            or "default"
     for attr, default in opdef.attrs.items():
         if attr in item:
             value = item[attr]
             apath = path + (attr,)
-            if (op, attr) in STR_ATTRS:
+            if attr in opdef.list_attrs:
+                if not isinstance(value, list) or not value:
+                    r.diags.add("E011", f"{op}.{attr} must be a non-empty list of integers or expressions, "
+                                        f"found {describe(value)}", r.span(apath))
+                    continue
+                for j, v in enumerate(value):
+                    _check_expr(r, v, apath + (j,), known, f"{op}.{attr}[{j}]")
+            elif (op, attr) in STR_ATTRS:
                 choices = opdef.choices.get(attr)
                 r.check(value, apath, str, label=f"{op}.{attr}", choices=choices)
             else:
