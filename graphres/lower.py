@@ -9,14 +9,14 @@ divide them is reported here, located.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
 
 from . import ir
 from .diagnostics import Diagnostic, DiagnosticBag, Span, did_you_mean
-from .ops import GN_MISFIT, NORM_ABBR, OPS, REQUIRED
+from .ops import GN_MISFIT, NORM_ABBR, OPS, REQUIRED, _no_check
 from .spec.blocks import BlockDef, LayerDef, expr_span
 from .spec.expr import ExprError, evaluate
 from .spec.model import Arg, Spec
@@ -47,6 +47,8 @@ class _Instance:
     span: Span  # the user's spec entry that asked for this block
     env: dict[str, Any]
     where: str  # for notes: "layer1.0 (block 'bottleneck', stages[0])"
+    plugins: dict = field(default_factory=dict)  # slot -> [StagePlugin] (graphres.spec.plugins)
+    plugin_mode: str = "chain"  # chain (mmdetection) | last (mmsegmentation: each on the slot's input)
 
 
 def lower(spec: Spec, diags: DiagnosticBag) -> nx.DiGraph:
@@ -93,7 +95,8 @@ def _lower_all(ctx: _Ctx) -> None:
             scope = f"{stage.name}.{b}"
             try:
                 x, ch = _lower_instance(ctx, block, scope, scope + ".", stage.index, args, extra, x, ch,
-                                        spec.doc.span(stage.path), f"stages[{stage.index}]")
+                                        spec.doc.span(stage.path), f"stages[{stage.index}]",
+                                        getattr(stage, "plugins", ()), getattr(stage, "plugin_mode", "chain"))
             except _Abort:
                 return
         g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": "/".join(stage.block_types),
@@ -214,7 +217,8 @@ def _report_gn(ctx: _Ctx) -> None:
 
 
 def _lower_instance(ctx: _Ctx, block: BlockDef, scope: str, prefix: str, stage: int, args: dict[str, Arg],
-                    extra: dict[str, Any], x: str, in_ch: int, span: Span, entry: str) -> tuple[str, int]:
+                    extra: dict[str, Any], x: str, in_ch: int, span: Span, entry: str, plugins=(),
+                    plugin_mode: str = "chain") -> tuple[str, int]:
     where = f"{scope} (block '{block.name}', {entry})"
     env: dict[str, Any] = {"in_channels": in_ch}
     for name, p in block.params.items():
@@ -224,7 +228,9 @@ def _lower_instance(ctx: _Ctx, block: BlockDef, scope: str, prefix: str, stage: 
             env[name] = args[name].value
         elif p.default is not MISSING:
             env[name] = p.default
-    inst = _Instance(block, scope, prefix, stage, span, env, where)
+    inst = _Instance(block, scope, prefix, stage, span, env, where, plugin_mode=plugin_mode)
+    for p in plugins:
+        inst.plugins.setdefault(p.position, []).append(p)
     for name, expr, path in block.lets:
         env[name] = _eval(ctx, inst, expr, path, f"let '{name}'")
     out_ch = _eval(ctx, inst, block.out_channels, block.path + ("out_channels",), "out_channels", kind=int)
@@ -250,6 +256,9 @@ def _lower_layers(ctx: _Ctx, inst: _Instance, layers: list[LayerDef], names: dic
                 names[_local_name(ctx, inst, layer)] = inputs[0]
             prev = inputs[0]
             continue
+        if layer.slot is not None:
+            prev = names[layer.slot] = _lower_slot(ctx, inst, layer.slot, inputs[0])
+            continue
         if layer.seq is not None:
             out = _lower_layers(ctx, inst, layer.layers, names, inputs[0], seq=layer.seq)
             names[layer.seq] = out
@@ -268,6 +277,18 @@ def _lower_layers(ctx: _Ctx, inst: _Instance, layers: list[LayerDef], names: dic
         prev = _emit(ctx, inst, layer, local, inputs)
         names[local] = prev
     return prev
+
+
+def _lower_slot(ctx: _Ctx, inst: _Instance, slot: str, x: tuple[str, int]) -> tuple[str, int]:
+    """A plugin position: the stage's plugins for it, each a block use nested under its name
+    (``layer2.0.context_block.conv_mask``). mmdetection chains them in order; mmsegmentation
+    (plugin_mode last) applies each to the slot's input and keeps the last result."""
+    out = x
+    for p in inst.plugins.get(slot, []):
+        # a plugin is written in the spec, not in the block: its errors point there
+        at = replace(inst, block=replace(inst.block, doc=ctx.spec.doc, builtin=False))
+        out = _lower_use(ctx, at, p.layer, p.layer.name, [out if inst.plugin_mode == "chain" else x])
+    return out
 
 
 def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[tuple[str, int]]
@@ -377,8 +398,13 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
         _error(ctx, inst, "E023", f"'{layer.op}' takes {lo}{'' if lo == hi else f' to {hi}'} inputs, "
                                   f"got {len(inputs)}", inst.block.doc.span(layer.path), layer.path)
     in_ch = inputs[0][1]
-    out_ch = opdef.channels(attrs, [c for _, c in inputs])
+    chs = [c for _, c in inputs]
+    out_ch = opdef.channels(attrs, chs) if None not in chs or opdef.shape is not None else None
     def_span = inst.block.doc.span(layer.path)
+    if in_ch is None and opdef.shape is None and (opdef.has_module or opdef.check_channels is not _no_check):
+        _error(ctx, inst, "E120", f"'{layer.op}' layer '{local}' needs a C x H x W map, but its input's first axis "
+                                  "is not its channels", def_span, layer.path,
+               "reshape (dims [channels, ...]) or unflatten it back to a map first")
     if "out" in attrs and out_ch > MAX_CHANNELS:
         _error(ctx, inst, "E014", f"{layer.op}.out = {out_ch} channels is more than graphres builds ({MAX_CHANNELS})",
                inst.block.doc.span(layer.path + ("out",)), layer.path)
@@ -407,6 +433,7 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
                    inst.block.doc.span(layer.path), layer.path, "give the second layer its own name")
         node_id = f"{node_id}:{k}"
     ir.add_node(g, node_id, layer.op, [n for n, _ in inputs], **{
+        ir.INIT: layer.init,
         ir.ATTRS: attrs, ir.MODULE: module, ir.IN_CH: in_ch, ir.OUT_CH: out_ch, ir.SCOPE: inst.scope,
         ir.STAGE: inst.stage, ir.BLOCK_TYPE: inst.block.name, ir.SPAN: inst.span, ir.DEF_SPAN: def_span})
     return node_id, out_ch

@@ -364,6 +364,9 @@ def _plain(name: str) -> Callable[[dict, Mapping, bool], str]:
 
 # -- tensor ops (rank-generic; axes count from 0 = the first axis after the batch) ----------------
 
+MAX_RANK = 8  # axes below -MAX_RANK are refused when lowering (E014)
+
+
 def _axis(axis: int, rank: int) -> int | None:
     """A non-negative axis of a tensor of ``rank`` (batch left out), or None when out of range."""
     out = axis + rank if axis < 0 else axis
@@ -486,6 +489,10 @@ def _axis_check(name: str) -> Callable:
     return check
 
 
+def _div_size_check(a: dict, shapes: Sequence[tuple]):
+    return _axis_check("div_size")(a, [shapes[-1]])
+
+
 def _layernorm_check(a: dict, shapes: Sequence[tuple]):
     dims, s = tuple(a["dims"]), tuple(shapes[0])
     if len(dims) > len(s) or s[len(s) - len(dims):] != dims:
@@ -577,7 +584,8 @@ OPS: dict[str, OpDef] = {
         OpDef("flatten", "merge axes start..end into one (axes count from 0 after the batch; C x H x W -> "
                          "C x HW with start 1)", {"start": 1, "end": -1},
               TorchEmit(call_attrs=lambda a, xs: f"{xs[0]}.flatten({_torch_axis(a['start'])}, {_torch_axis(a['end'])})"), label=_plain("flatten"), has_module=False,
-              channels=_flatten_channels, shape=_flatten_shape, check_shape=_flatten_check),
+              channels=_flatten_channels, shape=_flatten_shape, check_shape=_flatten_check,
+              int_min={"start": -MAX_RANK, "end": -MAX_RANK}),
         OpDef("unflatten", "split the last axis into the H x W of the second input (a C x H x W map)", {},
               TorchEmit(call=lambda ref, xs, inplace: f"{xs[0]}.reshape({xs[0]}.shape[:-1] + {xs[1]}.shape[-2:])"),
               label=_plain("unflatten"), has_module=False, arity=(2, 2), shape=_unflatten_shape,
@@ -593,6 +601,7 @@ OPS: dict[str, OpDef] = {
         OpDef("softmax", "softmax along one axis (batch left out; -1 = the last)", {"axis": -1},
               TorchEmit(call_attrs=lambda a, xs: f"{xs[0]}.softmax({_torch_axis(a['axis'])})"), label=lambda a, s, c: f"softmax({a['axis']})",
               has_module=False, shape=lambda a, shapes: tuple(shapes[0]), check_shape=_axis_check("softmax"),
+              int_min={"axis": -MAX_RANK},
               global_pool=True),
         OpDef("matmul", "matrix product of the last two axes, leading axes broadcast (torch.matmul)", {},
               TorchEmit(call=lambda ref, xs, inplace: f"torch.matmul({xs[0]}, {xs[1]})"), label=_plain("matmul"),
@@ -612,17 +621,19 @@ OPS: dict[str, OpDef] = {
               label=lambda a, s, c: "scale (gamma)", int_min={"size": 1},
               shape=lambda a, shapes: tuple(shapes[0]), params=lambda a, i, o, s: a["size"], unique_name=True,
               tensors=lambda a, i, o, s: {"": (a["size"],)}),
-        OpDef("div_size", "divide by the size of one axis, or by its square root with sqrt: true (attention "
-                          "scaling)", {"axis": -1, "sqrt": False},
-              TorchEmit(call_attrs=lambda a, xs: f"{xs[0]} / {xs[0]}.shape[{_torch_axis(a['axis'])}]" + (" ** 0.5" if a["sqrt"] else "")),
+        OpDef("div_size", "divide the first input by the size of one axis of the last input (the first when "
+                          "alone), or by its square root with sqrt: true (attention scaling)", {"axis": -1, "sqrt": False},
+              TorchEmit(call_attrs=lambda a, xs: f"{xs[0]} / {xs[-1]}.shape[{_torch_axis(a['axis'])}]"
+                        + (" ** 0.5" if a["sqrt"] else "")), arity=(1, 2),
               label=lambda a, s, c: f"/ {'sqrt ' if a['sqrt'] else ''}size({a['axis']})", has_module=False,
-              shape=lambda a, shapes: tuple(shapes[0]), check_shape=_axis_check("div_size")),
+              shape=lambda a, shapes: tuple(shapes[0]), check_shape=_div_size_check, int_min={"axis": -MAX_RANK}),
         OpDef("broadcast_add", "element-wise sum; the second input broadcasts (a C x 1 x 1 context onto a map)", {},
               TorchEmit(call=lambda ref, xs, inplace: f"{xs[0]} + {xs[1]}"), label=_plain("add"), has_module=False,
               arity=(2, 2), shape=lambda a, shapes: _broadcast(*shapes) or tuple(shapes[0]),
               check_shape=_broadcast_check("broadcast_add"), symbol="+"),
         OpDef("expand", "repeat the first input's size-1 axes (after the first) to the second input's sizes", {},
-              TorchEmit(call=lambda ref, xs, inplace: f"{xs[0]}.expand(-1, -1, *{xs[1]}.shape[2:])"),
+              TorchEmit(call=lambda ref, xs, inplace: f"{xs[0]}.expand(-1, -1, *torch.broadcast_shapes("
+                                                       f"{xs[0]}.shape[2:], {xs[1]}.shape[2:]))"),
               label=_plain("expand"), has_module=False, arity=(2, 2), shape=_expand_shape,
               check_shape=_broadcast_check("expand")),
     ]

@@ -95,6 +95,25 @@ class SyncBatchNorm2d(nn.SyncBatchNorm):
         return super().forward(x)
 
 
+def parameter(size: int, value: float) -> nn.Parameter:
+    """A learned tensor of ``size`` values starting at ``value`` (an attention block's gamma)."""
+    return nn.Parameter(torch.full((size,), float(value)))
+
+
+def init_module(m: nn.Module, kind: str) -> None:
+    """A module's own initialisation, after the network's (the attention plugins': mmcv's)."""
+    if kind == "zeros":
+        nn.init.zeros_(m.weight)
+    elif kind == "normal_0.01":
+        nn.init.normal_(m.weight, 0.0, 0.01)
+    elif kind == "kaiming_fan_in":
+        nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+    elif kind == "kaiming_uniform_fan_in_a1":
+        nn.init.kaiming_uniform_(m.weight, a=1, mode="fan_in", nonlinearity="leaky_relu")
+    if getattr(m, "bias", None) is not None:
+        nn.init.zeros_(m.bias)
+
+
 class GraphresBackbone(nn.Module):
     """A backbone compiled from a graphres spec; forward returns the tuple of out_indices outputs.
 
@@ -115,6 +134,7 @@ class GraphresBackbone(nn.Module):
     stage_names: tuple = ()
     frozen_modules: tuple = ()
     zero_init_modules: tuple = ()
+    module_inits: tuple = ()
     requires_grad_norms: bool = True
     num_classes: Optional[int] = None
     feature_info: FeatureInfoList = FeatureInfoList()
@@ -145,6 +165,8 @@ class GraphresBackbone(nn.Module):
             elif isinstance(m, (_BatchNorm, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for path, kind in self.module_inits:
+            init_module(self.get_submodule(path), kind)
         if zero_init_residual:
             for path in self.zero_init_modules:
                 m = self.get_submodule(path)

@@ -194,7 +194,7 @@ def _parse_param(r: Reader, name: str, decl: Any, path: Path) -> ParamDef | None
 
 def _check_expr(r: Reader, value: Any, path: Path, known: set[str], label: str) -> None:
     if not isinstance(value, str):
-        if not isinstance(value, (int, bool)):
+        if not isinstance(value, (int, bool, float)):  # a float is a float parameter's value (a ratio)
             r.diags.add("E011", f"{label} must be an integer, a boolean or an expression string, "
                                 f"found {describe(value)}", r.span(path))
         return

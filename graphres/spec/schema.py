@@ -85,6 +85,10 @@ STAGE_DOCS = {
     "stride": "Given to the first block of the stage only (a list: one per block).",
     "dilation": "Given to every block of the stage: one integer, or a list with one per block.",
     "frozen": "true freezes this stage (eval mode, no gradients), besides frozen_stages' prefix.",
+    "plugins": "Attention blocks inserted into every block of the stage: {position: after_conv3, block: "
+               "context_block, ratio: 0.0625}; position is a {slot: ...} layer of the block type.",
+    "plugin_mode": "chain (mmdetection): a slot's plugins run one after another; last (mmsegmentation): each "
+                   "takes the slot's input and the last result is kept.",
 }
 HEAD_DOCS = {"num_classes": "Output classes of the fc layer."}
 INIT_DOCS = {
@@ -450,12 +454,17 @@ class _Defs:
                  "planes": _per_block(_int(1)),
                  "stride": _per_block(_int(1)),
                  "dilation": _per_block(_int(1)),
-                 "frozen": {**_BOOL, "default": False}}
+                 "frozen": {**_BOOL, "default": False},
+                 "plugins": {"type": "array", "items": {"type": "object", "required": ["position", "block"],
+                                                        "properties": {"position": _STR, "block": _STR,
+                                                                       "name": _STR}}},
+                 "plugin_mode": _enum(("chain", "last"))}
         assert tuple(props) == model.STAGE_FIELDS
         out = _obj(props, STAGE_DOCS, "stage", required=("block", "blocks"), closed=False)
         out["additionalProperties"] = _per_block(_SCALAR)  # a parameter of a block declared in the spec
         out["allOf"] = [{"if": {"properties": {"block": {"const": name}}, "required": ["block"]},
-                         "then": self._args(block, {"block": True, "blocks": True, "frozen": True})}
+                         "then": self._args(block, {"block": True, "blocks": True, "frozen": True,
+                                                    "plugins": True, "plugin_mode": True})}
                         for name, block in self.blocks.items()]
         return out
 
