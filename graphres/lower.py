@@ -49,6 +49,10 @@ class _Instance:
     where: str  # for notes: "layer1.0 (block 'bottleneck', stages[0])"
     plugins: dict = field(default_factory=dict)  # slot -> [StagePlugin] (graphres.spec.plugins)
     plugin_mode: str = "chain"  # chain (mmdetection) | last (mmsegmentation: each on the slot's input)
+    # the declaration order key of its modules: a plugin's come after the block's own (mmdetection
+    # adds them last in Bottleneck.__init__), each plugin's together
+    decl: tuple = ()
+    plugin_count: list = field(default_factory=lambda: [0])
 
 
 def lower(spec: Spec, diags: DiagnosticBag) -> nx.DiGraph:
@@ -286,7 +290,11 @@ def _lower_slot(ctx: _Ctx, inst: _Instance, slot: str, x: tuple[str, int]) -> tu
     out = x
     for p in inst.plugins.get(slot, []):
         # a plugin is written in the spec, not in the block: its errors point there
-        at = replace(inst, block=replace(inst.block, doc=ctx.spec.doc, builtin=False))
+        inst.plugin_count[0] += 1
+        at = replace(inst, block=replace(inst.block, doc=ctx.spec.doc, builtin=False),
+                     decl=inst.decl + (1, inst.plugin_count[0]))
+        if out is not x and inst.plugin_mode == "last":
+            ctx.g.nodes[out[0]][ir.DISCARDED] = True  # mmsegmentation computes it and keeps the next one
         out = _lower_use(ctx, at, p.layer, p.layer.name, [out if inst.plugin_mode == "chain" else x])
     return out
 
@@ -323,7 +331,7 @@ def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: 
         elif p.default is not MISSING:
             env[name] = p.default
     inner = _Instance(block, inst.scope, inst.prefix + local + ".", inst.stage, inst.span, env,
-                      f"{inst.where}, layer '{local}' (block '{block.name}')")
+                      f"{inst.where}, layer '{local}' (block '{block.name}')", decl=inst.decl)
     if inst.prefix.count(".") > 64:  # cycles are refused when parsing; this guards the recursion itself
         _error(ctx, inst, "E050", f"blocks nest more than 64 deep at '{local}'", inst.block.doc.span(layer.path),
                layer.path)
@@ -432,8 +440,12 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
             _error(ctx, inst, "E013", f"layer name '{local}' is reused with different settings",
                    inst.block.doc.span(layer.path), layer.path, "give the second layer its own name")
         node_id = f"{node_id}:{k}"
+    decl = inst.decl
+    if inst.block.modules:
+        top = local.split(".")[0]
+        decl += (inst.block.modules.index(top) if top in inst.block.modules else len(inst.block.modules),)
     ir.add_node(g, node_id, layer.op, [n for n, _ in inputs], **{
-        ir.INIT: layer.init,
+        ir.INIT: layer.init, ir.DECL: decl,
         ir.ATTRS: attrs, ir.MODULE: module, ir.IN_CH: in_ch, ir.OUT_CH: out_ch, ir.SCOPE: inst.scope,
         ir.STAGE: inst.stage, ir.BLOCK_TYPE: inst.block.name, ir.SPAN: inst.span, ir.DEF_SPAN: def_span})
     return node_id, out_ch

@@ -609,7 +609,7 @@ OPS: dict[str, OpDef] = {
               macs_shape=_matmul_macs, global_pool=True, symbol="@"),
         OpDef("layernorm", "layer norm over the trailing axes dims (torch.nn.LayerNorm(dims), eps 1e-5, affine)",
               {"dims": REQUIRED},
-              TorchEmit(module=lambda a, i, o, s, inplace: f"nn.LayerNorm({list(a['dims'])})"),
+              TorchEmit(module=lambda a, i, o, s, inplace: f"nn.LayerNorm({tuple(a['dims'])})"),
               label=lambda a, s, c: "LayerNorm" if c else "LN", list_attrs=("dims",),
               shape=lambda a, shapes: tuple(shapes[0]), check_shape=_layernorm_check,
               params=lambda a, i, o, s: 2 * math.prod(a["dims"]), unique_name=True, global_pool=True,

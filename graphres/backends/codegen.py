@@ -292,7 +292,8 @@ def _instance(g: nx.DiGraph, scope: str, nodes: list[str], input_node: str) -> _
 
 def _module_list(g: nx.DiGraph, nodes: list[str], prefix: str) -> list[tuple[str, _Ctor]]:
     seen: dict[str, _Ctor] = {}
-    for n in nodes:
+    # declaration order: lowering's key (a plugin's modules after the block's own), then first use
+    for n in sorted(nodes, key=lambda n: g.nodes[n].get(ir.DECL) or (0,)):
         module = g.nodes[n][ir.MODULE]
         if module and module[len(prefix):] not in seen:
             seen[module[len(prefix):]] = _ctor(g, n)

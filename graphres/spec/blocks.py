@@ -21,7 +21,7 @@ from .source import Located, Path, parse_yaml
 
 PARAM_TYPES = {"int": int, "bool": bool, "str": str, "float": float}
 STR_ATTRS = {("act", "type")}
-BLOCK_KEYS = ("doc", "kind", "params", "let", "out_channels", "layers")
+BLOCK_KEYS = ("doc", "kind", "params", "let", "out_channels", "layers", "modules")
 LAYER_KEYS = ("name", "op", "from", "when", "init")
 SLOT_KEYS = ("slot",)  # a plugin position: {slot: after_conv1} (graphres.spec.plugins)
 INIT_CHOICES = ("default", "zeros", "normal_0.01", "kaiming_fan_in", "kaiming_uniform_fan_in_a1")
@@ -73,6 +73,9 @@ class BlockDef:
     layers: list[LayerDef]
     description: str = ""
     builtin: bool = False
+    # the order its modules are declared in the built module (a reference implementation's
+    # __init__ order, so state-dict keys come in the same order); unlisted ones follow in use order
+    modules: tuple = ()
 
     def reads(self, name: str) -> bool:
         """Whether any expression of the block uses ``name`` (a parameter can be accepted and ignored)."""
@@ -154,7 +157,12 @@ def _parse_block(r: Reader, name: str, path: Path, builtin: bool) -> BlockDef | 
         _check_expr(r, out_channels, path + ("out_channels",), known, "out_channels")
     layers = _parse_layers(r, path + ("layers",), known | {"out_channels"}, f"block '{name}'")
     description = body.get("doc", "") if isinstance(body.get("doc", ""), str) else ""
-    return BlockDef(name, kind or "block", r.doc, path, params, lets, out_channels, layers, description, builtin)
+    modules = body.get("modules", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        r.diags.add("E011", f"modules of block '{name}' must be a list of module names", r.span(path + ("modules",)))
+        modules = []
+    return BlockDef(name, kind or "block", r.doc, path, params, lets, out_channels, layers, description, builtin,
+                    tuple(modules))
 
 
 def _parse_param(r: Reader, name: str, decl: Any, path: Path) -> ParamDef | None:
