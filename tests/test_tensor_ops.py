@@ -219,13 +219,13 @@ def test_a_list_attribute_must_be_a_list(write_spec):
     with pytest.raises(SpecError) as e:
         graphres.compile_spec(path)
     assert [(d.code, d.message) for d in e.value.diagnostics][0] == (
-        "E011", "reshape.dims must be a non-empty list of integers or expressions, found an integer (3)")
+        "E011", "reshape.dims must be a non-empty list of integers or expressions, found 3 (an integer)")
 
 
 def test_generated_source_of_the_tensor_ops(write_spec):
     from graphres.backends.codegen import generate
     source = generate(graphres.compile_spec(write_spec(ATTENTION)).graph).source
-    for line in ("q = q.reshape(q.shape[0], 2, 8, -1)", "torch.matmul(", ".softmax(-1)", ".permute(0, 1, 3, 2)",
+    for line in ("out = out.reshape(out.shape[0], 2, 8, -1)", "torch.matmul(", ".softmax(-1)", ".permute(0, 1, 3, 2)",
                  ".flatten(2, -1)", "nn.LayerNorm((32, 10, 14))", "self.gamma = parameter(1, 1)",
-                 "self.gamma * "):
+                 "self.gamma * ", "out_3.reshape(out_3.shape[:-1] + x.shape[-2:])"):
         assert line in source, line
