@@ -58,6 +58,7 @@ DEF_SPAN = "def_span"  # where the layer is defined (block definition)
 ORDER = "order"  # insertion index, for deterministic topological order
 META = "meta"  # open dict where passes put their results (shape, params, macs, ...)
 DECL = "decl"  # sort key of the module's declaration (plugins after the block's own modules; see lowering)
+PLUGIN = "plugin"  # the plugin (module name, ``context_block``) a node belongs to, for diagrams
 DISCARDED = "discarded"  # computed and dropped: an mmsegmentation plugin before the last of its position
 INIT = "init"  # the module's own initialisation after the network's ("default", "zeros", ...)
 # edge attribute keys

@@ -295,7 +295,10 @@ def _lower_slot(ctx: _Ctx, inst: _Instance, slot: str, x: tuple[str, int]) -> tu
                      decl=inst.decl + (1, inst.plugin_count[0]))
         if out is not x and inst.plugin_mode == "last":
             ctx.g.nodes[out[0]][ir.DISCARDED] = True  # mmsegmentation computes it and keeps the next one
+        start = ctx.g.number_of_nodes()
         out = _lower_use(ctx, at, p.layer, p.layer.name, [out if inst.plugin_mode == "chain" else x])
+        for n in list(ctx.g.nodes)[start:]:
+            ctx.g.nodes[n][ir.PLUGIN] = p.layer.name
     return out
 
 
