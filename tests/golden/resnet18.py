@@ -53,6 +53,7 @@ class GraphresBackbone(nn.Module):
     stage_names: tuple = ()
     frozen_modules: tuple = ()
     zero_init_modules: tuple = ()
+    module_inits: tuple = ()
     requires_grad_norms: bool = True
     num_classes: Optional[int] = None
     feature_info: FeatureInfoList = FeatureInfoList()
@@ -83,6 +84,8 @@ class GraphresBackbone(nn.Module):
             elif isinstance(m, (_BatchNorm, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for path, kind in self.module_inits:
+            init_module(self.get_submodule(path), kind)
         if zero_init_residual:
             for path in self.zero_init_modules:
                 m = self.get_submodule(path)
