@@ -119,7 +119,6 @@ def test_not_supported_yet(check):
                  "plugins: [{cfg: {type: ContextBlock, ratio: 0.0625}, position: after_conv3}]\n"
                  "conv_cfg: {type: DCN}") == [
         "s.yaml:5:8: error[E016]: dcn (deformable convolution) is not supported yet",
-        "s.yaml:7:12: error[E016]: plugins (ContextBlock, NonLocal2d, GeneralizedAttention) are not supported yet",
         "s.yaml:8:20: error[E016]: conv type 'DCN' (deformable conv) is not supported yet"]
 
 

@@ -29,7 +29,7 @@ SEQ_KEYS = ("seq", "from", "when", "layers")
 USE_KEYS = ("name", "block", "from", "when")  # plus the used block's parameters
 IMPLICIT_NAMES = ("in_channels", "out_channels")
 PARAM_KEYS = ("type", "default", "choices", "min", "doc")
-BLOCK_KINDS = ("block", "stem")
+BLOCK_KINDS = ("block", "stem", "plugin")  # a plugin goes into a stage's plugins or a block's layers
 
 
 @dataclass
@@ -332,7 +332,7 @@ def check_block_uses(blocks: dict[str, BlockDef], diags: DiagnosticBag) -> None:
                 continue
             target = blocks.get(layer.block)
             names = [n for n, b in blocks.items() if b.kind == "block"]
-            if target is None or target.kind != "block":
+            if target is None or target.kind not in ("block", "plugin"):
                 what = "is a stem, not a block" if target is not None else "is not a known block type"
                 diags.add("E020", f"block type {layer.block!r} {what}", r.span(layer.path + ("block",)),
                           did_you_mean(layer.block, names) or f"block types: {', '.join(names)}")

@@ -83,8 +83,8 @@ def parse_stage_plugins(r: Reader, item: dict, spath: Path, blocks: dict[str, Bl
                         did_you_mean(position, known_slots))
             continue
         target = blocks.get(btype)
-        if target is None or target.kind != "block":
-            names = [n for n, b in blocks.items() if b.kind == "block" and not block_slots(b)]
+        if target is None or target.kind not in ("block", "plugin"):
+            names = [n for n, b in blocks.items() if b.kind == "plugin"]
             r.diags.add("E123", f"plugin block type {btype!r} is not a known block type", r.span(epath + ("block",)),
                         did_you_mean(btype, names) or f"block types: {', '.join(names)}")
             continue

@@ -90,6 +90,12 @@ STAGE_DOCS = {
     "plugin_mode": "chain (mmdetection): a slot's plugins run one after another; last (mmsegmentation): each "
                    "takes the slot's input and the last result is kept.",
 }
+PLUGIN_DOCS = {
+    "position": "A plugin slot of the stage's block type (bottleneck: after_conv1, after_conv2, after_conv3).",
+    "block": "The plugin's block type (context_block, nonlocal_block, or one of yours); its other keys are "
+             "the block's parameters.",
+    "name": "The module name its layers nest under (default: the block type's name).",
+}
 HEAD_DOCS = {"num_classes": "Output classes of the fc layer."}
 INIT_DOCS = {
     "type": "pretrained loads a checkpoint; default is OpenMMLab's initialisation.",
@@ -142,7 +148,8 @@ INIT_CFG_DOCS = {
 }
 BLOCK_DOCS = {
     "doc": "A one-line description.",
-    "kind": "block (default): usable in stages; stem: usable as stem: {type: NAME}.",
+    "kind": "block (default): usable in stages; stem: usable as stem: {type: NAME}; plugin: usable in a "
+            "stage's plugins or a layer's block: (attention blocks).",
     "params": "Parameter declarations: name -> type name, or {type, default, choices, min, doc}.",
     "let": "Derived values, in order: name -> expression.",
     "out_channels": "An expression: the channels of the block's output.",
@@ -466,9 +473,10 @@ class _Defs:
                  "stride": _per_block(_int(1)),
                  "dilation": _per_block(_int(1)),
                  "frozen": {**_BOOL, "default": False},
-                 "plugins": {"type": "array", "items": {"type": "object", "required": ["position", "block"],
-                                                        "properties": {"position": _STR, "block": _STR,
-                                                                       "name": _STR}}},
+                 "plugins": {"type": "array",
+                             "items": {**_obj({"position": _STR, "block": _STR, "name": _STR}, PLUGIN_DOCS,
+                                              "plugin", required=("position", "block"), closed=False),
+                                       "additionalProperties": _SCALAR}},
                  "plugin_mode": _enum(("chain", "last"))}
         assert tuple(props) == model.STAGE_FIELDS
         out = _obj(props, STAGE_DOCS, "stage", required=("block", "blocks"), closed=False)
