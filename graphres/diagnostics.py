@@ -75,6 +75,16 @@ CODES: dict[str, str] = {
     "E115": "deform_groups does not divide the channels",
     "W110": "fallback_on_stride differs from mmdetection",
     "W111": "deformable conv input smaller than its kernel",
+    "E120": "tensor shapes do not fit a tensor op",
+    "E121": "unknown plugin position",
+    "E122": "plugin stages mask of the wrong length",
+    "E123": "unknown plugin type",
+    "E124": "two plugins with one name",
+    "E125": "plugins on a block without plugin positions",
+    "E126": "plugin argument out of range",
+    "W120": "NonLocal2d sub_sample breaks mmdetection's init_weights",
+    "W121": "NonLocal2d concatenation cannot train in mmcv",
+    "W122": "plugin postfix outside cfg is ignored",
 }
 
 # How much of a run the text printer shows: the first MAX_PRINTED diagnostics (then "... and N

@@ -57,6 +57,10 @@ SPAN = "span"  # where the user asked for this node (the stage or stem entry)
 DEF_SPAN = "def_span"  # where the layer is defined (block definition)
 ORDER = "order"  # insertion index, for deterministic topological order
 META = "meta"  # open dict where passes put their results (shape, params, macs, ...)
+DECL = "decl"  # sort key of the module's declaration (plugins after the block's own modules; see lowering)
+PLUGIN = "plugin"  # the plugin (module name, ``context_block``) a node belongs to, for diagrams
+DISCARDED = "discarded"  # computed and dropped: an mmsegmentation plugin before the last of its position
+INIT = "init"  # the module's own initialisation after the network's ("default", "zeros", ...)
 # edge attribute keys
 PORT = "port"
 
@@ -94,6 +98,7 @@ G_PEAK_BYTES = "peak_bytes"
 G_FROZEN_SCOPES = "frozen_scopes"  # stage index (-1 = the stem) -> whether it is frozen
 G_FROZEN_MODULES = "frozen_modules"  # top-level module names frozen_stages / frozen: true freeze
 G_ZERO_INIT_MODULES = "zero_init_modules"  # norms that zero_init_residual zeroes
+G_MODULE_INITS = "module_inits"  # (module, init) for modules initialised their own way (plugins)
 
 
 def new_graph(name: str, **attrs: Any) -> nx.DiGraph:

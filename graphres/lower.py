@@ -9,14 +9,14 @@ divide them is reported here, located.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
 
 from . import ir
 from .diagnostics import Diagnostic, DiagnosticBag, Span, did_you_mean
-from .ops import GN_MISFIT, NORM_ABBR, OPS, REQUIRED
+from .ops import GN_MISFIT, NORM_ABBR, OPS, REQUIRED, _no_check
 from .spec.blocks import BlockDef, LayerDef, expr_span
 from .spec.expr import ExprError, evaluate
 from .spec.model import Arg, Spec
@@ -47,6 +47,12 @@ class _Instance:
     span: Span  # the user's spec entry that asked for this block
     env: dict[str, Any]
     where: str  # for notes: "layer1.0 (block 'bottleneck', stages[0])"
+    plugins: dict = field(default_factory=dict)  # slot -> [StagePlugin] (graphres.spec.plugins)
+    plugin_mode: str = "chain"  # chain (mmdetection) | last (mmsegmentation: each on the slot's input)
+    # the declaration order key of its modules: a plugin's come after the block's own (mmdetection
+    # adds them last in Bottleneck.__init__), each plugin's together
+    decl: tuple = ()
+    plugin_count: list = field(default_factory=lambda: [0])
 
 
 def lower(spec: Spec, diags: DiagnosticBag) -> nx.DiGraph:
@@ -93,7 +99,8 @@ def _lower_all(ctx: _Ctx) -> None:
             scope = f"{stage.name}.{b}"
             try:
                 x, ch = _lower_instance(ctx, block, scope, scope + ".", stage.index, args, extra, x, ch,
-                                        spec.doc.span(stage.path), f"stages[{stage.index}]")
+                                        spec.doc.span(stage.path), f"stages[{stage.index}]",
+                                        getattr(stage, "plugins", ()), getattr(stage, "plugin_mode", "chain"))
             except _Abort:
                 return
         g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": "/".join(stage.block_types),
@@ -214,7 +221,8 @@ def _report_gn(ctx: _Ctx) -> None:
 
 
 def _lower_instance(ctx: _Ctx, block: BlockDef, scope: str, prefix: str, stage: int, args: dict[str, Arg],
-                    extra: dict[str, Any], x: str, in_ch: int, span: Span, entry: str) -> tuple[str, int]:
+                    extra: dict[str, Any], x: str, in_ch: int, span: Span, entry: str, plugins=(),
+                    plugin_mode: str = "chain") -> tuple[str, int]:
     where = f"{scope} (block '{block.name}', {entry})"
     env: dict[str, Any] = {"in_channels": in_ch}
     for name, p in block.params.items():
@@ -224,7 +232,9 @@ def _lower_instance(ctx: _Ctx, block: BlockDef, scope: str, prefix: str, stage: 
             env[name] = args[name].value
         elif p.default is not MISSING:
             env[name] = p.default
-    inst = _Instance(block, scope, prefix, stage, span, env, where)
+    inst = _Instance(block, scope, prefix, stage, span, env, where, plugin_mode=plugin_mode)
+    for p in plugins:
+        inst.plugins.setdefault(p.position, []).append(p)
     for name, expr, path in block.lets:
         env[name] = _eval(ctx, inst, expr, path, f"let '{name}'")
     out_ch = _eval(ctx, inst, block.out_channels, block.path + ("out_channels",), "out_channels", kind=int)
@@ -250,6 +260,9 @@ def _lower_layers(ctx: _Ctx, inst: _Instance, layers: list[LayerDef], names: dic
                 names[_local_name(ctx, inst, layer)] = inputs[0]
             prev = inputs[0]
             continue
+        if layer.slot is not None:
+            prev = names[layer.slot] = _lower_slot(ctx, inst, layer.slot, inputs[0])
+            continue
         if layer.seq is not None:
             out = _lower_layers(ctx, inst, layer.layers, names, inputs[0], seq=layer.seq)
             names[layer.seq] = out
@@ -270,6 +283,25 @@ def _lower_layers(ctx: _Ctx, inst: _Instance, layers: list[LayerDef], names: dic
         if prev[0] != inst.prefix + local:  # a later call of a repeated layer: 'relu:2' names that call
             names[prev[0][len(inst.prefix):]] = prev
     return prev
+
+
+def _lower_slot(ctx: _Ctx, inst: _Instance, slot: str, x: tuple[str, int]) -> tuple[str, int]:
+    """A plugin position: the stage's plugins for it, each a block use nested under its name
+    (``layer2.0.context_block.conv_mask``). mmdetection chains them in order; mmsegmentation
+    (plugin_mode last) applies each to the slot's input and keeps the last result."""
+    out = x
+    for p in inst.plugins.get(slot, []):
+        # a plugin is written in the spec, not in the block: its errors point there
+        inst.plugin_count[0] += 1
+        at = replace(inst, block=replace(inst.block, doc=ctx.spec.doc, builtin=False),
+                     decl=inst.decl + (1, inst.plugin_count[0]))
+        if out is not x and inst.plugin_mode == "last":
+            ctx.g.nodes[out[0]][ir.DISCARDED] = True  # mmsegmentation computes it and keeps the next one
+        start = ctx.g.number_of_nodes()
+        out = _lower_use(ctx, at, p.layer, p.layer.name, [out if inst.plugin_mode == "chain" else x])
+        for n in list(ctx.g.nodes)[start:]:
+            ctx.g.nodes[n][ir.PLUGIN] = p.layer.name
+    return out
 
 
 def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[tuple[str, int]]
@@ -304,7 +336,7 @@ def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: 
         elif p.default is not MISSING:
             env[name] = p.default
     inner = _Instance(block, inst.scope, inst.prefix + local + ".", inst.stage, inst.span, env,
-                      f"{inst.where}, layer '{local}' (block '{block.name}')")
+                      f"{inst.where}, layer '{local}' (block '{block.name}')", decl=inst.decl)
     if inst.prefix.count(".") > 64:  # cycles are refused when parsing; this guards the recursion itself
         _error(ctx, inst, "E050", f"blocks nest more than 64 deep at '{local}'", inst.block.doc.span(layer.path),
                layer.path)
@@ -320,10 +352,12 @@ def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: 
     return node, ch
 
 
-_TYPE_NAMES = {int: "an integer", bool: "a boolean", str: "a string"}
+_TYPE_NAMES = {int: "an integer", bool: "a boolean", str: "a string", float: "a number"}
 
 
 def _is_type(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, kind)
@@ -354,6 +388,10 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
     opdef = OPS[layer.op]
     attrs: dict[str, Any] = {}
     for attr, default in opdef.attrs.items():
+        if attr in layer.attrs and attr in opdef.list_attrs:  # a list of integer expressions (reshape dims)
+            attrs[attr] = tuple(_eval(ctx, inst, v, layer.path + (attr, j), f"{layer.op}.{attr}[{j}]", kind=int)
+                                for j, v in enumerate(layer.attrs[attr]))
+            continue
         if attr in layer.attrs:
             kind = bool if isinstance(default, bool) else (str if isinstance(default, str) else int)
             value = _eval(ctx, inst, layer.attrs[attr], layer.path + (attr,), f"{layer.op}.{attr}", kind=kind)
@@ -373,8 +411,13 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
         _error(ctx, inst, "E023", f"'{layer.op}' takes {lo}{'' if lo == hi else f' to {hi}'} inputs, "
                                   f"got {len(inputs)}", inst.block.doc.span(layer.path), layer.path)
     in_ch = inputs[0][1]
-    out_ch = opdef.channels(attrs, [c for _, c in inputs])
+    chs = [c for _, c in inputs]
+    out_ch = opdef.channels(attrs, chs) if None not in chs or opdef.shape is not None else None
     def_span = inst.block.doc.span(layer.path)
+    if in_ch is None and opdef.shape is None and (opdef.has_module or opdef.check_channels is not _no_check):
+        _error(ctx, inst, "E120", f"'{layer.op}' layer '{local}' needs a C x H x W map, but its input's first axis "
+                                  "is not its channels", def_span, layer.path,
+               "reshape (dims [channels, ...]) or unflatten it back to a map first")
     if "out" in attrs and out_ch > MAX_CHANNELS:
         _error(ctx, inst, "E014", f"{layer.op}.out = {out_ch} channels is more than graphres builds ({MAX_CHANNELS})",
                inst.block.doc.span(layer.path + ("out",)), layer.path)
@@ -402,7 +445,12 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
             _error(ctx, inst, "E013", f"layer name '{local}' is reused with different settings",
                    inst.block.doc.span(layer.path), layer.path, "give the second layer its own name")
         node_id = f"{node_id}:{k}"
+    decl = inst.decl
+    if inst.block.modules:
+        top = local.split(".")[0]
+        decl += (inst.block.modules.index(top) if top in inst.block.modules else len(inst.block.modules),)
     ir.add_node(g, node_id, layer.op, [n for n, _ in inputs], **{
+        ir.INIT: layer.init, ir.DECL: decl,
         ir.ATTRS: attrs, ir.MODULE: module, ir.IN_CH: in_ch, ir.OUT_CH: out_ch, ir.SCOPE: inst.scope,
         ir.STAGE: inst.stage, ir.BLOCK_TYPE: inst.block.name, ir.SPAN: inst.span, ir.DEF_SPAN: def_span})
     return node_id, out_ch

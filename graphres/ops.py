@@ -22,6 +22,7 @@ Block definitions may only use the ops listed in :data:`OPS`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -123,6 +124,14 @@ class OpDef:
     # its receptive field depends on the data (a deformable conv's learned offsets): the analysis
     # marks it and everything after it, and reports the regular-grid field as a lower bound only
     data_dependent_rf: bool = False
+    # -- tensor ops (attention): operands and outputs of any rank, the batch axis left out --
+    list_attrs: tuple = ()  # attributes whose value is a list of integers (reshape's dims)
+    # the whole output shape from the operands' shapes; None = (channels,) + spatial (a C x H x W map)
+    shape: Callable[[dict, Sequence[tuple]], tuple] | None = None
+    # (attrs, operand shapes) -> (message with a {node} field, hint) when the shapes do not fit
+    check_shape: Callable[[dict, Sequence[tuple]], tuple[str, str] | None] = _no_check
+    # MACs from (attrs, operand shapes, output shape); None = ``macs`` above
+    macs_shape: Callable[[dict, Sequence[tuple], tuple], int] | None = None
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -473,6 +482,157 @@ def _slice_call(a: dict, ref: str | None, xs: Sequence[str], inplace: bool) -> s
     if a["chunks"] > 0:
         return f"torch.chunk({xs[0]}, {a['chunks']}, 1)[{a['index']}]"
     return f"{xs[0]}[:, {a['start']}:{'' if a['stop'] < 0 else a['stop']}]"
+# -- tensor ops (rank-generic; axes count from 0 = the first axis after the batch) ----------------
+
+MAX_RANK = 8  # axes below -MAX_RANK are refused when lowering (E014)
+
+
+def _axis(axis: int, rank: int) -> int | None:
+    """A non-negative axis of a tensor of ``rank`` (batch left out), or None when out of range."""
+    out = axis + rank if axis < 0 else axis
+    return out if 0 <= out < rank else None
+
+
+def _torch_axis(axis: int) -> int:
+    """The torch dim of an axis counted without the batch (negative axes count from the end)."""
+    return axis + 1 if axis >= 0 else axis
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape)) if shape else "a scalar"
+
+
+def _flatten_range(a: dict, rank: int) -> tuple[int, int] | None:
+    lo, hi = _axis(a["start"], rank), _axis(a["end"], rank)
+    return None if lo is None or hi is None or lo > hi else (lo, hi)
+
+
+def _flatten_shape(a: dict, shapes: Sequence[tuple]) -> tuple:
+    s = shapes[0]
+    r = _flatten_range(a, len(s))
+    if r is None:
+        return tuple(s)
+    lo, hi = r
+    return tuple(s[:lo]) + (math.prod(s[lo:hi + 1]),) + tuple(s[hi + 1:])
+
+
+def _flatten_check(a: dict, shapes: Sequence[tuple]):
+    if _flatten_range(a, len(shapes[0])) is None:
+        return (f"flatten at {{node}}: axes {a['start']}..{a['end']} do not fit its "
+                f"{_shape_text(shapes[0])} input (rank {len(shapes[0])})",
+                "axes count from 0 (the first after the batch); negative ones from the end")
+    return None
+
+
+def _flatten_channels(a: dict, chs: Sequence) -> Any:
+    return chs[0] if a["start"] != 0 else None  # the first axis survives unless it is merged
+
+
+def _unflatten_shape(a: dict, shapes: Sequence[tuple]) -> tuple:
+    return tuple(shapes[0][:-1]) + tuple(shapes[1][-2:])
+
+
+def _unflatten_check(a: dict, shapes: Sequence[tuple]):
+    x, ref = shapes
+    if len(ref) < 3 or x[-1] != ref[-2] * ref[-1]:
+        return (f"unflatten at {{node}}: the last axis of its {_shape_text(x)} input cannot take the spatial size of "
+                f"its {_shape_text(ref)} second input", "the second input is the C x H x W map whose H*W was flattened")
+    return None
+
+
+def _reshape_shape(a: dict, shapes: Sequence[tuple]) -> tuple:
+    dims, total = list(a["dims"]), math.prod(shapes[0])
+    if dims.count(-1) == 1:
+        known = math.prod(d for d in dims if d != -1)
+        dims[dims.index(-1)] = total // known if known and total % known == 0 else 0
+    return tuple(dims)
+
+
+def _reshape_check(a: dict, shapes: Sequence[tuple]):
+    dims = a["dims"]
+    if dims.count(-1) > 1 or any(d == 0 or d < -1 for d in dims):
+        return (f"reshape at {{node}}: dims {list(dims)} may hold one -1 and positive sizes only",
+                "-1 stands for the size that makes the total fit")
+    if math.prod(_reshape_shape(a, shapes)) != math.prod(shapes[0]):
+        return (f"reshape at {{node}}: its {_shape_text(shapes[0])} input ({math.prod(shapes[0]):,} values) does not "
+                f"fit dims {list(dims)}", "the product of dims must equal the input's (batch left out)")
+    return None
+
+
+def _permute_check(a: dict, shapes: Sequence[tuple]):
+    if sorted(a["dims"]) != list(range(len(shapes[0]))):
+        return (f"permute at {{node}}: dims {list(a['dims'])} is not a permutation of the {len(shapes[0])} axes of its "
+                f"{_shape_text(shapes[0])} input", f"list each of 0..{len(shapes[0]) - 1} once")
+    return None
+
+
+def _permute_shape(a: dict, shapes: Sequence[tuple]) -> tuple:
+    s = shapes[0]
+    return tuple(s[d] for d in a["dims"]) if sorted(a["dims"]) == list(range(len(s))) else tuple(s)
+
+
+def _broadcast(a: Sequence[int], b: Sequence[int]) -> tuple | None:
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            return None
+        out.append(max(x, y))
+    return tuple(out)
+
+
+def _matmul_shape(a: dict, shapes: Sequence[tuple]) -> tuple:
+    x, y = shapes
+    lead = _broadcast(x[:-2], y[:-2]) or ()
+    return tuple(lead) + (x[-2], y[-1])
+
+
+def _matmul_check(a: dict, shapes: Sequence[tuple]):
+    x, y = shapes
+    if len(x) < 2 or len(y) < 2 or x[-1] != y[-2] or _broadcast(x[:-2], y[:-2]) is None:
+        return (f"matmul at {{node}}: cannot multiply {_shape_text(x)} by {_shape_text(y)}",
+                "the first input's last axis must equal the second's next-to-last; leading axes broadcast")
+    return None
+
+
+def _matmul_macs(a: dict, shapes: Sequence[tuple], out: tuple) -> int:
+    return math.prod(out) * shapes[0][-1]  # FlopCounterMode: 2 FLOPs per multiply-add of (b)mm
+
+
+def _axis_check(name: str) -> Callable:
+    def check(a: dict, shapes: Sequence[tuple]):
+        if _axis(a["axis"], len(shapes[0])) is None:
+            return (f"{name} at {{node}}: axis {a['axis']} is not an axis of its {_shape_text(shapes[0])} input",
+                    "axes count from 0 (the first after the batch); negative ones from the end")
+        return None
+    return check
+
+
+def _div_size_check(a: dict, shapes: Sequence[tuple]):
+    return _axis_check("div_size")(a, [shapes[-1]])
+
+
+def _layernorm_check(a: dict, shapes: Sequence[tuple]):
+    dims, s = tuple(a["dims"]), tuple(shapes[0])
+    if len(dims) > len(s) or s[len(s) - len(dims):] != dims:
+        return (f"layernorm at {{node}}: its input is {_shape_text(s)}, but it normalises the last axes as "
+                f"{_shape_text(dims)}", "dims are the input's trailing sizes, as torch.nn.LayerNorm's normalized_shape")
+    return None
+
+
+def _broadcast_check(name: str) -> Callable:
+    def check(a: dict, shapes: Sequence[tuple]):
+        if _broadcast(*shapes) is None:
+            return (f"{name} at {{node}}: shapes {_shape_text(shapes[0])} and {_shape_text(shapes[1])} do not broadcast",
+                    "sizes must match or be 1, axis by axis from the end")
+        return None
+    return check
+
+
+def _expand_shape(a: dict, shapes: Sequence[tuple]) -> tuple:
+    out = _broadcast(*shapes) or tuple(shapes[0])
+    return (shapes[0][0],) + tuple(out[1:])  # the first axis (channels) stays the first input's
 
 
 OPS: dict[str, OpDef] = {
@@ -563,5 +723,61 @@ OPS: dict[str, OpDef] = {
                   else f"slice {a['start']}:{'' if a['stop'] < 0 else a['stop']}"),
               has_module=False, int_min={"start": 0, "stop": -1, "chunks": 0, "index": 0},
               channels=_slice_channels, check_channels=_slice_check_channels),
+        # -- tensor ops for attention blocks (any rank; see docs/spec-language.md#tensor-ops) --
+        OpDef("flatten", "merge axes start..end into one (axes count from 0 after the batch; C x H x W -> "
+                         "C x HW with start 1)", {"start": 1, "end": -1},
+              TorchEmit(call_attrs=lambda a, ref, xs, inplace: f"{xs[0]}.flatten({_torch_axis(a['start'])}, {_torch_axis(a['end'])})"), label=_plain("flatten"), has_module=False,
+              channels=_flatten_channels, shape=_flatten_shape, check_shape=_flatten_check,
+              int_min={"start": -MAX_RANK, "end": -MAX_RANK}),
+        OpDef("unflatten", "split the last axis into the H x W of the second input (a C x H x W map)", {},
+              TorchEmit(call=lambda ref, xs, inplace: f"{xs[0]}.reshape({xs[0]}.shape[:-1] + {xs[1]}.shape[-2:])"),
+              label=_plain("unflatten"), has_module=False, arity=(2, 2), shape=_unflatten_shape,
+              check_shape=_unflatten_check),
+        OpDef("reshape", "view the tensor as dims (batch left out; one -1 takes the rest)", {"dims": REQUIRED},
+              TorchEmit(call_attrs=lambda a, ref, xs, inplace: f"{xs[0]}.reshape({xs[0]}.shape[0], {', '.join(map(str, a['dims']))})"), label=_plain("reshape"), has_module=False,
+              list_attrs=("dims",), channels=lambda a, chs: a["dims"][0] if a["dims"][0] > 0 else None,
+              shape=_reshape_shape, check_shape=_reshape_check),
+        OpDef("permute", "reorder the axes (batch left out): dims[i] is the input axis that becomes axis i",
+              {"dims": REQUIRED}, TorchEmit(call_attrs=lambda a, ref, xs, inplace: f"{xs[0]}.permute(0, {', '.join(str(d + 1) for d in a['dims'])})"), label=_plain("permute"),
+              has_module=False, list_attrs=("dims",), channels=lambda a, chs: chs[0] if a["dims"][0] == 0 else None,
+              shape=_permute_shape, check_shape=_permute_check),
+        OpDef("softmax", "softmax along one axis (batch left out; -1 = the last)", {"axis": -1},
+              TorchEmit(call_attrs=lambda a, ref, xs, inplace: f"{xs[0]}.softmax({_torch_axis(a['axis'])})"), label=lambda a, s, c: f"softmax({a['axis']})",
+              has_module=False, shape=lambda a, shapes: tuple(shapes[0]), check_shape=_axis_check("softmax"),
+              int_min={"axis": -MAX_RANK},
+              global_pool=True),
+        OpDef("matmul", "matrix product of the last two axes, leading axes broadcast (torch.matmul)", {},
+              TorchEmit(call=lambda ref, xs, inplace: f"torch.matmul({xs[0]}, {xs[1]})"), label=_plain("matmul"),
+              has_module=False, arity=(2, 2), shape=_matmul_shape, check_shape=_matmul_check,
+              macs_shape=_matmul_macs, global_pool=True, symbol="@"),
+        OpDef("layernorm", "layer norm over the trailing axes dims (torch.nn.LayerNorm(dims), eps 1e-5, affine)",
+              {"dims": REQUIRED},
+              TorchEmit(module=lambda a, i, o, s, inplace: f"nn.LayerNorm({tuple(a['dims'])})"),
+              label=lambda a, s, c: "LayerNorm" if c else "LN", list_attrs=("dims",),
+              shape=lambda a, shapes: tuple(shapes[0]), check_shape=_layernorm_check,
+              params=lambda a, i, o, s: 2 * math.prod(a["dims"]), unique_name=True, global_pool=True,
+              tensors=lambda a, i, o, s: {"weight": tuple(a["dims"]), "bias": tuple(a["dims"])}),
+        OpDef("scale", "multiply by a learned parameter of `size` values (a gamma; the state-dict key is the layer's "
+                       "name); it starts at `value`", {"size": 1, "value": 0},
+              TorchEmit(module=lambda a, i, o, s, inplace: f"parameter({a['size']}, {a['value']})",
+                        call=lambda ref, xs, inplace: f"{ref} * {xs[0]}", needs=lambda s: ("parameter",)),
+              label=lambda a, s, c: "scale (gamma)", int_min={"size": 1},
+              shape=lambda a, shapes: tuple(shapes[0]), params=lambda a, i, o, s: a["size"], unique_name=True,
+              tensors=lambda a, i, o, s: {"": (a["size"],)}),
+        OpDef("div_size", "divide the first input by the size of one axis of the last input (the first when "
+                          "alone), or by its square root with sqrt: true (attention scaling)", {"axis": -1, "sqrt": False},
+              TorchEmit(call_attrs=lambda a, ref, xs, inplace: f"{xs[0]} / {xs[-1]}.shape[{_torch_axis(a['axis'])}]"
+                        + (" ** 0.5" if a["sqrt"] else "")), arity=(1, 2),
+              label=lambda a, s, c: f"/ {'sqrt ' if a['sqrt'] else ''}size({a['axis']})", has_module=False,
+              shape=lambda a, shapes: tuple(shapes[0]), check_shape=_div_size_check, int_min={"axis": -MAX_RANK}),
+        OpDef("broadcast_add", "element-wise sum; the second input broadcasts (a C x 1 x 1 context onto a map)", {},
+              TorchEmit(call=lambda ref, xs, inplace: f"{xs[0]} + {xs[1]}"), label=_plain("add"), has_module=False,
+              arity=(2, 2), shape=lambda a, shapes: _broadcast(*shapes) or tuple(shapes[0]),
+              check_shape=_broadcast_check("broadcast_add"), symbol="+"),
+        OpDef("expand", "repeat the first input's size-1 axes (after the first) to the second input's sizes", {},
+              TorchEmit(call=lambda ref, xs, inplace: f"{xs[0]}.expand(-1, -1, *torch.broadcast_shapes("
+                                                       f"{xs[0]}.shape[2:], {xs[1]}.shape[2:]))"),
+              label=_plain("expand"), has_module=False, arity=(2, 2), shape=_expand_shape,
+              check_shape=_broadcast_check("expand")),
     ]
 }

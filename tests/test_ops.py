@@ -8,7 +8,8 @@ from graphres.ops import OPS, REQUIRED, OpDef, TorchEmit, Window
 
 SETTINGS = {"norm": {"type": "BN"}, "conv": {"type": "Conv2d"}}
 SAMPLE = {"conv": {"out": 8, "kernel": 3}, "linear": {"out": 10}, "maxpool": {"kernel": 3, "stride": 2},
-          "avgpool": {"kernel": 2}, "act": {"type": "relu"}, "deform_conv": {"out": 8, "kernel": 3}}
+          "avgpool": {"kernel": 2}, "act": {"type": "relu"}, "deform_conv": {"out": 8, "kernel": 3},
+          "reshape": {"dims": (8, -1)}, "permute": {"dims": (0, 2, 1)}, "layernorm": {"dims": (8, 1, 1)}}
 
 
 def attrs_of(name):
@@ -47,14 +48,14 @@ def test_every_op_defines_every_rule(name):
     assert isinstance(op.label(a, SETTINGS, True), str) and isinstance(op.label(a, SETTINGS, False), str)
     tensors = op.tensors(a, 8, out_ch, SETTINGS)
     assert isinstance(tensors, dict) and bool(tensors) == (op.params(a, 8, out_ch, SETTINGS) > 0)
-    assert sum(math.prod(s) for k, s in tensors.items() if k.rsplit(".", 1)[-1] in ("weight", "bias")) \
+    assert sum(math.prod(s) for k, s in tensors.items() if k == "" or k.rsplit(".", 1)[-1] in ("weight", "bias")) \
         == op.params(a, 8, out_ch, SETTINGS)
     assert isinstance(op.torch, TorchEmit)
     assert (op.torch.module is not None) == op.has_module  # a module op says how to build its module
     if op.has_module:
         text = op.torch.module(a, 8, out_ch, SETTINGS, False)
         assert text.startswith(("nn.", "ConvWS2d(", "FrozenBatchNorm2d(", "SyncBatchNorm2d(", "DeformConv2dPack(",
-                                "ModulatedDeformConv2dPack(")), text
+                                "ModulatedDeformConv2dPack(", "parameter(")), text
     call = op.torch.call("self.m" if op.has_module else None, ["a", "b"][:max(op.arity[0], 1)], False)
     assert isinstance(call, str) and call
 

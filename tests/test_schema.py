@@ -92,7 +92,7 @@ R18 = "stages:\n  - {block: basic, blocks: 2, planes: 64}\n"
      """, [("blocks/mine/layers/0", "additionalProperties"), ("blocks/mine/layers/0", "required"),
            ("blocks/mine/layers/1/op", "enum"), ("blocks/mine/layers/2", "additionalProperties"),
            ("blocks/mine/layers/3/type", "enum")]),
-    ("blocks: {mine: {kind: neck, params: {in_channels: int, p: float}, layers: [{op: norm}]}}\n"
+    ("blocks: {mine: {kind: neck, params: {in_channels: int, p: list}, layers: [{op: norm}]}}\n"
      "stages: [{block: mine, blocks: 1}]\n",
      [("blocks/mine", "required"), ("blocks/mine/kind", "enum"), ("blocks/mine/params", "not"),
       ("blocks/mine/params/p", "anyOf")]),
@@ -206,7 +206,7 @@ def test_the_schema_says_what_the_readers_tables_say():
     for rule in DEFS["stage"]["allOf"]:
         block = BUILTINS[rule["if"]["properties"]["block"]["const"]]
         assert [k for k in rule["then"]["properties"] if k != "_delete_"] == \
-            ["block", "blocks", "frozen"] + list(block.params)
+            ["block", "blocks", "frozen", "plugins", "plugin_mode"] + list(block.params)
     for rule in DEFS["op_layer"]["allOf"]:
         op = OPS[rule["if"]["properties"]["op"]["const"]]
         assert [k for k in rule["then"]["properties"] if k != "_delete_"] == list(blocks.LAYER_KEYS) + list(op.attrs)
@@ -244,7 +244,7 @@ def _known_keys(text: str, tmp_path) -> list[str]:
      lambda: [k for k in DEFS["op_layer"]["allOf"][0]["then"]["properties"] if k != "_delete_"]),
     ("stages: [{block: bottleneck, blocks: 1, planes: 4, zzqx: 1}]\n",
      lambda: [k for k in DEFS["stage"]["allOf"][1]["then"]["properties"]
-              if k not in ("block", "blocks", "frozen", "_delete_")]),
+              if k not in ("block", "blocks", "frozen", "plugins", "plugin_mode", "_delete_")]),
 ])
 def test_the_reader_knows_the_same_keys(text, schema_keys, tmp_path):
     """Probed through the reader itself: the keys its 'unknown key' hint lists are the schema's."""

@@ -27,6 +27,8 @@ from ..ops import OPS
 RUNTIME_MODULE = "graphres.backends.runtime"
 # runtime classes every network needs; the op table adds the layer classes it emits
 BASE_RUNTIME = ("FeatureInfo", "FeatureInfoList", "GraphresBackbone")
+# runtime functions the generated network uses when module_inits is set
+INIT_RUNTIME = ("init_module",)
 
 
 # -- names ----------------------------------------------------------------------------------------
@@ -230,6 +232,7 @@ def _body(g: nx.DiGraph, steps: list[_Step], input_node: str, input_name: str, r
         elif hint is None and default is not None and last.get(holder.get(default), -1) <= i \
                 and holder.get(default) not in returns:
             name = default
+            names._used.add(default)  # a later fresh name never takes it while it holds a live value
         else:
             name = names.make(hint or _hint(g, st))
         var[st.node] = name
@@ -296,7 +299,8 @@ def _instance(g: nx.DiGraph, scope: str, nodes: list[str], input_node: str) -> _
 
 def _module_list(g: nx.DiGraph, nodes: list[str], prefix: str) -> list[tuple[str, _Ctor]]:
     seen: dict[str, _Ctor] = {}
-    for n in nodes:
+    # declaration order: lowering's key (a plugin's modules after the block's own), then first use
+    for n in sorted(nodes, key=lambda n: g.nodes[n].get(ir.DECL) or (0,)):
         module = g.nodes[n][ir.MODULE]
         if module and module[len(prefix):] not in seen:
             seen[module[len(prefix):]] = _ctor(g, n)
@@ -519,6 +523,8 @@ def _runtime_needs(g: nx.DiGraph) -> tuple[str, ...]:
         op = OPS.get(g.nodes[n][ir.OP])
         if op is not None:
             needs.extend(op.torch.needs(g.graph))
+    if g.graph.get(ir.G_MODULE_INITS):
+        needs.extend(INIT_RUNTIME)
     extra = tuple(dict.fromkeys(needs))
     if "SyncBatchNorm2d" in extra:
         extra = ("SyncBNError",) + extra
@@ -531,7 +537,7 @@ def _runtime_source(name: str) -> str:
     path = Path(__file__).with_name("runtime.py")
     text = path.read_text(encoding="utf-8")
     for node in ast.parse(text).body:
-        if isinstance(node, ast.ClassDef) and node.name == name:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name == name:
             start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
             return "\n".join(text.splitlines()[start - 1:node.end_lineno]) + "\n\n"
     raise AssertionError(f"runtime class {name} not found")
@@ -553,6 +559,8 @@ def _network_source(g: nx.DiGraph, name: str, by_scope: dict[str, list[str]], cl
              ("stage_names", repr(tuple(st["name"] for st in stages))),
              ("frozen_modules", repr(tuple(gr.get(ir.G_FROZEN_MODULES, ())))),
              ("zero_init_modules", _tuple_lines(gr.get(ir.G_ZERO_INIT_MODULES, ()), "    ")),
+             *([("module_inits", repr(tuple(tuple(x) for x in gr[ir.G_MODULE_INITS])))]
+               if gr.get(ir.G_MODULE_INITS) else []),
              ("requires_grad_norms", repr(bool(gr[ir.G_NORM].get("requires_grad", True)))),
              ("num_classes", repr(head["num_classes"] if head else None)),
              ("feature_info", f"FeatureInfoList([\n        {feats},\n    ])" if len(feats) > 60

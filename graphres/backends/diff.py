@@ -58,7 +58,7 @@ def state_dict_shapes(g: nx.DiGraph) -> dict[str, tuple[int, ...]]:
     for module, n in modules(g).items():
         d = g.nodes[n]
         for key, shape in module_tensors(d[ir.OP], d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], g.graph["norm"]).items():
-            out[f"{module}.{key}"] = shape
+            out[f"{module}.{key}" if key else module] = shape  # "": the module is a bare parameter (a gamma)
     return out
 
 

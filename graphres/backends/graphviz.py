@@ -405,8 +405,15 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
                         width = max(width, _text_width(stage_lines, 12))
                     first = plan.scope_nodes[run.scopes[0]]
                     _pad_label(inner, f"cluster_{run.id}", plan.box[first[0]], width, rankdir)
+                    plugins: dict[str, list[str]] = {}
                     for n in first:
-                        _layer_node(inner, g, n, plan.box[n], t, frozen, n in main_path)
+                        if g.nodes[n].get(ir.PLUGIN):
+                            plugins.setdefault(g.nodes[n][ir.PLUGIN], []).append(n)
+                        else:
+                            _layer_node(inner, g, n, plan.box[n], t, frozen, n in main_path)
+                    for j, (name, members) in enumerate(plugins.items()):
+                        _plugin_cluster(inner, g, f"cluster_{run.id}_p{j}", name, members, plan, t, frozen,
+                                        main_path, rankdir)
 
     if plan.head:
         if level == "layer":
@@ -445,6 +452,26 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
                                   level != "stage" and bool(_deformable_style(order, g))),
                 shape="plaintext", style="", margin="0")
     return dg
+
+
+def _plugin_cluster(parent, g: nx.DiGraph, cid: str, name: str, members: list[str], plan, t: Theme, frozen: bool,
+                    main_path: set, rankdir: str) -> None:
+    """A plugin (an attention block at a slot of the block) as its own cluster inside the block's:
+    its module name and block type, parameters and MACs."""
+    params = sum(g.nodes[n][ir.META].get("params", 0) for n in members)
+    macs = sum(g.nodes[n][ir.META].get("macs", 0) for n in members)
+    lines = [f"{name}: {g.nodes[members[0]][ir.BLOCK_TYPE]}", f"params {_si(params)}, MACs {_si(macs)}"]
+    with parent.subgraph(name=cid) as sub:
+        _cluster_attrs(sub, t, lines, frozen, outer=False, rankdir=rankdir)
+        for n in members:
+            _layer_node(sub, g, n, plan.box[n], t, frozen, n in main_path)
+
+
+def _si(value: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return str(value)
 
 
 def _draw_outputs(dg: graphviz.Digraph, g: nx.DiGraph, plan: _Plan, edges: list[_Edge], clusters: dict[str, str],

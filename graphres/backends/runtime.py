@@ -237,6 +237,23 @@ class ModulatedDeformConv2dPack(DeformConv2d):
         offset, mask = torch.cat((o1, o2), dim=1), torch.sigmoid(mask)
         del out, o1, o2  # the offset conv's output is not needed once split
         return self.deform_conv2d(x, offset, mask)
+def parameter(size: int, value: float) -> nn.Parameter:
+    """A learned tensor of ``size`` values starting at ``value`` (an attention block's gamma)."""
+    return nn.Parameter(torch.full((size,), float(value)))
+
+
+def init_module(m: nn.Module, kind: str) -> None:
+    """A module's own initialisation, after the network's (the attention plugins': mmcv's)."""
+    if kind == "zeros":
+        nn.init.zeros_(m.weight)
+    elif kind == "normal_0.01":
+        nn.init.normal_(m.weight, 0.0, 0.01)
+    elif kind == "kaiming_fan_in":
+        nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+    elif kind == "kaiming_uniform_fan_in_a1":
+        nn.init.kaiming_uniform_(m.weight, a=1, mode="fan_in", nonlinearity="leaky_relu")
+    if getattr(m, "bias", None) is not None:
+        nn.init.zeros_(m.bias)
 
 
 class GraphresBackbone(nn.Module):
@@ -259,6 +276,7 @@ class GraphresBackbone(nn.Module):
     stage_names: tuple = ()
     frozen_modules: tuple = ()
     zero_init_modules: tuple = ()
+    module_inits: tuple = ()
     requires_grad_norms: bool = True
     num_classes: Optional[int] = None
     feature_info: FeatureInfoList = FeatureInfoList()
@@ -292,6 +310,8 @@ class GraphresBackbone(nn.Module):
         for m in self.modules():  # then each layer's own init_weights, as mmengine calls them after the parent's
             if m is not self and callable(getattr(m, "init_weights", None)):
                 m.init_weights()
+        for path, kind in self.module_inits:
+            init_module(self.get_submodule(path), kind)
         if zero_init_residual:
             for path in self.zero_init_modules:
                 m = self.get_submodule(path)

@@ -191,6 +191,8 @@ def _trainable(g: nx.DiGraph, order: list[str]) -> None:
     g.graph[ir.G_FROZEN_MODULES] = frozen_modules
     g.graph[ir.G_ZERO_INIT_MODULES] = [g.nodes[n][ir.MODULE] for n in order
                                        if g.nodes[n][ir.ATTRS].get("zero_init") and g.nodes[n][ir.MODULE]]
+    g.graph[ir.G_MODULE_INITS] = [(g.nodes[n][ir.MODULE], g.nodes[n][ir.INIT]) for n in order
+                                  if g.nodes[n].get(ir.INIT, "default") != "default" and g.nodes[n][ir.MODULE]]
 
 
 # -- in place and activation memory ---------------------------------------------------------------

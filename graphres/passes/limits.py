@@ -36,7 +36,8 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
     warned: set[str] = set()
     ends = {st.get("output") for st in g.graph.get("stages", [])} | {(g.graph.get("head") or {}).get("output")}
     for n in ir.topological_order(g):
-        if g.out_degree(n) == 0 and n not in ends and n != ir.INPUT:  # the torch backend cannot plan a dead end
+        if g.out_degree(n) == 0 and n not in ends and n != ir.INPUT and not g.nodes[n].get(ir.DISCARDED):
+            # the torch backend cannot plan a dead end (except a plugin result mmsegmentation drops)
             diags.add("E016", f"the output of {n} is never used, which graphres does not support yet",
                       _span_of(g.nodes[n]), "remove the layer, or feed it into the block's result")
         d = g.nodes[n]

@@ -26,6 +26,10 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
         op, a = OPS[d[ir.OP]], d[ir.ATTRS]
         srcs = ir.inputs_of(g, n)
         first = g.nodes[srcs[0]][ir.META]
+        full = [tuple(g.nodes[s][ir.META]["shape"]) for s in srcs]
+        if op.shape is not None or any(len(s) != 3 for s in full):
+            reported = _tensor_shape(g, n, op, full, diags, reported)
+            continue
         shapes = [tuple(g.nodes[s][ir.META]["shape"][1:]) for s in srcs]
         hw = op.spatial(a, shapes)
         problem = op.check_spatial(a, shapes)
@@ -68,6 +72,31 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
         st["stride"] = meta.get("stride")
     g.graph[ir.G_PARAMS] = sum(g.nodes[n][ir.META].get("params", 0) for n in g)
     g.graph[ir.G_MACS] = sum(g.nodes[n][ir.META].get("macs", 0) for n in g)
+
+
+def _tensor_shape(g: nx.DiGraph, n: str, op, full: list[tuple], diags: DiagnosticBag, reported: bool) -> bool:
+    """The shape rule of a rank-generic tensor op (attention's reshapes, matmuls, softmaxes), or
+    E120 for a C x H x W op fed a tensor of another rank. Returns whether an error is reported."""
+    d = g.nodes[n]
+    meta = d[ir.META]
+    first = g.nodes[ir.inputs_of(g, n)[0]][ir.META]
+    problem = None
+    if op.shape is None:
+        bad = next(s for s in full if len(s) != 3)
+        problem = (f"'{d[ir.OP]}' at {{node}} needs a C x H x W map, got a tensor of shape "
+                   f"{'x'.join(map(str, bad))}", "reshape or unflatten it back to a map first")
+    else:
+        problem = op.check_shape(d[ir.ATTRS], full)
+    shape = tuple(op.shape(d[ir.ATTRS], full)) if op.shape is not None and problem is None else tuple(full[0])
+    in_ch = d[ir.IN_CH] if d[ir.IN_CH] is not None else full[0][0]
+    out_ch = d[ir.OUT_CH] if d[ir.OUT_CH] is not None else (shape[0] if shape else 1)
+    macs = op.macs_shape(d[ir.ATTRS], full, shape) if op.macs_shape is not None and problem is None else 0
+    meta.update(shape=shape, stride=first["stride"], params=op.params(d[ir.ATTRS], in_ch, out_ch, g.graph), macs=macs)
+    if problem is not None and not reported:
+        message, hint = problem
+        diags.add("E120", message.format(node=n), d[ir.DEF_SPAN] or d[ir.SPAN], hint)
+        return True
+    return reported
 
 
 def _dilation_span(g: nx.DiGraph, d: dict):

@@ -19,15 +19,17 @@ from .expr import ExprError, names_in
 from .reader import MISSING, Reader, describe, is_kind
 from .source import Located, Path, parse_yaml
 
-PARAM_TYPES = {"int": int, "bool": bool, "str": str}
+PARAM_TYPES = {"int": int, "bool": bool, "str": str, "float": float}
 STR_ATTRS = {("act", "type")}
-BLOCK_KEYS = ("doc", "kind", "params", "let", "out_channels", "layers")
-LAYER_KEYS = ("name", "op", "from", "when")
+BLOCK_KEYS = ("doc", "kind", "params", "let", "out_channels", "layers", "modules")
+LAYER_KEYS = ("name", "op", "from", "when", "init")
+SLOT_KEYS = ("slot",)  # a plugin position: {slot: after_conv1} (graphres.spec.plugins)
+INIT_CHOICES = ("default", "zeros", "normal_0.01", "kaiming_fan_in", "kaiming_uniform_fan_in_a1")
 SEQ_KEYS = ("seq", "from", "when", "layers")
 USE_KEYS = ("name", "block", "from", "when")  # plus the used block's parameters
 IMPLICIT_NAMES = ("in_channels", "out_channels")
 PARAM_KEYS = ("type", "default", "choices", "min", "doc")
-BLOCK_KINDS = ("block", "stem")
+BLOCK_KINDS = ("block", "stem", "plugin")  # a plugin goes into a stage's plugins or a block's layers
 
 
 @dataclass
@@ -55,6 +57,8 @@ class LayerDef:
     layers: list["LayerDef"] = field(default_factory=list)
     block: str | None = None
     bare: dict[str, Any] = field(default_factory=dict)  # used-block arguments written as a bare word -> names in scope
+    slot: str | None = None  # a plugin position: the stage's plugins for it run here (else a pass-through)
+    init: str = "default"  # the module's own initialisation after the network's (INIT_CHOICES)
 
 
 @dataclass
@@ -69,6 +73,9 @@ class BlockDef:
     layers: list[LayerDef]
     description: str = ""
     builtin: bool = False
+    # the order its modules are declared in the built module (a reference implementation's
+    # __init__ order, so state-dict keys come in the same order); unlisted ones follow in use order
+    modules: tuple = ()
 
     def reads(self, name: str) -> bool:
         """Whether any expression of the block uses ``name`` (a parameter can be accepted and ignored)."""
@@ -150,7 +157,12 @@ def _parse_block(r: Reader, name: str, path: Path, builtin: bool) -> BlockDef | 
         _check_expr(r, out_channels, path + ("out_channels",), known, "out_channels")
     layers = _parse_layers(r, path + ("layers",), known | {"out_channels"}, f"block '{name}'")
     description = body.get("doc", "") if isinstance(body.get("doc", ""), str) else ""
-    return BlockDef(name, kind or "block", r.doc, path, params, lets, out_channels, layers, description, builtin)
+    modules = body.get("modules", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        r.diags.add("E011", f"modules of block '{name}' must be a list of module names", r.span(path + ("modules",)))
+        modules = []
+    return BlockDef(name, kind or "block", r.doc, path, params, lets, out_channels, layers, description, builtin,
+                    tuple(modules))
 
 
 def _parse_param(r: Reader, name: str, decl: Any, path: Path) -> ParamDef | None:
@@ -167,7 +179,7 @@ def _parse_param(r: Reader, name: str, decl: Any, path: Path) -> ParamDef | None
     tname = decl.get("type")
     if not isinstance(tname, str) or tname not in PARAM_TYPES:
         if tname is not None:
-            r.diags.add("E013", f"parameter type {tname!r} is not one of 'int', 'bool', 'str'", r.span(type_path),
+            r.diags.add("E013", f"parameter type {tname!r} is not one of 'int', 'bool', 'str', 'float'", r.span(type_path),
                         did_you_mean(str(tname), PARAM_TYPES))
         return None
     ptype = PARAM_TYPES[tname]
@@ -190,7 +202,7 @@ def _parse_param(r: Reader, name: str, decl: Any, path: Path) -> ParamDef | None
 
 def _check_expr(r: Reader, value: Any, path: Path, known: set[str], label: str) -> None:
     if not isinstance(value, str):
-        if not isinstance(value, (int, bool)):
+        if not isinstance(value, (int, bool, float)):  # a float is a float parameter's value (a ratio)
             r.diags.add("E011", f"{label} must be an integer, a boolean or an expression string, "
                                 f"found {describe(value)}", r.span(path))
         return
@@ -224,7 +236,15 @@ def _parse_layers(r: Reader, path: Path, known: set[str], where: str) -> list[La
         if not isinstance(item, dict):
             r.diags.add("E011", f"layer {i} of {where} must be a mapping, found {describe(item)}", r.span(lpath))
             continue
-        if "seq" in item:
+        if "slot" in item:
+            r.mapping(lpath, SLOT_KEYS, "a plugin slot")
+            slot = item.get("slot")
+            if not isinstance(slot, str) or not slot.isidentifier():
+                r.diags.add("E011", f"slot must be a position name such as after_conv1, found {describe(slot)}",
+                            r.span(lpath + ("slot",)))
+                continue
+            layer = LayerDef(lpath, name=slot, slot=slot)
+        elif "seq" in item:
             layer = _parse_seq(r, item, lpath, known, where)
         elif "block" in item and "op" not in item:
             layer = _parse_use(r, item, lpath, known, where)
@@ -312,7 +332,7 @@ def check_block_uses(blocks: dict[str, BlockDef], diags: DiagnosticBag) -> None:
                 continue
             target = blocks.get(layer.block)
             names = [n for n, b in blocks.items() if b.kind == "block"]
-            if target is None or target.kind != "block":
+            if target is None or target.kind not in ("block", "plugin"):
                 what = "is a stem, not a block" if target is not None else "is not a known block type"
                 diags.add("E020", f"block type {layer.block!r} {what}", r.span(layer.path + ("block",)),
                           did_you_mean(layer.block, names) or f"block types: {', '.join(names)}")
@@ -371,11 +391,21 @@ def _parse_layer(r: Reader, item: dict, path: Path, known: set[str], where: str)
         name = None
     layer = LayerDef(path, name=name, op=op)
     _parse_common(r, item, path, known, layer)
+    if "init" in item:
+        layer.init = r.check(item["init"], path + ("init",), str, "default", label="init", choices=INIT_CHOICES) \
+            or "default"
     for attr, default in opdef.attrs.items():
         if attr in item:
             value = item[attr]
             apath = path + (attr,)
-            if (op, attr) in STR_ATTRS:
+            if attr in opdef.list_attrs:
+                if not isinstance(value, list) or not value:
+                    r.diags.add("E011", f"{op}.{attr} must be a non-empty list of integers or expressions, "
+                                        f"found {describe(value)}", r.span(apath))
+                    continue
+                for j, v in enumerate(value):
+                    _check_expr(r, v, apath + (j,), known, f"{op}.{attr}[{j}]")
+            elif (op, attr) in STR_ATTRS:
                 choices = opdef.choices.get(attr)
                 r.check(value, apath, str, label=f"{op}.{attr}", choices=choices)
             else:

@@ -40,6 +40,10 @@ def to_explicit(spec: Spec, resolved: list[dict] | None = None) -> dict[str, Any
         entry.update(sorted((k, [a.value for a in values]) for k, values in st.per_block.items()))
         if st.frozen:
             entry["frozen"] = True
+        if st.plugins:
+            entry["plugins"] = [_plugin(p) for p in st.plugins]
+            if st.plugin_mode != "chain":
+                entry["plugin_mode"] = st.plugin_mode
         stages.append(entry)
     out: dict[str, Any] = {
         "graphres": FORMAT_VERSION,
@@ -70,3 +74,10 @@ def to_explicit(spec: Spec, resolved: list[dict] | None = None) -> dict[str, Any
     if user_blocks:
         out["blocks"] = user_blocks
     return out
+
+
+def _plugin(p) -> dict[str, Any]:
+    """A stage plugin as written (its literal string arguments were stored as Python literals)."""
+    args = {k: (v[1:-1] if isinstance(v, str) and len(v) >= 2 and v[0] == v[-1] == "'" else v)
+            for k, v in p.layer.attrs.items()}
+    return {"position": p.position, "block": p.layer.block, "name": p.layer.name, **args}

@@ -28,7 +28,7 @@ _CMPOPS = {
     ast.Gt: operator.gt,
     ast.GtE: operator.ge,
 }
-_FUNCS = {"min": min, "max": max}
+_FUNCS = {"min": min, "max": max, "int": int}
 _MAX_LEN = 400
 _MAX_INT = 1 << 40  # far above any channel count; stops runaway arithmetic
 
@@ -119,6 +119,13 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
         left, right = _eval(node.left, env), _eval(node.right, env)
         if isinstance(node.op, (ast.FloorDiv, ast.Mod)) and right == 0:
             raise ExprError("division by zero", node.col_offset)
+        if isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)) and _is_number(left) and _is_number(right) \
+                and not (_is_int(left) and _is_int(right)):
+            # a float parameter (a plugin's ratio) times channels; int() truncates, as Python's int()
+            result = _BINOPS[type(node.op)](left, right)
+            if abs(result) > _MAX_INT:
+                raise ExprError("result is too large", node.col_offset)
+            return result
         if not (_is_int(left) and _is_int(right)):
             raise ExprError(f"'{_op_text_bin(node.op)}' needs integers, got {left!r} and {right!r}", node.col_offset)
         result = _BINOPS[type(node.op)](left, right)
@@ -129,8 +136,8 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
         value = _eval(node.operand, env)
         if isinstance(node.op, ast.Not):
             return not value
-        if not _is_int(value):
-            raise ExprError(f"unary minus needs an integer, got {value!r}", node.col_offset)
+        if not _is_number(value):
+            raise ExprError(f"unary minus needs a number, got {value!r}", node.col_offset)
         return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.BoolOp):
         result = None
@@ -145,7 +152,7 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
         left = _eval(node.left, env)
         for op, right_node in zip(node.ops, node.comparators):
             right = _eval(right_node, env)
-            if type(op) not in (ast.Eq, ast.NotEq) and not (_is_int(left) and _is_int(right)):
+            if type(op) not in (ast.Eq, ast.NotEq) and not (_is_number(left) and _is_number(right)):
                 raise ExprError(f"cannot order {left!r} and {right!r}", node.col_offset)
             if not _CMPOPS[type(op)](left, right):
                 return False
@@ -155,8 +162,12 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
         return _eval(node.body, env) if _eval(node.test, env) else _eval(node.orelse, env)
     if isinstance(node, ast.Call):
         args = [_eval(a, env) for a in node.args]
-        if not all(_is_int(a) for a in args):
-            raise ExprError(f"{node.func.id}() needs integers", node.col_offset)
+        if node.func.id == "int":
+            if len(args) != 1 or not _is_number(args[0]):
+                raise ExprError("int() takes one number", node.col_offset)
+            return int(args[0])
+        if not all(_is_number(a) for a in args):
+            raise ExprError(f"{node.func.id}() needs numbers", node.col_offset)
         return _FUNCS[node.func.id](args)
     raise ExprError(f"'{type(node).__name__}' is not allowed", getattr(node, "col_offset", 0))
 
@@ -167,3 +178,7 @@ def _op_text_bin(op: ast.AST) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int)  # bool is an int, as in Python
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")

@@ -14,6 +14,7 @@ from ..diagnostics import DiagnosticBag, SourceCache, did_you_mean
 from ..ops import ACT_TYPES, CONV_TYPES, NORM_TYPES
 from ..zoo import is_zoo_name, known_names, zoo_url
 from .blocks import BlockDef, ParamDef, builtin_blocks, check_block_uses, parse_blocks
+from .plugins import parse_stage_plugins
 from .expr import ExprError, evaluate
 from .reader import MISSING, Reader, describe
 from .source import Located, Path
@@ -22,7 +23,7 @@ FORMAT_VERSION = 1
 TOP_KEYS = ("graphres", "name", "input", "norm", "conv", "act", "stem", "stages", "block_args", "output_stride",
             "out_indices", "frozen_stages", "norm_eval", "zero_init_residual", "with_cp", "init", "head", "blocks")
 OUTPUT_STRIDES = (8, 16, 32)
-STAGE_FIELDS = ("block", "blocks", "planes", "stride", "dilation", "frozen")
+STAGE_FIELDS = ("block", "blocks", "planes", "stride", "dilation", "frozen", "plugins", "plugin_mode")
 NORM_KEYS = ("type", "requires_grad", "eps", "momentum", "num_groups", "affine")
 INPUT_KEYS = ("channels", "size")
 CONV_KEYS = ("type", "eps")
@@ -57,6 +58,8 @@ class Stage:
     per_block: dict[str, list[Arg]] = field(default_factory=dict)  # arguments given block by block
     types: list[str] = field(default_factory=list)  # the block type of each block (a stage may mix them)
     frozen: bool = False  # this stage's parameters get no gradients (besides frozen_stages' prefix)
+    plugins: list = field(default_factory=list)  # [StagePlugin] (graphres.spec.plugins)
+    plugin_mode: str = "chain"
 
     def block_type(self, b: int) -> str:
         return self.types[b] if self.types else self.block
@@ -372,8 +375,9 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
             dilations = [d] * nblocks
         frozen = bool(r.value(spath + ("frozen",), bool, False, what=f"stages[{i}].frozen"))
         per_block: dict[str, list[Arg]] = {}
+        plugins, plugin_mode = parse_stage_plugins(r, item, spath, blocks, distinct)
         for k, v in item.items():
-            if k in ("block", "blocks", "dilation", "frozen"):
+            if k in ("block", "blocks", "dilation", "frozen", "plugins", "plugin_mode"):
                 continue
             if isinstance(v, list) and k in block.params:  # one value per block
                 if len(v) != nblocks:
@@ -420,7 +424,7 @@ def _parse_stages(r: Reader, blocks: dict[str, BlockDef], block_args: dict) -> l
                         "for output stride 16 or 8 raise this stage's dilation (stride 2 -> dilation 2), "
                         "or declare output_stride and leave strides and dilations to it")
         stages.append(Stage(i, bname, nblocks, dilations, args, spath, per_block,
-                            types if len(distinct) > 1 else [], frozen))
+                            types if len(distinct) > 1 else [], frozen, plugins, plugin_mode))
     total = sum(st.blocks for st in stages)
     if total > MAX_TOTAL_BLOCKS:
         r.diags.add("E014", f"the stages have {total:,} blocks in all; at most {MAX_TOTAL_BLOCKS:,} are allowed",

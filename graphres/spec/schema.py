@@ -21,7 +21,7 @@ from typing import Any
 
 from ..ops import ACT_TYPES, CONV_TYPES, NORM_TYPES, OPS, REQUIRED
 from . import model, shorthand
-from .blocks import (BLOCK_KEYS, BLOCK_KINDS, IMPLICIT_NAMES, LAYER_KEYS, PARAM_KEYS, PARAM_TYPES, SEQ_KEYS,
+from .blocks import (INIT_CHOICES, BLOCK_KEYS, BLOCK_KINDS, IMPLICIT_NAMES, LAYER_KEYS, PARAM_KEYS, PARAM_TYPES, SEQ_KEYS,
                      STR_ATTRS, USE_KEYS, BlockDef, ParamDef, builtin_blocks)
 from .reader import MISSING
 
@@ -85,6 +85,16 @@ STAGE_DOCS = {
     "stride": "Given to the first block of the stage only (a list: one per block).",
     "dilation": "Given to every block of the stage: one integer, or a list with one per block.",
     "frozen": "true freezes this stage (eval mode, no gradients), besides frozen_stages' prefix.",
+    "plugins": "Attention blocks inserted into every block of the stage: {position: after_conv3, block: "
+               "context_block, ratio: 0.0625}; position is a {slot: ...} layer of the block type.",
+    "plugin_mode": "chain (mmdetection): a slot's plugins run one after another; last (mmsegmentation): each "
+                   "takes the slot's input and the last result is kept.",
+}
+PLUGIN_DOCS = {
+    "position": "A plugin slot of the stage's block type (bottleneck: after_conv1, after_conv2, after_conv3).",
+    "block": "The plugin's block type (context_block, nonlocal_block, or one of yours); its other keys are "
+             "the block's parameters.",
+    "name": "The module name its layers nest under (default: the block type's name).",
 }
 HEAD_DOCS = {"num_classes": "Output classes of the fc layer."}
 INIT_DOCS = {
@@ -138,14 +148,17 @@ INIT_CFG_DOCS = {
 }
 BLOCK_DOCS = {
     "doc": "A one-line description.",
-    "kind": "block (default): usable in stages; stem: usable as stem: {type: NAME}.",
+    "kind": "block (default): usable in stages; stem: usable as stem: {type: NAME}; plugin: usable in a "
+            "stage's plugins or a layer's block: (attention blocks).",
     "params": "Parameter declarations: name -> type name, or {type, default, choices, min, doc}.",
     "let": "Derived values, in order: name -> expression.",
     "out_channels": "An expression: the channels of the block's output.",
     "layers": "The layers: op layers, seq groups and uses of other block types.",
+    "modules": "The order its modules are declared in (state-dict order), as a reference implementation's "
+               "__init__; unlisted modules follow in use order.",
 }
 PARAM_DOCS = {
-    "type": "int, bool or str.",
+    "type": "int, bool, str or float.",
     "default": "The value when nobody gives one; without a default the parameter is required.",
     "choices": "The allowed values.",
     "min": "The smallest allowed value (integers).",
@@ -156,6 +169,8 @@ LAYER_DOCS = {
     "op": "A primitive op.",
     "from": "The input: a layer name or a list of names (default: the previous layer).",
     "when": "A boolean or an expression; when false the layer is skipped.",
+    "init": "The module's own initialisation after the network's: default, zeros, normal_0.01, kaiming_fan_in, "
+            "kaiming_uniform_fan_in_a1 (the attention plugins' mmcv init).",
 }
 SEQ_DOCS = {
     "seq": "The group's name; its layers are numbered NAME.0, NAME.1, ...",
@@ -184,10 +199,17 @@ ATTR_DOCS = {
     "deform_groups": "deform_conv: groups of input channels that share one set of offsets (must divide the input "
                      "channels).",
     "modulated": "deform_conv: false = mmcv's DCN (v1), true = DCNv2 (offsets and a sigmoid mask).",
-    "start": "slice: first channel taken.",
+    "start": "slice: first channel taken; flatten: the first axis merged (axes count from 0 after the batch; "
+             "negative from the end).",
     "stop": "slice: channel after the last one taken; -1 = to the end.",
     "chunks": "slice: split the channels into this many equal parts (0 = use start and stop).",
     "index": "slice: which of the chunks to take (0-based).",
+    "end": "The last axis merged.",
+    "dims": "A list: reshape's sizes (one -1), permute's axis order, layernorm's trailing sizes.",
+    "axis": "The axis (0 = the first after the batch; -1 = the last).",
+    "size": "How many values the learned parameter has.",
+    "value": "The learned parameter's initial value.",
+    "sqrt": "Divide by the square root of the axis size.",
 }
 BLOCK_PARAM_DOCS = {  # the built-in blocks' parameters (their YAML declares no doc)
     "planes": STAGE_DOCS["planes"],
@@ -254,7 +276,7 @@ def _obj(props: dict[str, dict], docs: dict[str, str], where: str, required=(), 
 
 
 def _param_schema(p: ParamDef) -> dict:
-    out: dict[str, Any] = {"type": {int: "integer", bool: "boolean", str: "string"}[p.type]}
+    out: dict[str, Any] = {"type": {int: "integer", bool: "boolean", str: "string", float: "number"}[p.type]}
     if p.choices:
         out["enum"] = list(p.choices)
     if p.min is not None:
@@ -460,12 +482,18 @@ class _Defs:
                  "planes": _per_block(_int(1)),
                  "stride": _per_block(_int(1)),
                  "dilation": _per_block(_int(1)),
-                 "frozen": {**_BOOL, "default": False}}
+                 "frozen": {**_BOOL, "default": False},
+                 "plugins": {"type": "array",
+                             "items": {**_obj({"position": _STR, "block": _STR, "name": _STR}, PLUGIN_DOCS,
+                                              "plugin", required=("position", "block"), closed=False),
+                                       "additionalProperties": _SCALAR}},
+                 "plugin_mode": _enum(("chain", "last"))}
         assert tuple(props) == model.STAGE_FIELDS
         out = _obj(props, STAGE_DOCS, "stage", required=("block", "blocks"), closed=False)
         out["additionalProperties"] = _per_block(_SCALAR)  # a parameter of a block declared in the spec
         out["allOf"] = [{"if": {"properties": {"block": {"const": name}}, "required": ["block"]},
-                         "then": self._args(block, {"block": True, "blocks": True, "frozen": True})}
+                         "then": self._args(block, {"block": True, "blocks": True, "frozen": True,
+                                                    "plugins": True, "plugin_mode": True})}
                         for name, block in self.blocks.items()]
         return out
 
@@ -561,14 +589,15 @@ class _Defs:
                  "let": {"type": "object", "additionalProperties": _EXPR,
                          "propertyNames": {"not": _enum(IMPLICIT_NAMES)}},
                  "out_channels": _EXPR,
-                 "layers": {"type": "array", "items": self.ref("layer"), "minItems": 1}}
+                 "layers": {"type": "array", "items": self.ref("layer"), "minItems": 1},
+                 "modules": {"type": "array", "items": _STR}}
         assert tuple(props) == BLOCK_KEYS
         out = _obj(props, BLOCK_DOCS, "block", required=self.req("out_channels", "layers"))
         out["description"] = "A block or stem type, written in the block language (docs/blocks.md)."
         return out
 
     def param_decl(self) -> dict:
-        props = {"type": _enum(PARAM_TYPES), "default": {"type": ["integer", "boolean", "string"]},
+        props = {"type": _enum(PARAM_TYPES), "default": {"type": ["integer", "boolean", "string", "number"]},
                  "choices": {"type": "array", "items": {"type": ["integer", "boolean", "string"]}},
                  "min": _int(), "doc": _STR}
         assert tuple(props) == PARAM_KEYS
@@ -578,25 +607,32 @@ class _Defs:
         """An item of 'layers': the reader tells the three kinds by their keys, and so does this."""
         return {"type": "object",
                 "description": "An op layer (op), a seq group (seq) or a use of another block type (block).",
-                "if": {"required": ["seq"]}, "then": self.ref("seq_layer"),
+                "if": {"required": ["slot"]}, "then": {"type": "object", "properties": {"slot": _STR},
+                                                       "additionalProperties": False, "required": ["slot"],
+                                                       "description": "A plugin position: a stage's plugins "
+                                                                      "for it run here."},
+                "else": {"if": {"required": ["seq"]}, "then": self.ref("seq_layer"),
                 "else": {"if": {"required": ["block"], "not": {"required": ["op"]}},
-                         "then": self.ref("use_layer"), "else": self.ref("op_layer")}}
+                         "then": self.ref("use_layer"), "else": self.ref("op_layer")}}}
 
     def _common(self) -> dict:
         return {"name": {"type": "string", "minLength": 1}, "from": _NAMES, "when": _EXPR}
 
     def op_layer(self) -> dict:
         common = self._common()
-        props = {"name": common["name"], "op": _enum(OPS), "from": common["from"], "when": common["when"]}
+        props = {"name": common["name"], "op": _enum(OPS), "from": common["from"], "when": common["when"],
+                 "init": _enum(INIT_CHOICES, default="default")}
         assert tuple(props) == LAYER_KEYS
-        attrs = {a: _EXPR for op in OPS.values() for a in op.attrs}
+        attrs = {a: {"anyOf": [_EXPR, {"type": "array", "items": _EXPR}]} if a in op.list_attrs else _EXPR
+                 for op in OPS.values() for a in op.attrs}
         out = _obj(props, LAYER_DOCS, "layer", required=("op",), closed=False)
         out["properties"].update({a: {**s, "description": ATTR_DOCS[a]} for a, s in attrs.items()})
         out["allOf"] = []
         for name, op in OPS.items():
             then_props: dict[str, Any] = {k: True for k in LAYER_KEYS}
             for a, default in op.attrs.items():
-                s = _enum(op.choices[a]) if (name, a) in STR_ATTRS else dict(_EXPR)
+                s = _enum(op.choices[a]) if (name, a) in STR_ATTRS else \
+                    {"type": "array", "items": _EXPR, "minItems": 1} if a in op.list_attrs else dict(_EXPR)
                 if default is not REQUIRED and default is not None:
                     s["default"] = default
                 then_props[a] = {**s, "description": _doc(ATTR_DOCS, a, "op attribute")}

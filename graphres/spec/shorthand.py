@@ -10,6 +10,7 @@ from typing import Any
 
 from ..diagnostics import DiagnosticBag, did_you_mean
 from .reader import MISSING, Reader, describe
+from .shorthand_plugins import expand_plugins
 from .source import Located, Path
 
 ARCH = {
@@ -200,10 +201,12 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
     elif swd is not None and isinstance(swd, (list, tuple)) and any(swd):
         diags.add("E017", "stage_with_dcn enables stages but dcn is null", r.span(at("stage_with_dcn")),
                   "set dcn, or make every entry false")
-    plugins = r.get(at("plugins"), None)
-    if plugins not in (None, [], MISSING):
-        diags.add("E016", "plugins (ContextBlock, NonLocal2d, GeneralizedAttention) are not supported yet",
-                  r.span(at("plugins")), "remove plugins, or set plugins: null")
+
+    def mark(path: Path, src: Path) -> None:
+        out.spans[path] = doc.span(src)
+        out.key_spans[path] = doc.key_span(src) if src in doc.key_spans else out.spans[path]
+
+    expand_plugins(r, at, block, num_stages, mmseg, stages, mark)
 
     init_cfg = r.get(at("init_cfg"), None)
     pretrained = r.get(at("pretrained"), None)

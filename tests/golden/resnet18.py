@@ -53,6 +53,7 @@ class GraphresBackbone(nn.Module):
     stage_names: tuple = ()
     frozen_modules: tuple = ()
     zero_init_modules: tuple = ()
+    module_inits: tuple = ()
     requires_grad_norms: bool = True
     num_classes: Optional[int] = None
     feature_info: FeatureInfoList = FeatureInfoList()
@@ -86,6 +87,8 @@ class GraphresBackbone(nn.Module):
         for m in self.modules():  # then each layer's own init_weights, as mmengine calls them after the parent's
             if m is not self and callable(getattr(m, "init_weights", None)):
                 m.init_weights()
+        for path, kind in self.module_inits:
+            init_module(self.get_submodule(path), kind)
         if zero_init_residual:
             for path in self.zero_init_modules:
                 m = self.get_submodule(path)
