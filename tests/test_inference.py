@@ -64,20 +64,22 @@ def test_every_shipped_spec_matches_its_eval_module(spec):
     assert net.feature_info == model.feature_info
 
 
-VARIANTS = {
-    "gn_convws": ("resnet18", ["norm={type: GN, num_groups: 16}", "conv={type: ConvWS}"]),
-    "frozenbn_convws_se": ("se_resnet18", ["norm={type: FrozenBN}", "conv={type: ConvWS}"]),
-    "syncbn": ("resnet50", ["norm={type: SyncBN}"]),
-    "in": ("resnet18", ["norm={type: IN, affine: true}"]),
-    "se_gn": ("se_resnet50", ["norm={type: GN, num_groups: 32}"]),
+VARIANTS = {  # name -> spec, overrides, input size
+    "gn_convws": ("resnet18", ["norm={type: GN, num_groups: 16}", "conv={type: ConvWS}"], SIZE),
+    "frozenbn_convws_se": ("se_resnet18", ["norm={type: FrozenBN}", "conv={type: ConvWS}"], SIZE),
+    "syncbn": ("resnet50", ["norm={type: SyncBN}"], SIZE),
+    # instance norm over layer4's 2x2 maps at 64x64 magnifies the rounding of a channels_last conv
+    # (3e-5): 4x4 maps
+    "in": ("resnet18", ["norm={type: IN, affine: true}"], 128),
+    "se_gn": ("se_resnet50", ["norm={type: GN, num_groups: 32}"], SIZE),
 }
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_variants_match_their_eval_module(name):
-    spec, overrides = VARIANTS[name]
+    spec, overrides, size = VARIANTS[name]
     compiled, model, net = eval_and_inference(spec, overrides)
-    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
     assert_close(outputs(model, x), outputs(net, x))
     # weight standardisation is computed once: plain convs remain
     assert not any(type(m).__name__ == "ConvWS2d" for m in net.modules())
@@ -165,7 +167,7 @@ def test_compile_py_runs_without_graphres(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"wrote {out} (standalone Python source that needs torch alone; build_model() returns the network)\n"
     source = out.read_text()
-    assert "class GraphresInference(GraphresBackbone):" in source and "BatchNorm" not in source
+    assert "class GraphresInference(GraphresBackbone):" in source and "BatchNorm2d(" not in source
     assert "import graphres" not in source and "from graphres" not in source
     # the same network, with the inference build's state dict, in a process where graphres cannot be imported
     torch.manual_seed(0)
