@@ -115,6 +115,20 @@ def test_folds_every_bn_into_its_conv_and_keeps_gn():
     assert len([n for n in gn if gn.nodes[n][ir.OP] == "norm"]) == 20
 
 
+def test_deep_stem_stays_a_sequential():
+    folded = fold_for_inference(graphres.compile_spec("resnet50_v1d").graph)
+    assert folded.graph["renamed"] == {"stem.1": "stem.2", "stem.2": "stem.3", "stem.3": "stem.5", "stem.4": "stem.6",
+                                       "stem.5": "stem.8"}
+    assert {k: v for k, v in folded.graph[G_FOLDED].items() if k.startswith("stem")} == {
+        "stem.0": "stem.1", "stem.2": "stem.4", "stem.4": "stem.7"}
+    net = graphres.build("resnet50_v1d", inference=True)
+    assert isinstance(net.stem, nn.Sequential)
+    assert [type(m).__name__ for m in net.stem] == ["Conv2d", "ReLU"] * 3
+    assert [k for k in net.state_dict() if k.startswith(("stem.", "layer1.0.downsample."))] == [
+        "stem.0.weight", "stem.0.bias", "stem.2.weight", "stem.2.bias", "stem.4.weight", "stem.4.bias",
+        "layer1.0.downsample.1.weight", "layer1.0.downsample.1.bias"]
+
+
 def test_inference_module_structure():
     net = graphres.build("resnet50", inference=True)
     assert type(net).__mro__[1] is GraphresInference

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import ir
-from ..passes.fold import fold_for_inference
+from ..passes.fold import G_RENAMED, fold_for_inference
 from .runtime import GraphresInference
 from .torch_module import _network_class
 from .codegen import generate
@@ -53,6 +53,8 @@ def folded_state(g: nx.DiGraph, folded: nx.DiGraph, model: nn.Module) -> dict[st
     """The state dict of the inference network generated for ``folded`` (the pass's copy of
     ``g``), computed from ``model``, the eval network of ``g``."""
     source = model.state_dict()
+    renamed = folded.graph.get(G_RENAMED, {})
+    new_path = {old: new for new, old in renamed.items()}
     out: dict[str, torch.Tensor] = {}
     convs = {}
     for n in folded.nodes:
@@ -61,12 +63,12 @@ def folded_state(g: nx.DiGraph, folded: nx.DiGraph, model: nn.Module) -> dict[st
             convs[d[ir.MODULE]] = d[ir.META]["fold"]
     folded_norms = {f["norm"] for f in convs.values() if f["norm"]}
     for key, value in source.items():
-        module, _, _ = key.rpartition(".")
-        if module in convs or module in folded_norms:
+        module, _, leaf = key.rpartition(".")
+        if module in folded_norms or new_path.get(module, module) in convs:
             continue
-        out[key] = value
+        out[f"{new_path.get(module, module)}.{leaf}"] = value
     for path, fold in convs.items():
-        conv = model.get_submodule(path)
+        conv = model.get_submodule(renamed.get(path, path))
         w = conv.weight.detach().to(torch.float64)
         dtype = conv.weight.dtype
         if fold["standardize_eps"] is not None:

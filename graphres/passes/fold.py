@@ -29,6 +29,7 @@ from ..ops import BN_LIKE
 
 G_INFERENCE = "inference"  # the graph is an eval-only copy made by fold_for_inference
 G_FOLDED = "folded"  # conv module path -> the norm module path folded into it
+G_RENAMED = "renamed"  # module path in the copy -> its path in the analysed graph, where they differ
 
 
 def foldable_norm(g: nx.DiGraph, n: str) -> str | None:
@@ -62,15 +63,65 @@ def fold_for_inference(g: nx.DiGraph) -> nx.DiGraph:
         c[ir.ATTRS] = {**c[ir.ATTRS], "bias": True}
         folded[c[ir.MODULE]] = d[ir.MODULE]
         _bypass(h, n, conv)
+    renamed = _renumber(h)
+    folded = {renamed.get(c, c): n for c, n in folded.items()}
     if ws_eps is not None:
         h.graph[ir.G_CONV] = {**conv_settings, "type": "Conv2d"}
     h.graph[G_INFERENCE] = True
     h.graph[G_FOLDED] = folded
+    h.graph[G_RENAMED] = {new: old for old, new in renamed.items()}
     h.graph[ir.G_FROZEN_MODULES] = ()
     h.graph[ir.G_ZERO_INIT_MODULES] = ()
     h.graph[ir.G_NORM_EVAL] = False
     h.graph[ir.G_WITH_CP] = False
     return h
+
+
+def _renumber(h: nx.DiGraph) -> dict[str, str]:
+    """Close the gaps a removed norm leaves in a numbered container (a deep stem's ``stem.0``,
+    ``stem.2``, ``stem.3`` ... become ``stem.0``, ``stem.1``, ``stem.2``), so that it stays an
+    ``nn.Sequential``: node ids, module paths and the graph's references follow. Returns old
+    module path -> new, for the paths that changed."""
+    modules = {h.nodes[n][ir.MODULE] for n in h.nodes if h.nodes[n].get(ir.MODULE)}
+    children: dict[str, set[int]] = {}
+    for path in modules:
+        parts = path.split(".")
+        for i in range(1, len(parts)):
+            if parts[i].isdigit():
+                children.setdefault(".".join(parts[:i]), set()).add(int(parts[i]))
+    index = {c: {old: new for new, old in enumerate(sorted(nums))} for c, nums in children.items()
+             if sorted(nums) != list(range(len(nums)))}
+    if not index:
+        return {}
+
+    def rename(path: str) -> str:
+        parts = path.split(".")
+        out = list(parts)
+        for i in range(1, len(parts)):
+            container = ".".join(parts[:i])
+            if parts[i].isdigit() and container in index:
+                out[i] = str(index[container][int(parts[i])])
+        return ".".join(out)
+
+    renamed = {m: rename(m) for m in modules if rename(m) != m}
+    mapping = {}
+    for n in h.nodes:
+        module = h.nodes[n].get(ir.MODULE)
+        if module in renamed:
+            h.nodes[n][ir.MODULE] = renamed[module]
+            if n == module or n.startswith(module + ":"):
+                mapping[n] = renamed[module] + n[len(module):]
+    nx.relabel_nodes(h, mapping, copy=False)
+    for n in h.nodes:
+        h.nodes[n][ir.INPUTS] = tuple(mapping.get(x, x) for x in h.nodes[n][ir.INPUTS])
+    for entry in list(h.graph[ir.G_STAGES]) + list(h.graph[ir.G_OUTPUTS]) + [h.graph.get(ir.G_STEM) or {},
+                                                                             h.graph.get(ir.G_HEAD) or {}]:
+        for key in ("input", "output", "node"):
+            if isinstance(entry, dict) and entry.get(key) in mapping:
+                entry[key] = mapping[entry[key]]
+        if isinstance(entry, dict) and "nodes" in entry:
+            entry["nodes"] = [mapping.get(x, x) for x in entry["nodes"]]
+    return renamed
 
 
 def _bypass(h: nx.DiGraph, n: str, src: str) -> None:
