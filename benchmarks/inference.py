@@ -72,8 +72,9 @@ def models(name: str, tmp: Path, compiled: bool):
     out = {"tv": tv, "gr": gr}
     if compiled:
         grc = graphres.build(name, ["head={num_classes: 1000}"], checkpoint=str(ckpt), inference=True, compile=True)
-        tvc = torch.compile(getattr(torchvision.models, name)().eval(), options=INDUCTOR_OPTIONS)
-        tvc.load_state_dict(tv.state_dict())
+        tv2 = getattr(torchvision.models, name)().eval()
+        tv2.load_state_dict(tv.state_dict())
+        tvc = torch.compile(tv2, options=INDUCTOR_OPTIONS)
         out.update(tvc=tvc, grc=grc)
     return out
 
