@@ -31,7 +31,9 @@ def __getattr__(name: str) -> Any:
 
 
 def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[str] = (), *,
-          checkpoint: str | Path | None = None, max_memory: int | str | None = None) -> "GraphresBackbone":
+          checkpoint: str | Path | None = None, max_memory: int | str | None = None, inference: bool = False,
+          memory_format: str | None = None, compile: bool = False,
+          cache_dir: str | Path | None = None) -> "GraphresBackbone":
     """Compile ``spec`` (a path, a mapping or a :class:`Compiled`) into a torch module.
 
     ``overrides`` are ``key.path=value`` strings, as ``--set`` on the command line. The weights are
@@ -42,12 +44,20 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
     Before allocating, the model's memory is estimated; one that needs more than ``max_memory``
     (bytes, a size such as ``"64G"``, or ``"unlimited"``; default: ``GRAPHRES_MAX_MEMORY``, else the
     memory available) is refused with E067 (docs/limits.md).
+
+    ``inference=True`` returns the eval-only build (a ``GraphresInference``, docs/inference.md):
+    BatchNorm, SyncBN and FrozenBN folded into the convs, with the initialised or loaded weights;
+    ``memory_format`` (``"channels_last"``, the default, or ``"contiguous"``) is its weights'
+    layout; ``compile=True`` compiles it with inductor's freezing (``cache_dir``: the inductor
+    cache for warm starts), the compile time kept as ``model.compile_seconds``.
     """
     from .backends.checkpoint import load_checkpoint
     from .backends.torch_module import build_module
 
     from .passes.limits import check_memory
 
+    if not inference and (memory_format is not None or compile or cache_dir is not None):
+        raise ValueError("memory_format, compile and cache_dir apply to the inference build: pass inference=True")
     compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides)
     check_memory(compiled, "build", max_memory)
     model = build_module(compiled.graph)
@@ -57,6 +67,9 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
     if path is not None:
         model.load_report = load_checkpoint(model, path, style=_style_of(compiled),
                                             prefix=init.get("prefix") if from_spec else None)
+    if inference:
+        from .backends.inference import build_inference
+        return build_inference(compiled.graph, model.eval(), memory_format, compile, cache_dir)
     return model
 
 

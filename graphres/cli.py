@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                            "standalone Python source (.py), by the output's extension")
     c.add_argument("-o", "--output", required=True, help="output file: .pt2 or .py")
     c.add_argument("--checkpoint", help="load these weights first (torchvision or OpenMMLab layout)")
+    c.add_argument("--inference", action="store_true",
+                   help="the eval-only inference build: BatchNorm/SyncBN/FrozenBN folded into the convs "
+                        "(docs/inference.md)")
     d = sub.add_parser("diff", help="compare the architectures of two specs, for code review",
                        description="compare the architectures of two specs, stage by stage (--level layer: "
                                    "by state-dict name, with whether a checkpoint of A loads into B); exit 0 "
@@ -290,7 +293,11 @@ def _compile(args: argparse.Namespace) -> int:
     check_output(args.output)  # before the minutes a large compile can take
     if fmt == ".py":
         from .backends.codegen import generate
-        write_atomic(args.output, generate(compiled.graph, standalone=True).source.encode())
+        graph = compiled.graph
+        if getattr(args, "inference", False):
+            from .passes.fold import fold_for_inference
+            graph = fold_for_inference(graph)
+        write_atomic(args.output, generate(graph, standalone=True).source.encode())
         print(f"wrote {args.output} ({COMPILE_FORMATS[fmt]})")
         return EXIT_OK
     check_memory(compiled, "compile")  # before torch allocates anything
@@ -300,7 +307,8 @@ def _compile(args: argparse.Namespace) -> int:
     from .backends.export import export_module, save_program, seeded
     with warnings.catch_warnings(), seeded():  # seeded: the same spec compiles to the same bytes
         warnings.simplefilter("ignore", CheckpointWarning)  # printed below, without a source line
-        model = build(compiled, checkpoint=args.checkpoint)
+        model = build(compiled, checkpoint=args.checkpoint, inference=getattr(args, "inference", False),
+                      memory_format="contiguous" if getattr(args, "inference", False) else None)
     report = getattr(model, "load_report", None)
     if report is not None:
         print(f"checkpoint: {report}")

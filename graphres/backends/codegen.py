@@ -462,7 +462,8 @@ def generate(g: nx.DiGraph, standalone: bool = False) -> Generated:
         if n != ir.INPUT:
             by_scope.setdefault(g.nodes[n][ir.SCOPE], []).append(n)
     class_names = Namespace(BASE_RUNTIME + ("FrozenBatchNorm2d", "SyncBatchNorm2d", "SyncBNError", "ConvWS2d",
-                                            "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack"))
+                                            "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack",
+                                            INFERENCE_BASE, "InferenceBuildError"))
     net_name = class_names.make(camel(g.graph[ir.G_NAME]))
     instances: list[tuple[str, _Instance]] = []
     for st in g.graph[ir.G_STAGES]:
@@ -528,7 +529,16 @@ def _runtime_needs(g: nx.DiGraph) -> tuple[str, ...]:
     extra = tuple(dict.fromkeys(needs))
     if "SyncBatchNorm2d" in extra:
         extra = ("SyncBNError",) + extra
-    return extra + BASE_RUNTIME
+    return extra + BASE_RUNTIME + (("InferenceBuildError", INFERENCE_BASE) if _base_class(g) == INFERENCE_BASE else ())
+
+
+INFERENCE_BASE = "GraphresInference"  # the network's base class in a graph the inference pass made
+
+
+def _base_class(g: nx.DiGraph) -> str:
+    """The network's base class: the eval-only one for a graph from ``passes.fold`` (its
+    ``inference`` graph attribute), else :class:`GraphresBackbone`."""
+    return INFERENCE_BASE if g.graph.get("inference") else "GraphresBackbone"
 
 
 def _runtime_source(name: str) -> str:
@@ -549,7 +559,7 @@ def _network_source(g: nx.DiGraph, name: str, by_scope: dict[str, list[str]], cl
     head = gr.get(ir.G_HEAD)
     outputs = gr[ir.G_OUTPUTS]
     stem_nodes = by_scope.get(ir.STEM_SCOPE, [])
-    lines = [f"class {name}(GraphresBackbone):",
+    lines = [f"class {name}({_base_class(g)}):",
              f'    """The \'{gr[ir.G_NAME]}\' network: {_describe(g)}."""', ""]
     feats = ",\n        ".join(f"FeatureInfo({o['index']}, {o['name']!r}, {o['channels']}, {o.get('stride', 0)})"
                       for o in outputs)

@@ -335,3 +335,27 @@ class GraphresBackbone(nn.Module):
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
+
+
+class InferenceBuildError(RuntimeError):
+    """An inference build was asked to train."""
+
+
+class GraphresInference(GraphresBackbone):
+    """An eval-only network (``graphres.build(spec, inference=True)``): BatchNorm, SyncBN and
+    FrozenBN are folded into the convs before them, so there is nothing to train and no batch
+    statistics to use. ``train()`` (``train(True)``) raises :class:`InferenceBuildError`;
+    ``eval()`` and ``train(False)`` are accepted. Its parameters do not require gradients."""
+
+    def train(self, mode: bool = True) -> "GraphresInference":
+        if mode:
+            raise InferenceBuildError(
+                f"'{self.spec_name}' is an inference build: its norms are folded into the convolutions, so it "
+                f"cannot train; build it without inference=True to train, and fold again afterwards")
+        return nn.Module.train(self, False)
+
+    def _finish(self, init: bool) -> None:
+        super()._finish(init)
+        for p in self.parameters():
+            p.requires_grad = False
+        nn.Module.train(self, False)

@@ -1,0 +1,140 @@
+"""Backend: an analysed graph and its trained (or initialised) eval module -> the inference build.
+
+The inference pass (:mod:`graphres.passes.fold`) decided which norm folds into which conv and
+wrote it on a copy of the IR; this module reads those decisions and does the arithmetic once, on
+real tensors, in float64, then casts to the weights' dtype:
+
+    w' = standardize(w) * gamma / sqrt(var + eps)          (standardize only for ConvWS)
+    b' = (b - mean) * gamma / sqrt(var + eps) + beta        (b = 0 for a conv without a bias)
+
+The network class is generated from the folded IR (``codegen`` reads it like any other), built on
+the meta device (nothing is initialised twice) and given the folded tensors. Then, optionally,
+the weights go to ``channels_last`` and the module is compiled with inductor's freezing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import networkx as nx
+import torch
+from torch import nn
+
+from .. import ir
+from ..passes.fold import G_RENAMED, fold_for_inference
+from .runtime import GraphresInference
+from .torch_module import _network_class
+from .codegen import generate
+
+log = logging.getLogger("graphres.inference")
+
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+# chosen by benchmarks/inference.py on the 2-core CPU (docs/inference.md): channels_last was faster
+# at batch 1 and 8, 1 and 2 threads
+DEFAULT_MEMORY_FORMAT = "channels_last"
+
+
+def memory_format_of(name: Any) -> torch.memory_format:
+    """``"channels_last"`` / ``"contiguous"`` (or the torch object itself) -> torch's memory format."""
+    if name is None:
+        name = DEFAULT_MEMORY_FORMAT
+    if isinstance(name, torch.memory_format):
+        if name not in MEMORY_FORMATS.values():
+            raise ValueError(f"memory_format={name} is not supported: use 'channels_last' or 'contiguous'")
+        return name
+    if name not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format={name!r} is not one of 'channels_last', 'contiguous'")
+    return MEMORY_FORMATS[name]
+
+
+def folded_state(g: nx.DiGraph, folded: nx.DiGraph, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the inference network generated for ``folded`` (the pass's copy of
+    ``g``), computed from ``model``, the eval network of ``g``."""
+    source = model.state_dict()
+    renamed = folded.graph.get(G_RENAMED, {})
+    new_path = {old: new for new, old in renamed.items()}
+    out: dict[str, torch.Tensor] = {}
+    convs = {}
+    for n in folded.nodes:
+        d = folded.nodes[n]
+        if d[ir.OP] == "conv":
+            convs[d[ir.MODULE]] = d[ir.META]["fold"]
+    folded_norms = {f["norm"] for f in convs.values() if f["norm"]}
+    for key, value in source.items():
+        module, _, leaf = key.rpartition(".")
+        if module in folded_norms or new_path.get(module, module) in convs:
+            continue
+        out[f"{new_path.get(module, module)}.{leaf}"] = value
+    for path, fold in convs.items():
+        conv = model.get_submodule(renamed.get(path, path))
+        w = conv.weight.detach().to(torch.float64)
+        dtype = conv.weight.dtype
+        if fold["standardize_eps"] is not None:
+            flat = w.reshape(w.shape[0], -1)
+            mean = flat.mean(dim=1).reshape(-1, 1, 1, 1)
+            std = flat.std(dim=1).reshape(-1, 1, 1, 1)
+            w = (w - mean) / (std + fold["standardize_eps"])
+        b = conv.bias.detach().to(torch.float64) if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        if fold["norm"] is not None:
+            norm = model.get_submodule(fold["norm"])
+            scale = torch.rsqrt(norm.running_var.detach().to(torch.float64) + norm.eps)
+            shift = -norm.running_mean.detach().to(torch.float64) * scale
+            if norm.weight is not None:
+                gamma = norm.weight.detach().to(torch.float64)
+                scale, shift = scale * gamma, shift * gamma + norm.bias.detach().to(torch.float64)
+            w = w * scale.reshape(-1, 1, 1, 1)
+            b = b * scale + shift
+        out[path + ".weight"] = w.to(dtype)
+        if fold["norm"] is not None or fold["bias"]:
+            out[path + ".bias"] = b.to(dtype)
+    return out
+
+
+def build_inference(g: nx.DiGraph, model: nn.Module, memory_format: Any = None, compile: bool = False,
+                    cache_dir: str | os.PathLike | None = None) -> GraphresInference:
+    """The inference build of ``model`` (the eval network built from the analysed graph ``g``,
+    its weights initialised or loaded)."""
+    fmt = memory_format_of(memory_format)
+    folded = fold_for_inference(g)
+    cls = _network_class(generate(folded))
+    with torch.device("meta"):
+        net = cls(init=False)
+    state = folded_state(g, folded, model)
+    device = next(iter(state.values())).device if state else torch.device("cpu")
+    net.load_state_dict(state, strict=True, assign=True)
+    net = net.to(device)
+    for p in net.parameters():
+        p.requires_grad = False
+    net.memory_format = "channels_last" if fmt == torch.channels_last else "contiguous"
+    if fmt == torch.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if hasattr(model, "load_report"):
+        net.load_report = model.load_report
+    net.compile_seconds = None
+    if compile:
+        compile_inference(net, g, cache_dir)
+    return net
+
+
+def compile_inference(net: GraphresInference, g: nx.DiGraph, cache_dir: str | os.PathLike | None = None) -> float:
+    """Compile ``net`` in place (``nn.Module.compile``) with inductor's freezing (the weights are
+    constants, so conv weights are prepacked and folded into the kernels) and its FX graph cache
+    (warm starts; in ``cache_dir`` when given, else inductor's default or ``TORCHINDUCTOR_CACHE_DIR``).
+    The first call, on a batch-1 input of the spec's size, is made here and its time returned and
+    kept as ``net.compile_seconds`` (and logged on the ``graphres.inference`` logger)."""
+    if cache_dir is not None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.fspath(cache_dir)
+    net.compile(backend="inductor", options={"freezing": True, "fx_graph_cache": True})
+    param = next(net.parameters())
+    example = torch.randn(1, g.graph[ir.G_INPUT_CHANNELS], *g.graph[ir.G_INPUT_SIZE], device=param.device,
+                          dtype=param.dtype)
+    if net.memory_format == "channels_last":
+        example = example.contiguous(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    with torch.no_grad():
+        net(example)
+    net.compile_seconds = time.perf_counter() - start
+    log.info("compiled %s in %.2f s (inductor, freezing)", g.graph[ir.G_NAME], net.compile_seconds)
+    return net.compile_seconds

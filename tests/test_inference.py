@@ -1,0 +1,248 @@
+"""The inference build: graphres.build(spec, inference=True), the fold pass, compile --inference."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import graphres
+from graphres import ir
+from graphres.backends.inference import build_inference
+from graphres.backends.runtime import GraphresInference, InferenceBuildError
+from graphres.passes.fold import G_FOLDED, fold_for_inference
+
+from conftest import SPECS, run_cli
+
+SIZE = 64  # small inputs: the numerics, not the speed
+
+
+def randomise_norms(model: nn.Module, seed: int = 1) -> None:
+    """Non-trivial BN statistics and affine parameters, GN/IN affine parameters (so no fold is
+    the identity and no zero-initialised residual branch hides a wrong bias)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.InstanceNorm2d)):
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.5)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                if getattr(m, "running_mean", None) is not None:
+                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 0.75 + 0.75)
+
+
+def eval_and_inference(spec, overrides=(), **kwargs):
+    torch.manual_seed(0)
+    compiled = graphres.compile_spec(spec, overrides)
+    model = graphres.build(compiled).eval()
+    randomise_norms(model)
+    return compiled, model, build_inference(compiled.graph, model, **kwargs)
+
+
+def outputs(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def assert_close(a, b, rtol=1e-5):
+    assert len(a) == len(b)
+    for p, q in zip(a, b):
+        assert p.shape == q.shape
+        rel = float((p - q).abs().max() / p.abs().max())
+        assert rel <= rtol, rel
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_every_shipped_spec_matches_its_eval_module(spec):
+    compiled, model, net = eval_and_inference(spec)
+    x = torch.randn(2, compiled.spec.input_channels, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    assert_close(outputs(model, x), outputs(net, x))
+    assert isinstance(net, GraphresInference) and isinstance(net, graphres.GraphresBackbone)
+    left = sorted(n for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    # a norm after a deformable conv is not folded (mmcv's DCN has no bias to take it): it stays
+    g = compiled.graph
+    after_dcn = sorted(g.nodes[n][ir.MODULE] for n in g.nodes if g.nodes[n].get(ir.OP) == "norm"
+                       and g.nodes[ir.inputs_of(g, n)[0]].get(ir.OP) == "deform_conv")
+    assert left == after_dcn
+    assert net.feature_info == model.feature_info
+
+
+VARIANTS = {  # name -> spec, overrides, input size
+    "gn_convws": ("resnet18", ["norm={type: GN, num_groups: 16}", "conv={type: ConvWS}"], SIZE),
+    "frozenbn_convws_se": ("se_resnet18", ["norm={type: FrozenBN}", "conv={type: ConvWS}"], SIZE),
+    "syncbn": ("resnet50", ["norm={type: SyncBN}"], SIZE),
+    # instance norm over layer4's 2x2 maps at 64x64 magnifies the rounding of a channels_last conv
+    # (3e-5): 4x4 maps
+    "in": ("resnet18", ["norm={type: IN, affine: true}"], 128),
+    "se_gn": ("se_resnet50", ["norm={type: GN, num_groups: 32}"], SIZE),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variants_match_their_eval_module(name):
+    spec, overrides, size = VARIANTS[name]
+    compiled, model, net = eval_and_inference(spec, overrides)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
+    assert_close(outputs(model, x), outputs(net, x))
+    # weight standardisation is computed once: plain convs remain
+    assert not any(type(m).__name__ == "ConvWS2d" for m in net.modules())
+
+
+def test_folds_every_bn_into_its_conv_and_keeps_gn():
+    compiled = graphres.compile_spec("resnet50")
+    g = compiled.graph
+    folded = fold_for_inference(g)
+    norms = [n for n in g if g.nodes[n][ir.OP] == "norm"]
+    assert len(norms) == 53
+    assert [n for n in folded if folded.nodes[n][ir.OP] == "norm"] == []
+    assert len(folded.graph[G_FOLDED]) == 53
+    assert folded.graph[G_FOLDED]["conv1"] == "bn1"
+    assert folded.graph[G_FOLDED]["layer1.0.downsample.0"] == "layer1.0.downsample.1"
+    assert folded.nodes["layer1.0.conv1"][ir.META]["fold"] == {"norm": "layer1.0.bn1", "standardize_eps": None,
+                                                               "bias": False}
+    assert folded.nodes["layer1.0.conv1"][ir.ATTRS]["bias"] is True
+    # readers of a folded norm read the conv, on the same port
+    assert ir.inputs_of(folded, "layer1.0.relu") == ["layer1.0.conv1"]
+    assert ir.inputs_of(folded, "layer1.0.add") == ["layer1.0.conv3", "layer1.0.downsample.0"]
+    assert folded.edges["layer1.0.downsample.0", "layer1.0.add"][ir.PORT] == 1
+    for n in folded:
+        assert [s for s, _ in sorted(folded.in_edges(n), key=lambda e: folded.edges[e][ir.PORT])] == \
+            ir.inputs_of(folded, n)
+    # the training graph is untouched
+    assert len([n for n in g if g.nodes[n][ir.OP] == "norm"]) == 53
+    assert g.nodes["layer1.0.conv1"][ir.ATTRS]["bias"] is False and "fold" not in g.nodes["layer1.0.conv1"][ir.META]
+    assert folded.graph[ir.G_FROZEN_MODULES] == () and g.graph[ir.G_FROZEN_MODULES] != ()
+
+    gn = fold_for_inference(graphres.compile_spec("resnet18", ["norm={type: GN, num_groups: 16}"]).graph)
+    assert gn.graph[G_FOLDED] == {}
+    assert len([n for n in gn if gn.nodes[n][ir.OP] == "norm"]) == 20
+
+
+def test_deep_stem_stays_a_sequential():
+    folded = fold_for_inference(graphres.compile_spec("resnet50_v1d").graph)
+    assert folded.graph["renamed"] == {"stem.1": "stem.2", "stem.2": "stem.3", "stem.3": "stem.5", "stem.4": "stem.6",
+                                       "stem.5": "stem.8"}
+    assert {k: v for k, v in folded.graph[G_FOLDED].items() if k.startswith("stem")} == {
+        "stem.0": "stem.1", "stem.2": "stem.4", "stem.4": "stem.7"}
+    net = graphres.build("resnet50_v1d", inference=True)
+    assert isinstance(net.stem, nn.Sequential)
+    assert [type(m).__name__ for m in net.stem] == ["Conv2d", "ReLU"] * 3
+    assert [k for k in net.state_dict() if k.startswith(("stem.", "layer1.0.downsample."))] == [
+        "stem.0.weight", "stem.0.bias", "stem.2.weight", "stem.2.bias", "stem.4.weight", "stem.4.bias",
+        "layer1.0.downsample.1.weight", "layer1.0.downsample.1.bias"]
+
+
+def test_inference_module_structure():
+    net = graphres.build("resnet50", inference=True)
+    assert type(net).__mro__[1] is GraphresInference
+    state = net.state_dict()
+    assert "layer1.0.bn1.weight" not in state and "bn1.running_mean" not in state
+    assert state["layer1.0.conv1.bias"].shape == (64,)
+    assert state["layer1.0.downsample.0.bias"].shape == (256,)
+    assert len(state) == 53 * 2
+    assert not any(p.requires_grad for p in net.parameters())
+    assert not net.training and not any(m.training for m in net.modules())
+    assert net.memory_format == "channels_last"
+    assert net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_train_is_refused():
+    net = graphres.build("resnet18", inference=True)
+    with pytest.raises(InferenceBuildError) as err:
+        net.train()
+    assert str(err.value) == ("'resnet18' is an inference build: its norms are folded into the convolutions, so it "
+                              "cannot train; build it without inference=True to train, and fold again afterwards")
+    assert net.eval() is net and net.train(False) is net and not net.training
+
+
+def test_memory_format_option():
+    net = graphres.build("resnet18", inference=True, memory_format="contiguous")
+    assert net.memory_format == "contiguous" and net.conv1.weight.is_contiguous()
+    with pytest.raises(ValueError) as err:
+        graphres.build("resnet18", inference=True, memory_format="nhwc")
+    assert str(err.value) == "memory_format='nhwc' is not one of 'channels_last', 'contiguous'"
+    with pytest.raises(ValueError) as err:
+        graphres.build("resnet18", memory_format="contiguous")
+    assert str(err.value) == "memory_format, compile and cache_dir apply to the inference build: pass inference=True"
+
+
+def test_checkpoint_is_folded(tmp_path):
+    torch.manual_seed(0)
+    model = graphres.build("resnet18").eval()
+    randomise_norms(model, seed=5)
+    path = tmp_path / "r18.pth"
+    torch.save(model.state_dict(), path)
+    net = graphres.build("resnet18", checkpoint=path, inference=True)
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    assert_close(outputs(model, x), outputs(net, x))
+    assert net.load_report is not None
+
+
+def test_compile_py_runs_without_graphres(tmp_path):
+    out = tmp_path / "r18_inference.py"
+    r = run_cli("compile", "resnet18", "--inference", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"wrote {out} (standalone Python source that needs torch alone; build_model() returns the network)\n"
+    source = out.read_text()
+    assert "class GraphresInference(GraphresBackbone):" in source and "BatchNorm2d(" not in source
+    assert "import graphres" not in source and "from graphres" not in source
+    # the same network, with the inference build's state dict, in a process where graphres cannot be imported
+    torch.manual_seed(0)
+    compiled, model, net = eval_and_inference("resnet18", memory_format="contiguous")
+    torch.save(net.state_dict(), tmp_path / "folded.pth")
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    torch.save(x, tmp_path / "x.pt")
+    expected = outputs(net, x)
+    code = ("import sys, runpy, torch\n"
+            "sys.modules['graphres'] = None\n"
+            f"ns = runpy.run_path({str(out)!r})\n"
+            f"net = ns['build_model'](checkpoint={str(tmp_path / 'folded.pth')!r}).eval()\n"
+            f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+            "with torch.no_grad():\n"
+            "    out = net(x)\n"
+            f"torch.save(out, {str(tmp_path / 'out.pt')!r})\n"
+            "try:\n    net.train()\nexcept RuntimeError as e:\n    print(type(e).__name__)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                       env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "InferenceBuildError\n"
+    got = torch.load(tmp_path / "out.pt")
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def test_compile_pt2_inference(tmp_path):
+    out = tmp_path / "r18.pt2"
+    r = run_cli("compile", "resnet18", "--inference", "--set", "input.size=[64, 64]", "-o", out)
+    assert r.returncode == 0, r.stderr
+    program = torch.export.load(out)
+    assert not any("bn" in k for k in program.state_dict)
+    assert program.state_dict["conv1.bias"].shape == (64,)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(7))
+    got = program.module()(x)
+    assert [tuple(t.shape) for t in got] == [(2, 64, 24, 24), (2, 128, 12, 12), (2, 256, 6, 6), (2, 512, 3, 3)]
+
+
+TINY = """
+graphres: 1
+name: tiny
+input: {channels: 3, size: [32, 32]}
+norm: {type: BN}
+stem: {type: conv7x7, channels: 8}
+stages:
+  - {block: basic, blocks: 1, planes: 8, stride: 1}
+  - {block: basic, blocks: 1, planes: 16, stride: 2}
+out_indices: [0, 1]
+"""
+
+
+def test_compiled_build_runs_and_matches(write_spec, tmp_path):
+    spec = write_spec(TINY)
+    compiled, model, _ = eval_and_inference(spec)
+    net = build_inference(compiled.graph, model, compile=True, cache_dir=tmp_path / "inductor")
+    assert isinstance(net.compile_seconds, float) and net.compile_seconds > 0
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(8)).contiguous(
+        memory_format=torch.channels_last)
+    assert_close(outputs(model, x), outputs(net, x), rtol=1e-4)
+    assert (tmp_path / "inductor").is_dir()
