@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 errors in the spec (or a checkpoint / Graphviz problem), 2 usage errors.
 ``diff`` follows diff(1) instead: 0 identical, 1 different, 2 trouble (usage or spec errors).
-Only ``compile`` to ``.pt2`` and ``weights`` import torch; the other commands (``compile -o model.py`` too) start
+Only ``compile`` to ``.pt2``, ``.onnx`` or ``.ts`` and ``weights`` import torch; the other commands (``compile -o model.py`` too) start
 without it.
 """
 from __future__ import annotations
@@ -80,10 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="top-to-bottom or left-to-right")
     r.add_argument("--theme", choices=("light", "dark"), default="light", help="colours (default: light)")
     r.add_argument("--no-legend", dest="legend", action="store_false", help="leave out the legend")
-    c = command("compile", "compile to a file that runs with torch alone: a torch.export program (.pt2) or "
-                           "standalone Python source (.py), by the output's extension")
-    c.add_argument("-o", "--output", required=True, help="output file: .pt2 or .py")
+    c = command("compile", "compile to a file that runs without graphres, by the output's extension: a "
+                           "torch.export program (.pt2), an ONNX model (.onnx), TorchScript (.ts) or "
+                           "standalone Python source (.py)")
+    c.add_argument("-o", "--output", required=True, help="output file: .pt2, .onnx, .ts or .py")
     c.add_argument("--checkpoint", help="load these weights first (torchvision or OpenMMLab layout)")
+    _add_inference_option(c)
     d = sub.add_parser("diff", help="compare the architectures of two specs, for code review",
                        description="compare the architectures of two specs, stage by stage (--level layer: "
                                    "by state-dict name, with whether a checkpoint of A loads into B); exit 0 "
@@ -267,7 +269,18 @@ def _render(args: argparse.Namespace) -> int:
 
 # compile's output formats, by the output's extension
 COMPILE_FORMATS = {".pt2": "a torch.export program; load it with torch.export.load",
+                   ".onnx": "an ONNX model; run it with onnxruntime.InferenceSession",
+                   ".ts": "a TorchScript module; load it with torch.jit.load",
                    ".py": "standalone Python source that needs torch alone; build_model() returns the network"}
+# the formats that hold a built module with its weights (exported in eval mode)
+_EXPORT_FORMATS = (".pt2", ".onnx", ".ts")
+
+
+def _add_inference_option(c: argparse.ArgumentParser) -> None:
+    if "--inference" not in c._option_string_actions:  # the inference build's branch may define it too
+        c.add_argument("--inference", action="store_true",
+                       help="export the inference build (graphres.build(spec, inference=True)) instead of the "
+                            "eval-mode module, where this graphres has it (.pt2, .onnx, .ts)")
 
 
 def _compile_format(output: str) -> str:
@@ -284,6 +297,8 @@ def _compile(args: argparse.Namespace) -> int:
     if fmt == ".py" and args.checkpoint:
         raise _Usage("a .py file holds the network, not its weights: drop --checkpoint and load them with "
                      "build_model(checkpoint=...) from the generated file")
+    if fmt == ".py" and getattr(args, "inference", False):
+        raise _Usage("--inference applies to the formats that hold a built module (.pt2, .onnx, .ts), not to .py")
     from .passes.limits import check_memory
     compiled = _compile_spec(args)
     _print_warnings(compiled)
@@ -300,17 +315,45 @@ def _compile(args: argparse.Namespace) -> int:
     from .backends.export import export_module, save_program, seeded
     with warnings.catch_warnings(), seeded():  # seeded: the same spec compiles to the same bytes
         warnings.simplefilter("ignore", CheckpointWarning)  # printed below, without a source line
-        model = build(compiled, checkpoint=args.checkpoint)
+        model = build(compiled, checkpoint=args.checkpoint, **_inference_kwargs(build, args))
     report = getattr(model, "load_report", None)
     if report is not None:
         print(f"checkpoint: {report}")
         for message in report.warnings:
             print(f"graphres: warning: {message}", file=sys.stderr)
-    spec = compiled.spec
-    program = export_module(model, spec.input_channels, spec.input_size)
-    out = save_program(program, args.output)
+    out = _export(fmt, model, compiled, args.output)
     print(f"wrote {out} ({COMPILE_FORMATS[fmt]})")
     return EXIT_OK
+
+
+def _inference_kwargs(build, args: argparse.Namespace) -> dict:
+    """``inference=True`` for ``--inference`` where ``graphres.build`` takes it; without it the
+    exports are of the eval-mode module, which is what they always export."""
+    import inspect
+    if getattr(args, "inference", False) and "inference" in inspect.signature(build).parameters:
+        return {"inference": True}
+    return {}
+
+
+def _export(fmt: str, model, compiled, output: str) -> Path:
+    """Write ``model`` to ``output`` as ``fmt`` (one of _EXPORT_FORMATS), with the program's dynamic
+    range from the analysis (passes/export_range.py): batch from 1, height and width from its minimum."""
+    from .backends import export
+    from .passes.export_range import dynamic_range
+    spec = compiled.spec
+    min_size = dynamic_range(compiled.graph)
+    if min_size is None and fmt != ".ts":
+        raise GraphresError(f"no input size up to 16777216x16777216 keeps every spatial size of {spec.name} at "
+                            f"2 or more, which a {fmt} export with dynamic height and width needs")
+    if fmt == ".pt2":
+        return export.save_program(export.export_module(model, spec.input_channels, spec.input_size, min_size),
+                                   output)
+    if fmt == ".onnx":
+        return write_atomic(output, export.onnx_bytes(model, spec.input_channels, spec.input_size, min_size))
+    data, notes = export.torchscript_bytes(model)
+    for note in notes:
+        print(f"graphres: note: {note}", file=sys.stderr)
+    return write_atomic(output, data)
 
 
 def _weights(args: argparse.Namespace) -> int:
