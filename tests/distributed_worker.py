@@ -83,6 +83,22 @@ def train_ddp(model: nn.Module, rank: int) -> nn.Module:
     return ddp.module
 
 
+def train_averaging_gradients(model: nn.Module, rank: int) -> nn.Module:
+    """What DDP does, by hand: the gradients all-reduced and averaged after each backward (DDP itself
+    refuses SyncBatchNorm layers in CPU modules)."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    model.train()
+    for step in range(STEPS):
+        opt.zero_grad()
+        loss_of(model(batch(rank, step))).backward()
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
+        opt.step()
+    return model
+
+
 def run_ddp(spec, overrides, rank, out: Path) -> dict:
     model = build(spec, overrides)
     before = snapshot(model)
@@ -182,14 +198,22 @@ def run_syncbn(spec, overrides, rank, out: Path) -> dict:
         result["torch_train"] = "ran"
     except Exception as e:  # noqa: BLE001  (what torch does on CPU is what is recorded)
         result["torch_train"] = f"{type(e).__name__}: {e}"
-    # graphres' SyncBatchNorm2d, from a spec with norm: {type: SyncBN}
+    # graphres' SyncBatchNorm2d, from a spec with norm: {type: SyncBN}: DDP with synchronised statistics
     model = build(spec, list(overrides) + ["norm.type=SyncBN"])
-    model.train()
+    result["sync_layers"] = sum(type(m).__name__ == "SyncBatchNorm2d" for m in model.modules())
+    from torch.nn.parallel import DistributedDataParallel as DDP
     try:
-        model(batch(rank, 0))
-        result["graphres_train"] = "ran"
-    except Exception as e:  # noqa: BLE001
-        result["graphres_train"] = f"{type(e).__name__}: {e}"
+        DDP(model)
+        result["ddp"] = "accepted"
+    except ValueError as e:
+        result["ddp"] = f"ValueError: {e}"
+    model = train_averaging_gradients(model, rank)
+    state = snapshot(model)
+    stats = [v for k, v in state.items() if k.endswith(("running_mean", "running_var"))]
+    result["stats_identical"] = same_across_ranks(stats)
+    result["params_identical"] = same_across_ranks(list(state.values()))
+    if rank == 0:
+        torch.save({"state": state}, out / "result.pt")
     return result
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import graphres
-from graphres.backends.export import ONNX_OPSET, export_module, torchscript_bytes
+from graphres.backends.export import (ONNX_OPSET, dynamic_shapes, example_input, export_module,
+                                      torchscript_bytes)
 from graphres.passes.export_range import dynamic_range
 from conftest import run_cli
 
@@ -187,12 +188,16 @@ def test_dynamic_range_of_shipped_specs(spec, side):
 
 def test_dynamic_range_is_what_torch_export_needs():
     """The analysis' minimum is tight: torch.export refuses a range that starts one pixel lower."""
-    compiled = graphres.compile_spec("specs/resnet50_v1d.yaml")
+    compiled = graphres.compile_spec("specs/resnet18.yaml")
     model = graphres.build(compiled).eval()
     (side, _) = dynamic_range(compiled.graph)
-    export_module(model, 3, (64, 64), (side, side))
+    for low, fails in ((side, False), (side - 1, True)):
+        example = example_input(3, (64, 64), (low, low))
+        shapes = dynamic_shapes((low, low))  # Dim("height", min=low): torch proves every guard or refuses
+        if not fails:
+            torch.export.export(model, example, dynamic_shapes=shapes)
     with pytest.raises(torch._dynamo.exc.UserError) as err:
-        export_module(model, 3, (64, 64), (side - 1, side - 1))
+        torch.export.export(model, example, dynamic_shapes=shapes)
     assert "Constraints violated (height, width)!" in str(err.value)
 
 
@@ -226,3 +231,20 @@ def test_unknown_extension_names_every_format(tmp_path):
         f"torch.export program), .onnx (an ONNX model), .ts (a TorchScript module), .py (standalone Python source "
         f"that needs torch alone)")
     assert not (tmp_path / "m.zip").exists()
+
+
+def test_pt2_of_a_ceil_mode_pool_spec_states_its_range():
+    """resnet50_v1d's avg_down AvgPool2d(ceil_mode=True) leaves a guard torch cannot prove (it holds
+    for every size): the program checks it at run time and still states and checks the range."""
+    compiled = graphres.compile_spec("specs/resnet50_v1d.yaml")
+    model = graphres.build(compiled).eval()
+    program = export_module(model, 3, (64, 64), dynamic_range(compiled.graph))
+    ranges = sorted((int(r.lower), str(r.upper)) for r in program.range_constraints.values())
+    assert ranges == [(1, "int_oo"), (33, "int_oo"), (33, "int_oo")]
+    for x in _inputs([(1, 33, 35), (2, 50, 64)]):
+        with torch.no_grad():
+            for a, b in zip(program.module()(x), model(x)):
+                torch.testing.assert_close(a, b, **TOL)
+    with pytest.raises(AssertionError) as err:
+        program.module()(torch.randn(1, 3, 32, 40))
+    assert str(err.value) == "Guard failed: x.size()[2] >= 33"

@@ -53,7 +53,15 @@ def export_module(model: nn.Module, channels: int, size: tuple[int, int],
     ``min_size`` up when given (the program's stated range), else the ranges torch infers."""
     model = model.eval()
     example = example_input(channels, size, min_size)
-    return torch.export.export(model, example, dynamic_shapes=dynamic_shapes(min_size))
+    try:
+        return torch.export.export(model, example, dynamic_shapes=dynamic_shapes(min_size))
+    except torch._dynamo.exc.UserError as e:
+        # A ceil-mode pool (avg_down's AvgPool2d) leaves a guard torch cannot prove symbolically,
+        # though it holds for every size ((out - 1) * stride < in); such guards become checks at run
+        # time, with the range still stated.
+        if min_size is None or "Constraints violated" not in str(e):
+            raise
+        return torch.export.export(model, example, dynamic_shapes=dynamic_shapes(min_size, hinted=True))
 
 
 def example_input(channels: int, size: tuple[int, int], min_size: tuple[int, int] | None = None) -> tuple:
@@ -65,13 +73,15 @@ def example_input(channels: int, size: tuple[int, int], min_size: tuple[int, int
     return (torch.randn(2, channels, *size, generator=generator),)
 
 
-def dynamic_shapes(min_size: tuple[int, int] | None) -> tuple:
+def dynamic_shapes(min_size: tuple[int, int] | None, hinted: bool = False) -> tuple:
     """torch.export's dynamic_shapes for the one input: batch from 1, height and width from
-    ``min_size`` (``Dim.AUTO`` for each without it), no upper bound."""
-    if min_size is None:
-        auto = torch.export.Dim.AUTO
-        return ({0: auto, 2: auto, 3: auto},)
+    ``min_size`` (``Dim.AUTO`` for each without it), no upper bound. ``hinted``: height and width as
+    ``Dim.AUTO(min=...)``, which turns the guards torch cannot prove into checks at run time."""
     dim = torch.export.Dim
+    if min_size is None:
+        return ({0: dim.AUTO, 2: dim.AUTO, 3: dim.AUTO},)
+    if hinted:
+        return ({0: dim("batch", min=1), 2: dim.AUTO(min=min_size[0]), 3: dim.AUTO(min=min_size[1])},)
     return ({0: dim("batch", min=1), 2: dim("height", min=min_size[0]), 3: dim("width", min=min_size[1])},)
 
 
@@ -190,12 +200,13 @@ def onnx_bytes(model: nn.Module, channels: int, size: tuple[int, int], min_size:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, in the exporter
-            program = torch.onnx.export(model, example_input(channels, size, min_size), None, dynamo=True,
-                                        opset_version=ONNX_OPSET, input_names=[ONNX_INPUT], output_names=names,
-                                        dynamic_shapes=dynamic_shapes(min_size), verbose=False, optimize=True)
+            exported = export_module(model, channels, size, min_size)
+            program = torch.onnx.export(exported, opset_version=ONNX_OPSET, input_names=[ONNX_INPUT],
+                                        output_names=names, verbose=False, optimize=True, dynamo=True)
     finally:
         quiet.setLevel(level)
     proto = program.model_proto
+    _name_axes(proto)
     if proto.ByteSize() > _PROTOBUF_LIMIT:
         raise ExportError(f"the ONNX model would be {proto.ByteSize():,} bytes, over protobuf's limit of 2 GiB for "
                           f"one file; export a .pt2 or .ts instead")
@@ -258,3 +269,20 @@ def torchscript_bytes(model: nn.Module) -> tuple[bytes, list[str]]:
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
     return buffer.getvalue(), notes
+
+
+def _name_axes(proto) -> None:
+    """Name the input's dynamic axes ``batch``, ``height`` and ``width`` (the exported program's
+    symbols otherwise, such as ``s53``) everywhere a shape mentions them."""
+    import re
+
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    names = {dims[i].dim_param: new for i, new in ((0, "batch"), (2, "height"), (3, "width"))
+             if dims[i].dim_param and dims[i].dim_param != new}
+    if not names:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    for value in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.dim_param = pattern.sub(lambda m: names[m.group(1)], d.dim_param)
