@@ -103,12 +103,25 @@ class SyncBatchNorm2d(nn.SyncBatchNorm):
         return super().forward(x)
 
     def _cpu_sync_forward(self, x: torch.Tensor, group) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_reduce
+        class SumAcrossProcesses(torch.autograd.Function):
+            """All-reduce (sum); the gradient of each process's input is the sum of all gradients."""
+
+            @staticmethod
+            def forward(ctx, t):
+                t = t.clone()
+                dist.all_reduce(t, group=group)
+                return t
+
+            @staticmethod
+            def backward(ctx, grad):
+                grad = grad.clone()
+                dist.all_reduce(grad, group=group)
+                return grad
 
         channels = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         local = torch.cat([x.sum(dims), (x * x).sum(dims), x.new_full((1,), x.numel() // channels)])
-        total = all_reduce(local, group=group)  # SUM, with a backward that all-reduces the gradient
+        total = SumAcrossProcesses.apply(local)
         count = total[2 * channels]
         mean = total[:channels] / count
         var = (total[channels:2 * channels] / count - mean * mean).clamp_min(0)  # biased, as BN normalises
