@@ -219,7 +219,7 @@ def test_inference_option_exports_what_the_eval_module_computes(tmp_path):
 def test_inference_with_py_is_a_usage_error(tmp_path):
     r = run_cli("compile", "specs/resnet18.yaml", "--inference", "-o", tmp_path / "m.py")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1] == ("graphres compile: error: --inference applies to the formats that "
+    assert r.stderr.strip().splitlines()[-1] == ("graphres: error: --inference applies to the formats that "
                                                  "hold a built module (.pt2, .onnx, .ts), not to .py")
 
 
@@ -227,7 +227,7 @@ def test_unknown_extension_names_every_format(tmp_path):
     r = run_cli("compile", "specs/resnet18.yaml", "-o", tmp_path / "m.zip")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == (
-        f"graphres compile: error: cannot tell the output format of '{tmp_path / 'm.zip'}': use one of .pt2 (a "
+        f"graphres: error: cannot tell the output format of '{tmp_path / 'm.zip'}': use one of .pt2 (a "
         f"torch.export program), .onnx (an ONNX model), .ts (a TorchScript module), .py (standalone Python source "
         f"that needs torch alone)")
     assert not (tmp_path / "m.zip").exists()
