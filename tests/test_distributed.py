@@ -96,7 +96,7 @@ def test_sync_batchnorm_on_cpu_gloo(tmp_path):
         # torch's convert_sync_batchnorm: every BN replaced, the keys kept, eval works, train needs a GPU
         assert c["bn_layers"] == 20 and c["converted"] and c["keys_kept"]
         assert c["eval_shapes"] == [[2, 64, 12, 12], [2, 128, 6, 6], [2, 256, 3, 3], [2, 512, 2, 2]]
-        assert c["torch_train"] == "ValueError: SyncBatchNorm expected input tensor to be on GPU or privateuseone"
+        assert c["torch_train"] == "ValueError: SyncBatchNorm expected input tensor to be on GPU or XPU or privateuseone"
         # graphres' SyncBN trains on the CPU, the statistics synchronised: the same on both ranks
         assert c["sync_layers"] == 20 and c["stats_identical"] and c["params_identical"]
         assert c["ddp"] == "ValueError: SyncBatchNorm layers only work with GPU modules"  # torch's DDP check
