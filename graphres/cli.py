@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 errors in the spec (or a checkpoint / Graphviz problem), 2 usage errors.
 ``diff`` follows diff(1) instead: 0 identical, 1 different, 2 trouble (usage or spec errors).
-Only ``compile`` to ``.pt2`` and ``weights`` import torch; the other commands (``compile -o model.py`` too) start
+Only ``compile`` to ``.pt2``, ``.onnx`` or ``.ts`` and ``weights`` import torch; the other commands (``compile -o model.py`` too) start
 without it.
 """
 from __future__ import annotations
@@ -80,13 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="top-to-bottom or left-to-right")
     r.add_argument("--theme", choices=("light", "dark"), default="light", help="colours (default: light)")
     r.add_argument("--no-legend", dest="legend", action="store_false", help="leave out the legend")
-    c = command("compile", "compile to a file that runs with torch alone: a torch.export program (.pt2) or "
-                           "standalone Python source (.py), by the output's extension")
-    c.add_argument("-o", "--output", required=True, help="output file: .pt2 or .py")
+    c = command("compile", "compile to a file that runs without graphres, by the output's extension: a "
+                           "torch.export program (.pt2), an ONNX model (.onnx), TorchScript (.ts) or "
+                           "standalone Python source (.py)")
+    c.add_argument("-o", "--output", required=True, help="output file: .pt2, .onnx, .ts or .py")
     c.add_argument("--checkpoint", help="load these weights first (torchvision or OpenMMLab layout)")
     c.add_argument("--inference", action="store_true",
                    help="the eval-only inference build: BatchNorm/SyncBN/FrozenBN folded into the convs "
-                        "(docs/inference.md)")
+                        "(docs/inference.md); applies to .pt2, .onnx, .ts and .py")
     d = sub.add_parser("diff", help="compare the architectures of two specs, for code review",
                        description="compare the architectures of two specs, stage by stage (--level layer: "
                                    "by state-dict name, with whether a checkpoint of A loads into B); exit 0 "
@@ -270,7 +271,11 @@ def _render(args: argparse.Namespace) -> int:
 
 # compile's output formats, by the output's extension
 COMPILE_FORMATS = {".pt2": "a torch.export program; load it with torch.export.load",
+                   ".onnx": "an ONNX model; run it with onnxruntime.InferenceSession",
+                   ".ts": "a TorchScript module; load it with torch.jit.load",
                    ".py": "standalone Python source that needs torch alone; build_model() returns the network"}
+# the formats that hold a built module with its weights (exported in eval mode)
+_EXPORT_FORMATS = (".pt2", ".onnx", ".ts")
 
 
 def _compile_format(output: str) -> str:
@@ -314,11 +319,30 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"checkpoint: {report}")
         for message in report.warnings:
             print(f"graphres: warning: {message}", file=sys.stderr)
-    spec = compiled.spec
-    program = export_module(model, spec.input_channels, spec.input_size)
-    out = save_program(program, args.output)
+    out = _export(fmt, model, compiled, args.output)
     print(f"wrote {out} ({COMPILE_FORMATS[fmt]})")
     return EXIT_OK
+
+
+def _export(fmt: str, model, compiled, output: str) -> Path:
+    """Write ``model`` to ``output`` as ``fmt`` (one of _EXPORT_FORMATS), with the program's dynamic
+    range from the analysis (passes/export_range.py): batch from 1, height and width from its minimum."""
+    from .backends import export
+    from .passes.export_range import dynamic_range
+    spec = compiled.spec
+    min_size = dynamic_range(compiled.graph)
+    if min_size is None and fmt != ".ts":
+        raise GraphresError(f"no input size up to 16777216x16777216 keeps every spatial size of {spec.name} at "
+                            f"2 or more, which a {fmt} export with dynamic height and width needs")
+    if fmt == ".pt2":
+        return export.save_program(export.export_module(model, spec.input_channels, spec.input_size, min_size),
+                                   output)
+    if fmt == ".onnx":
+        return write_atomic(output, export.onnx_bytes(model, spec.input_channels, spec.input_size, min_size))
+    data, notes = export.torchscript_bytes(model)
+    for note in notes:
+        print(f"graphres: note: {note}", file=sys.stderr)
+    return write_atomic(output, data)
 
 
 def _weights(args: argparse.Namespace) -> int:

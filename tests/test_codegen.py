@@ -186,12 +186,13 @@ def test_standalone_py_runs_without_graphres_and_matches(tmp_path, spec, sets):
 
 
 def test_compile_format_follows_the_extension(tmp_path):
-    r = run_cli("compile", "specs/resnet18.yaml", "-o", tmp_path / "model.onnx")
+    r = run_cli("compile", "specs/resnet18.yaml", "-o", tmp_path / "model.zip")
     assert r.returncode == 2
     assert r.stderr.endswith("graphres: error: cannot tell the output format of "
-                             f"'{tmp_path / 'model.onnx'}': use one of .pt2 (a torch.export program), "
+                             f"'{tmp_path / 'model.zip'}': use one of .pt2 (a torch.export program), "
+                             ".onnx (an ONNX model), .ts (a TorchScript module), "
                              ".py (standalone Python source that needs torch alone)\n")
-    assert not (tmp_path / "model.onnx").exists()
+    assert not (tmp_path / "model.zip").exists()
     r = run_cli("compile", "specs/resnet18.yaml", "-o", tmp_path / "m.py", "--checkpoint", "w.pth")
     assert r.returncode == 2 and "a .py file holds the network, not its weights" in r.stderr
 

@@ -318,7 +318,13 @@ def test_syncbn_in_a_one_process_group_on_cpu(tmp_path, monkeypatch):
         outs = model(x)  # torch alone: "SyncBatchNorm expected input tensor to be on GPU ..."
         assert outs[-1].shape == (2, 512, 2, 2)
         monkeypatch.setattr(dist, "get_world_size", lambda group=None: 4)
-        with pytest.raises(SyncBNError, match=r"across the 4 processes .* use norm: \{type: BN\}"):
+        plain = graphres.build("specs/resnet18.yaml", ["norm={type: BN}", "norm_eval=false"]).train()
+        plain.load_state_dict(model.state_dict())
+        for a, b in zip(model(x), plain(x)):  # synchronised over gloo (here one process): BN's statistics
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+        with pytest.raises(SyncBNError, match=r"across the 4 processes .* its backend, nccl, cannot reduce CPU "
+                                              r"tensors; use gloo"):
             model(x)
     finally:
         dist.destroy_process_group()

@@ -74,12 +74,17 @@ class SyncBNError(RuntimeError):
 
 
 class SyncBatchNorm2d(nn.SyncBatchNorm):
-    """``nn.SyncBatchNorm`` with a defined single-process behaviour.
+    """``nn.SyncBatchNorm`` with a defined single-process behaviour, and CPU training under gloo.
 
     Without a process group, or with a group of one process, there is nothing to synchronise: the
     layer computes exactly what BatchNorm2d computes (torch itself refuses CPU tensors as soon as
-    any process group exists, even a one-process one). With several processes and CPU tensors it
-    raises :class:`SyncBNError` naming the fix instead of torch's bare error."""
+    any process group exists, even a one-process one). With several processes and CPU tensors
+    (which torch's SyncBatchNorm refuses), the batch statistics are synchronised here: each process's
+    per-channel sums, sums of squares and counts are all-reduced (differentiably, so the gradient
+    flows through the global statistics as in torch's GPU kernel), and the running statistics are
+    updated from the global mean and unbiased variance, the same on every process. A group whose
+    backend cannot reduce CPU tensors (NCCL) raises :class:`SyncBNError` naming the fix. GPU tensors
+    take torch's own path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and dist.is_available() and dist.is_initialized():
@@ -88,11 +93,53 @@ class SyncBatchNorm2d(nn.SyncBatchNorm):
             if size == 1:
                 return _BatchNorm.forward(self, x)
             if x.device.type == "cpu":
-                raise SyncBNError(
-                    f"SyncBN synchronises batch statistics across the {size} processes of the process group, "
-                    f"which torch supports for GPU tensors only, but this input is on the CPU; run on GPUs, "
-                    f"or use norm: {{type: BN}} (or model.eval()) for CPU training")
+                backend = str(dist.get_backend(group))
+                if backend != "gloo":
+                    raise SyncBNError(
+                        f"SyncBN synchronises batch statistics across the {size} processes of the process group, "
+                        f"but its backend, {backend}, cannot reduce CPU tensors; use gloo for CPU training "
+                        f"(dist.init_process_group('gloo')), or run on GPUs")
+                return self._cpu_sync_forward(x, group)
         return super().forward(x)
+
+    def _cpu_sync_forward(self, x: torch.Tensor, group) -> torch.Tensor:
+        class SumAcrossProcesses(torch.autograd.Function):
+            """All-reduce (sum); the gradient of each process's input is the sum of all gradients."""
+
+            @staticmethod
+            def forward(ctx, t):
+                t = t.clone()
+                dist.all_reduce(t, group=group)
+                return t
+
+            @staticmethod
+            def backward(ctx, grad):
+                grad = grad.clone()
+                dist.all_reduce(grad, group=group)
+                return grad
+
+        channels = x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        local = torch.cat([x.sum(dims), (x * x).sum(dims), x.new_full((1,), x.numel() // channels)])
+        total = SumAcrossProcesses.apply(local)
+        count = total[2 * channels]
+        mean = total[:channels] / count
+        var = (total[channels:2 * channels] / count - mean * mean).clamp_min(0)  # biased, as BN normalises
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                if self.num_batches_tracked is not None:
+                    self.num_batches_tracked.add_(1)
+                momentum = self.momentum
+                if momentum is None:  # a cumulative moving average, as torch's BatchNorm
+                    momentum = 1.0 / float(self.num_batches_tracked.item())
+                unbiased = var * (count / (count - 1).clamp_min(1))
+                self.running_mean.mul_(1 - momentum).add_(mean.detach() * momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased.detach() * momentum)
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return y
 
 
 class DeformConv2d(nn.Module):
