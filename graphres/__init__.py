@@ -42,8 +42,8 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
     checkpoints that do not fit.
 
     The module is constructed on the meta device and then made real once on ``device`` (default
-    the CPU): each tensor is written once, by the initialisation or by the checkpoint, never both
-    (backends/materialise.py). ``device="meta"`` returns it unmaterialised (shapes only, no memory,
+    the CPU): each tensor is written once, by the spec's initialisation or by the checkpoint, never
+    both (backends/materialise.py). ``device="meta"`` returns it unmaterialised (shapes only, no memory,
     no initialisation); :func:`materialise` makes it real later.
 
     Before allocating, the model's memory is estimated; one that needs more than ``max_memory``

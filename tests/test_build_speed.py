@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import graphres
 from graphres import ir
@@ -23,65 +24,59 @@ from graphres.spec import expr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from scaling import spec_text  # noqa: E402
 
-INIT_FUNCS = ("kaiming_normal_", "kaiming_uniform_", "normal_", "uniform_", "ones_", "zeros_", "constant_",
-              "trunc_normal_", "xavier_uniform_", "xavier_normal_")
+class WriteCounter(TorchDispatchMode):
+    """Counts the in-place writes (``normal_``, ``uniform_``, ``fill_``, ``zero_``, ...) torch really
+    executes on each real tensor: writes a build skips never reach a mode entered before it."""
 
-
-class InitCounter:
-    """Counts, per real (not meta) tensor, the torch.nn.init calls and the layers' reset_parameters."""
-
-    def __init__(self, monkeypatch):
+    def __init__(self):
+        super().__init__()
         self.calls: Counter = Counter()
-        self.resets: list[str] = []
         self.keep: list = []  # the tensors counted, alive so that their ids stay theirs
-        for name in INIT_FUNCS:
-            original = getattr(nn.init, name)
 
-            def counted(tensor, *args, _original=original, _name=name, **kwargs):
-                if not tensor.is_meta:
-                    self.calls[id(tensor)] += 1
-                    self.keep.append(tensor)
-                return _original(tensor, *args, **kwargs)
-            monkeypatch.setattr(nn.init, name, counted)
-        for cls in (nn.Conv2d, nn.modules.batchnorm._NormBase, nn.Linear, nn.GroupNorm):
-            original = cls.reset_parameters
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if (func._schema.is_mutable and args and isinstance(args[0], torch.Tensor) and not args[0].is_meta
+                and func.__name__.split(".")[0] not in ("set_", "detach_", "requires_grad_")):  # values untouched
+            self.calls[id(args[0])] += 1
+            self.keep.append(args[0])
+        return func(*args, **(kwargs or {}))
 
-            def reset(module, _original=original, _cls=cls):
-                if any(not t.is_meta for t in module.parameters(recurse=False)):
-                    self.resets.append(type(module).__name__)
-                return _original(module)
-            monkeypatch.setattr(cls, "reset_parameters", reset)
+    def per_tensor(self, model) -> dict[str, int]:
+        return {name: self.calls[id(t)] for name, t in model.state_dict(keep_vars=True).items()}
 
     def per_parameter(self, model) -> dict[str, int]:
         return {name: self.calls[id(p)] for name, p in model.named_parameters()}
 
 
-def test_each_parameter_is_initialised_exactly_once(monkeypatch):
-    counter = InitCounter(monkeypatch)
-    model = graphres.build("resnet50", ["zero_init_residual=false"])
+def test_each_parameter_is_initialised_exactly_once():
+    with WriteCounter() as counter:
+        model = graphres.build("resnet50", ["zero_init_residual=false"])
     counts = counter.per_parameter(model)
-    assert len(counts) == 159 and set(counts.values()) == {1}
-    assert counter.resets == []  # no conv or norm ran torch's default init on real memory
+    assert len(counts) == 159 and set(counts.values()) == {1}  # one normal_ (convs) or fill_/zero_ (norms)
+    buffers = {k: v for k, v in counter.per_tensor(model).items() if k not in counts}
+    assert len(buffers) == 159 and set(buffers.values()) == {1}  # running_mean, running_var, step: reset once
 
 
-def test_zero_init_norms_are_the_only_second_writes(monkeypatch):
+def test_zero_init_norms_are_the_only_second_writes():
     """init_weights' own rule: the zero-init norms are set to 1/0, then to 0 (OpenMMLab's order)."""
-    counter = InitCounter(monkeypatch)
-    model = graphres.build("resnet50")
+    with WriteCounter() as counter:
+        model = graphres.build("resnet50")
     counts = counter.per_parameter(model)
     twice = {k for k, v in counts.items() if v == 2}
     assert twice == {f"{m}.{p}" for m in type(model).zero_init_modules for p in ("weight", "bias")}
     assert len(twice) == 32 and set(counts.values()) == {1, 2}
 
 
-def test_the_classifier_fc_gets_torch_default_once(monkeypatch):
-    counter = InitCounter(monkeypatch)
-    model = graphres.build("resnet50_classifier", ["zero_init_residual=false"])
-    assert set(counter.per_parameter(model).values()) == {1}
-    assert counter.resets == ["Linear"]  # fc: torch's default nn.Linear initialisation, as torchvision
+def test_the_classifier_fc_gets_torch_default_once():
+    torch.manual_seed(0)
+    with WriteCounter() as counter:
+        model = graphres.build("resnet50_classifier", ["zero_init_residual=false"])
+    assert set(counter.per_tensor(model).values()) == {1}
+    bound = 1 / 2048 ** 0.5  # torch's nn.Linear default: U(-1/sqrt(in), 1/sqrt(in)), as torchvision's fc
+    fc = model.fc.weight.detach(), model.fc.bias.detach()
+    assert float(fc[0].abs().max()) <= bound and float(fc[1].abs().max()) <= bound and float(fc[0].std()) > bound / 2
 
 
-def test_no_initialisation_when_a_checkpoint_provides_every_tensor(tmp_path, monkeypatch):
+def test_no_initialisation_when_a_checkpoint_provides_every_tensor(tmp_path):
     torch.manual_seed(3)
     ref = graphres.build("resnet50_classifier")
     with torch.no_grad():
@@ -90,16 +85,16 @@ def test_no_initialisation_when_a_checkpoint_provides_every_tensor(tmp_path, mon
                 t.add_(torch.rand_like(t))
     sd = ref.state_dict()
     torch.save(sd, tmp_path / "w.pth")
-    counter = InitCounter(monkeypatch)
-    model = graphres.build("resnet50_classifier", checkpoint=tmp_path / "w.pth")
-    assert counter.calls == Counter() and counter.resets == []
+    with WriteCounter() as counter:
+        model = graphres.build("resnet50_classifier", checkpoint=tmp_path / "w.pth")
+    assert set(counter.per_tensor(model).values()) == {0}
     own = model.state_dict()
     assert own.keys() == sd.keys() and all(torch.equal(own[k], v) and own[k].dtype == v.dtype for k, v in sd.items())
     assert str(model.load_report) == "loaded 320 tensors"
     plain = graphres.build("resnet50_classifier")
     assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in plain.parameters()]
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters())
     assert [m.training for m in model.train().modules()] == [m.training for m in plain.train().modules()]
-    assert not any(t.is_meta for t in model.state_dict().values())
 
 
 def test_a_checkpoint_without_step_counters_gets_zero_counters(tmp_path):
@@ -189,8 +184,7 @@ def test_a_layer_that_cannot_start_on_meta_is_built_eagerly():
     model = build_module(g, init=False, device="meta")
     with torch.device("meta"):
         model.extra = Scaled()
-    assert materialise(model, "cpu") is False
-    assert model.conv1.weight.is_meta  # left untouched
+    assert materialise(model, "cpu") is False  # the caller (graphres.build) then builds eagerly
 
 
 # -- the expression parser's cache ----------------------------------------------------------------

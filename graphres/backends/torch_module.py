@@ -61,3 +61,4 @@ def build_module(g: nx.DiGraph, init: bool = True, device=None) -> GraphresBackb
     import torch
     with torch.device(device):
         return cls(init=init)
+
