@@ -68,7 +68,7 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
                                  "or build on meta and load it after graphres.materialise(model)")
             return build_module(compiled.graph, init=False, device="meta")
         check_memory(compiled, "build", max_memory)
-        model = build_module(compiled.graph, init=False, device="meta")
+        model = _construct(compiled.graph, device)
         state, report = None, None
         if path is not None:
             state, report = checked_state_dict(model.state_dict(), path, style=_style_of(compiled),
@@ -82,6 +82,25 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
         if report is not None:
             model.load_report = report
     return model
+
+
+# Constructing on the meta device costs a Python call per tensor operation (torch's device context);
+# a layer's default initialisation costs a few nanoseconds per element. Where the layers are small
+# (a spec of thousands of 8-channel blocks) constructing them for real, with the default draws taken
+# from a copy of the random state, is faster; either way init_weights then writes each tensor once
+# more at most, from the same random state, so both give the same tensors for the same seed.
+META_MIN_PARAMS_PER_LAYER = 32_768
+
+
+def _construct(g, device: Any) -> "GraphresBackbone":
+    import torch
+    from .backends.torch_module import build_module
+    layers = sum(1 for _, d in g.nodes(data=True) if d["meta"].get("params"))
+    if layers and g.graph["params"] / layers >= META_MIN_PARAMS_PER_LAYER:
+        return build_module(g, init=False, device="meta")
+    target = torch.device(device or "cpu")
+    with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
+        return build_module(g, init=False, device=device)
 
 
 def materialise(model: "GraphresBackbone", device: Any = "cpu") -> "GraphresBackbone":

@@ -255,3 +255,23 @@ def test_the_collector_is_off_while_compiling_and_restored(monkeypatch):
     with pytest.raises(graphres.SpecError):
         graphres.compile_spec("resnet18", ["stages.0.blocks=0"])
     assert gc.isenabled()
+
+
+def test_small_layers_are_constructed_for_real_with_the_same_tensors():
+    """A spec of small layers is constructed eagerly (the default draws from a copy of the random
+    state), a large one on meta; both initialise from the same random state."""
+    from scaling import spec_text
+    import yaml
+    small = {k: v for k, v in yaml.safe_load(spec_text(3)).items()}
+    c = graphres.compile_spec(small)
+    assert c.graph.graph["params"] / sum(1 for _, d in c.graph.nodes(data=True) if d["meta"].get("params")) < \
+        graphres.META_MIN_PARAMS_PER_LAYER
+    torch.manual_seed(2)
+    built = graphres.build(c)
+    torch.manual_seed(2)
+    later = graphres.materialise(graphres.build(c, device="meta"))
+    a, b = built.state_dict(), later.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with WriteCounter() as counter:
+        graphres.build(c)
+    assert counter.calls  # constructed for real: the default writes happened (on the copied random state)
