@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", default="", help="a name for this run (before / after)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scaling", help="writes OUT.txt and OUT.json")
     ap.add_argument("--profile", type=int, metavar="N", help="also write cProfile output at N blocks")
+    ap.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                    help="also time this checkout's graphres, interleaved with this one (before/after in one run)")
     args = ap.parse_args(argv)
 
     env = dict(os.environ)
@@ -129,18 +131,31 @@ def main(argv: list[str] | None = None) -> int:
         env["PYTHONPATH"] = str(REPO)
     env.setdefault("GRAPHRES_MAX_MEMORY", "unlimited")
     source = env["PYTHONPATH"].split(os.pathsep)[0]
-    rows = []
+    rows: list[dict] = []
+    baseline_rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.blocks:
             path = Path(tmp) / f"scale{n}.yaml"
             path.write_text(spec_text(n))
             row: dict = {"blocks": n}
+            base: dict = {"blocks": n}
+            base_env = dict(env, PYTHONPATH=str(args.baseline)) if args.baseline else None
             for mode in args.modes:
-                samples = [run_worker(mode, path, env) for _ in range(args.repeats)]
+                samples, base_samples = [], []
+                for _ in range(args.repeats):  # alternating, so that machine noise falls on both
+                    samples.append(run_worker(mode, path, env))
+                    if base_env:
+                        base_samples.append(run_worker(mode, path, base_env))
                 row[mode] = statistics.median(samples)
                 row[mode + "_samples"] = samples
+                if base_env:
+                    base[mode] = statistics.median(base_samples)
+                    base[mode + "_samples"] = base_samples
             rows.append(row)
             print(_line(row, args.modes), flush=True)
+            if base_env:
+                baseline_rows.append(base)
+                print("  baseline: " + _line(base, args.modes), flush=True)
         profiles = {}
         if args.profile:
             path = Path(tmp) / f"scale{args.profile}.yaml"
@@ -158,13 +173,20 @@ def main(argv: list[str] | None = None) -> int:
               " build: graphres.build(path)",
               _head(args.modes)]
     text = "\n".join(header + [_line(r, args.modes) for r in rows]) + "\n"
+    if baseline_rows:
+        text += (f"\n# baseline, interleaved with the rows above: {args.baseline}\n" + _head(args.modes) + "\n"
+                 + "\n".join(_line(r, args.modes) for r in baseline_rows) + "\n"
+                 + "\n# speed-up (baseline s / this s)\n" + " | ".join(f"{c:>14}" for c in ["blocks"] + args.modes)
+                 + "\n" + "\n".join(" | ".join([f"{b['blocks']:>14,}"] + [f"{b[m] / r[m]:>14.2f}" for m in args.modes])
+                                     for r, b in zip(rows, baseline_rows)) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     suffix = f"_{args.label}" if args.label else ""
     Path(f"{args.out}{suffix}.txt").write_text(text + "".join(
         f"\n## cProfile: {mode} at {args.profile} blocks\n{p}" for mode, p in profiles.items()))
     Path(f"{args.out}{suffix}.json").write_text(json.dumps(
         {"label": args.label, "source": source, "python": platform.python_version(), "repeats": args.repeats,
-         "rows": rows}, indent=2) + "\n")
+         "rows": rows, "baseline": str(args.baseline) if args.baseline else None, "baseline_rows": baseline_rows},
+        indent=2) + "\n")
     print(f"wrote {args.out}{suffix}.txt and .json")
     return 0
 

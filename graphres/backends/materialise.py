@@ -104,5 +104,26 @@ def materialise(model: nn.Module, device: str | torch.device = "cpu",
                     t = t.clone()
                 seen.add(t.untyped_storage().data_ptr())
                 ready[k] = t
-            model.load_state_dict(ready, strict=False, assign=True)
+            _assign(model, modules, ready)
     return True
+
+
+_PLAIN_LOADS = (nn.Module._load_from_state_dict, _NormBase._load_from_state_dict)
+
+
+def _assign(model: nn.Module, modules: list[tuple[str, nn.Module]], ready: dict[str, torch.Tensor]) -> None:
+    """Put ``ready``'s tensors in place of the model's (``load_state_dict(assign=True)``'s effect,
+    requires_grad kept), directly where every layer loads the plain way (no loading hook of its own;
+    a norm's only renames keys of very old checkpoints)."""
+    by_name = dict(modules)
+    if any(type(m)._load_from_state_dict not in _PLAIN_LOADS or m._load_state_dict_pre_hooks
+           or m._load_state_dict_post_hooks for _, m in modules):
+        model.load_state_dict(ready, strict=False, assign=True)
+        return
+    for key, t in ready.items():
+        path, _, name = key.rpartition(".")
+        m = by_name[path]
+        if name in m._parameters:
+            m._parameters[name] = nn.Parameter(t, requires_grad=m._parameters[name].requires_grad)
+        else:
+            m._buffers[name] = t
