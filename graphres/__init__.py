@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .backends.runtime import GraphresBackbone
 
 __version__ = "0.1.0"
-__all__ = ["build", "compile_spec", "load_spec", "Compiled", "GraphresBackbone", "SpecError", "GraphresError", "CheckpointError",
+__all__ = ["build", "materialise", "compile_spec", "load_spec", "Compiled", "GraphresBackbone", "SpecError", "GraphresError", "CheckpointError",
            "CheckpointWarning", "Diagnostic", "__version__"]
 
 
@@ -32,14 +32,20 @@ def __getattr__(name: str) -> Any:
 
 def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[str] = (), *,
           checkpoint: str | Path | None = None, max_memory: int | str | None = None, inference: bool = False,
-          memory_format: str | None = None, compile: bool = False,
-          cache_dir: str | Path | None = None) -> "GraphresBackbone":
+          memory_format: str | None = None, compile: bool = False, cache_dir: str | Path | None = None,
+          device: Any = None) -> "GraphresBackbone":
     """Compile ``spec`` (a path, a mapping or a :class:`Compiled`) into a torch module.
 
     ``overrides`` are ``key.path=value`` strings, as ``--set`` on the command line. The weights are
     initialised as OpenMMLab does; a checkpoint (the spec's ``init: {type: pretrained}`` or the
-    ``checkpoint`` argument, which wins) is then loaded strictly apart from ``fc.*``. Raises
-    :class:`SpecError` for spec mistakes and :class:`CheckpointError` for checkpoints that do not fit.
+    ``checkpoint`` argument, which wins) is loaded strictly apart from ``fc.*``, in place of that
+    initialisation. Raises :class:`SpecError` for spec mistakes and :class:`CheckpointError` for
+    checkpoints that do not fit.
+
+    The module is constructed on the meta device and then made real once on ``device`` (default
+    the CPU): each tensor is written once, by the spec's initialisation or by the checkpoint, never
+    both (backends/materialise.py). ``device="meta"`` returns it unmaterialised (shapes only, no memory,
+    no initialisation); :func:`materialise` makes it real later.
 
     Before allocating, the model's memory is estimated; one that needs more than ``max_memory``
     (bytes, a size such as ``"64G"``, or ``"unlimited"``; default: ``GRAPHRES_MAX_MEMORY``, else the
@@ -51,25 +57,73 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
     layout; ``compile=True`` compiles it with inductor's freezing (``cache_dir``: the inductor
     cache for warm starts), the compile time kept as ``model.compile_seconds``.
     """
-    from .backends.checkpoint import load_checkpoint
+    from .backends.checkpoint import checked_state_dict
+    from .backends.materialise import materialise as _materialise
     from .backends.torch_module import build_module
-
     from .passes.limits import check_memory
+    from .pipeline import gc_paused
 
     if not inference and (memory_format is not None or compile or cache_dir is not None):
         raise ValueError("memory_format, compile and cache_dir apply to the inference build: pass inference=True")
-    compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides)
-    check_memory(compiled, "build", max_memory)
-    model = build_module(compiled.graph)
-    init = compiled.spec.init
-    from_spec = checkpoint is None and bool(init) and init.get("type") == "pretrained"
-    path = init["checkpoint"] if from_spec else checkpoint
-    if path is not None:
-        model.load_report = load_checkpoint(model, path, style=_style_of(compiled),
-                                            prefix=init.get("prefix") if from_spec else None)
+    with gc_paused():
+        compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides)
+        init = compiled.spec.init
+        from_spec = checkpoint is None and bool(init) and init.get("type") == "pretrained"
+        path = init["checkpoint"] if from_spec else checkpoint
+        on_meta = device is not None and str(device).split(":")[0] == "meta"
+        if on_meta:
+            if checkpoint is not None:
+                raise ValueError("a checkpoint cannot be loaded onto the meta device: build on a real device, "
+                                 "or build on meta and load it after graphres.materialise(model)")
+            if inference:
+                raise ValueError("the inference build folds real weights: it cannot be built on the meta device")
+            return build_module(compiled.graph, init=False, device="meta")
+        check_memory(compiled, "build", max_memory)
+        model = _construct(compiled.graph, device)
+        state, report = None, None
+        if path is not None:
+            state, report = checked_state_dict(model.state_dict(), path, style=_style_of(compiled),
+                                               prefix=init.get("prefix") if from_spec else None)
+        if not _materialise(model, device or "cpu", state):  # a layer that cannot start on meta
+            from .backends.checkpoint import load_checkpoint
+            model = build_module(compiled.graph, device=device)
+            if path is not None:
+                load_checkpoint(model, path, style=_style_of(compiled),
+                                prefix=init.get("prefix") if from_spec else None)
+        if report is not None:
+            model.load_report = report
     if inference:
         from .backends.inference import build_inference
         return build_inference(compiled.graph, model.eval(), memory_format, compile, cache_dir)
+    return model
+
+
+# Constructing on the meta device costs a Python call per tensor operation (torch's device context);
+# a layer's default initialisation costs a few nanoseconds per element. Where the layers are small
+# (a spec of thousands of 8-channel blocks) constructing them for real, with the default draws taken
+# from a copy of the random state, is faster; either way init_weights then writes each tensor once
+# more at most, from the same random state, so both give the same tensors for the same seed.
+META_MIN_PARAMS_PER_LAYER = 32_768
+
+
+def _construct(g, device: Any) -> "GraphresBackbone":
+    import torch
+    from .backends.torch_module import build_module
+    layers = sum(1 for _, d in g.nodes(data=True) if d["meta"].get("params"))
+    if layers and g.graph["params"] / layers >= META_MIN_PARAMS_PER_LAYER:
+        return build_module(g, init=False, device="meta")
+    target = torch.device(device or "cpu")
+    with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
+        return build_module(g, init=False, device=device)
+
+
+def materialise(model: "GraphresBackbone", device: Any = "cpu") -> "GraphresBackbone":
+    """Make a module built with ``device="meta"`` real on ``device``, initialised as
+    ``graphres.build`` initialises (the same tensors for the same seed); returns it."""
+    from .backends.materialise import materialise as _materialise
+    if not _materialise(model, device):
+        raise ValueError(f"{type(model).__name__} has a layer whose tensors neither init_weights nor the layer's "
+                         f"reset_parameters sets: build it on a real device")
     return model
 
 

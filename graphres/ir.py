@@ -36,6 +36,10 @@ the spec's settings and structure, the passes add the figures (``G_PARAMS``, ``G
 ``shape``, ``rf``.
 
 The IR never imports the spec package: spans are copied onto nodes when lowering.
+
+The passes read node attributes through ``g._node[n]``, networkx's own node -> attribute dict
+(what ``g.nodes[n]`` returns, without the view's method call): a 5,000-block spec makes about a
+million such look-ups (benchmarks/scaling.py).
 """
 from __future__ import annotations
 
@@ -121,19 +125,27 @@ def add_node(g: nx.DiGraph, node_id: str, op: str, inputs: Iterable[str] = (), *
 
 def inputs_of(g: nx.DiGraph, node_id: str) -> list[str]:
     """The node's operands in input-port order."""
-    return list(g.nodes[node_id][INPUTS])
+    return list(g._node[node_id][INPUTS])
 
 
 def topological_order(g: nx.DiGraph) -> list[str]:
-    """A topological order that depends only on insertion order (deterministic)."""
-    return list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n][ORDER]))
+    """A topological order that depends only on insertion order (deterministic).
+
+    :func:`add_node` only adds edges from nodes that already exist, so insertion order is itself a
+    topological order, and the lexicographic one by :data:`ORDER`: sorting is linear in practice,
+    where networkx's lexicographic sort costs a heap operation and a view per node. A graph with an
+    edge against insertion order (added by hand) takes networkx's sort."""
+    order = {n: d[ORDER] for n, d in g.nodes(data=True)}
+    if all(order[u] < order[v] for u, v in g.edges()):
+        return sorted(order, key=order.__getitem__)
+    return list(nx.lexicographical_topological_sort(g, key=order.__getitem__))
 
 
 def dump(g: nx.DiGraph) -> str:
     """A readable text listing of the IR, one node a line."""
     lines = [f"graph {g.graph.get(G_NAME, '')}"]
     for n in topological_order(g):
-        d = g.nodes[n]
+        d = g._node[n]
         args = ", ".join(inputs_of(g, n))
         attrs = ", ".join(f"{k}={v}" for k, v in sorted(d[ATTRS].items()))
         shape = d[META].get("shape")

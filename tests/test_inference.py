@@ -1,4 +1,5 @@
 """The inference build: graphres.build(spec, inference=True), the fold pass, compile --inference."""
+import copy
 import subprocess
 import sys
 
@@ -32,11 +33,33 @@ def randomise_norms(model: nn.Module, seed: int = 1) -> None:
                     m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 0.75 + 0.75)
 
 
-def eval_and_inference(spec, overrides=(), **kwargs):
+def calibrate_norms(model: nn.Module, x: torch.Tensor) -> None:
+    """Running statistics of every BN-like layer (FrozenBN included) set to its real input's,
+    scaled by a random factor, in one forward pass: a network whose activations stay of order 1,
+    as a trained one's do. (With ConvWS and identity statistics they grow by ~sqrt(fan_in) per
+    conv, to 1e19 at layer4, where float32 rounding alone exceeds the tolerance.)"""
+    g = torch.Generator().manual_seed(4)
+
+    def pre(m, args):
+        t = args[0].detach()
+        m.running_mean.copy_(t.mean((0, 2, 3)))
+        m.running_var.copy_(t.var((0, 2, 3)) * (torch.rand(t.shape[1], generator=g) * 0.5 + 0.75))
+
+    hooks = [m.register_forward_pre_hook(pre) for m in model.modules()
+             if getattr(m, "running_var", None) is not None]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+
+
+def eval_and_inference(spec, overrides=(), calibrate=None, **kwargs):
     torch.manual_seed(0)
     compiled = graphres.compile_spec(spec, overrides)
     model = graphres.build(compiled).eval()
     randomise_norms(model)
+    if calibrate is not None:
+        calibrate_norms(model, calibrate)
     return compiled, model, build_inference(compiled.graph, model, **kwargs)
 
 
@@ -83,9 +106,15 @@ VARIANTS = {  # name -> spec, overrides, input size
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_variants_match_their_eval_module(name):
     spec, overrides, size = VARIANTS[name]
-    compiled, model, net = eval_and_inference(spec, overrides)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
-    assert_close(outputs(model, x), outputs(net, x))
+    compiled, model, net = eval_and_inference(spec, overrides, calibrate=x)
+    # against the float64 truth: the inference build is within 1e-5 of it, or within twice the
+    # float32 eval module's own rounding error (ConvWS + SE at layer4 is ill-conditioned: the eval module
+    # itself is 4e-4 from float64 there, and the fold, done in float64, is closer)
+    truth = outputs(copy.deepcopy(model).double(), x.double())
+    for ev, inf, t in zip(outputs(model, x), outputs(net, x), truth):
+        err = lambda y: float((y.double() - t).abs().max() / t.abs().max())  # noqa: E731
+        assert err(inf) <= max(1e-5, 2 * err(ev)), (err(inf), err(ev))
     # weight standardisation is computed once: plain convs remain
     assert not any(type(m).__name__ == "ConvWS2d" for m in net.modules())
 

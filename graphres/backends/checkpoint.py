@@ -183,7 +183,10 @@ def check_values(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> t
     if errors:
         return errors, notes
     floats = [k for k in sorted(sd) if sd[k].is_floating_point()]
-    not_finite = [f"{k} ({int((~torch.isfinite(sd[k])).sum()):,} of {sd[k].numel():,})" for k in floats
+    # a tensor's sum is finite when all its values are (NaN and infinities propagate): one pass over
+    # the weights without a mask; a sum that overflows is checked value by value
+    suspect = [k for k in floats if sd[k].numel() and not bool(torch.isfinite(sd[k].sum()))]
+    not_finite = [f"{k} ({int((~torch.isfinite(sd[k])).sum()):,} of {sd[k].numel():,})" for k in suspect
                   if not bool(torch.isfinite(sd[k]).all())]
     if not_finite:
         notes.append(f"{len(not_finite)} tensor{'s hold' if len(not_finite) != 1 else ' holds'} NaN or infinite values: "
@@ -262,7 +265,17 @@ def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None
     ``style`` is the model's bottleneck style: style does not change any key, so a caffe-style
     checkpoint loads silently into a pytorch-style model with wrong numerics. Where the checkpoint's
     metadata records its style and it differs, a :class:`CheckpointWarning` says so."""
-    own = model.state_dict()
+    sd, report = checked_state_dict(model.state_dict(), path, style, prefix, stacklevel=4)
+    with torch.no_grad():
+        model.load_state_dict(sd, strict=False)
+    return report
+
+
+def checked_state_dict(own: dict[str, torch.Tensor], path: str | Path, style: str | None = None,
+                       prefix: str | None = None, stacklevel: int = 3) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """The tensors of ``path`` under the keys of ``own`` (a model's state dict; meta tensors do, only
+    names, shapes and dtypes are read), every rule of :func:`load_checkpoint` checked, and the report;
+    ``graphres.build`` puts them in place of the initialisation (backends/materialise.py)."""
     plan = map_keys(own, path, prefix)
     sd, ignored, meta = plan.sd, plan.ignored, plan.meta
     missing, unexpected, mismatched = plan.missing, plan.unexpected, plan.mismatched
@@ -283,20 +296,18 @@ def load_checkpoint(model: nn.Module, path: str | Path, style: str | None = None
     problems, notes = check_values(sd, own)
     if problems:
         raise CheckpointError(f"checkpoint '{path}' cannot be loaded:\n" + "\n".join(f"  {p}" for p in problems))
-    with torch.no_grad():
-        model.load_state_dict(sd, strict=False)
     report = LoadReport(loaded=len(sd), ignored=ignored, layout=plan.layout)
     for note in notes:
         message = f"checkpoint '{path}': {note}"
         report.warnings.append(message)
-        warnings.warn(message, CheckpointWarning, stacklevel=3)
+        warnings.warn(message, CheckpointWarning, stacklevel=stacklevel)
     recorded = checkpoint_style(meta)
     if style and recorded and recorded != style:
         message = (f"checkpoint '{path}' was trained with style '{recorded}' but the spec uses style '{style}': "
                    f"the keys match, the numerics will not (set style: {recorded} in block_args)")
         report.warnings.append(message)
-        warnings.warn(message, CheckpointWarning, stacklevel=3)
-    return report
+        warnings.warn(message, CheckpointWarning, stacklevel=stacklevel)
+    return sd, report
 
 
 # -- graphres weights: preview and conversion ---------------------------------------------------

@@ -141,8 +141,17 @@ def _literal(text: str) -> Any:
 def _ctor(g: nx.DiGraph, n: str) -> _Ctor:
     d = g.nodes[n]
     op = OPS[d[ir.OP]]
-    return _parse_ctor(op.torch.module(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], g.graph, d[ir.META]["in_place"]),
-                       op.torch.defaults)
+    source = op.torch.module(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], g.graph, d[ir.META]["in_place"])
+    key = (source, tuple(sorted((op.torch.defaults or {}).items())))
+    parsed = _PARSED.get(key)
+    if parsed is None:  # the blocks of a stage repeat the same constructors: parse each text once
+        if len(_PARSED) > 10_000:  # a long-lived process (the language server) stays bounded
+            _PARSED.clear()
+        parsed = _PARSED[key] = _parse_ctor(source, op.torch.defaults)
+    return _Ctor(parsed.callee, list(parsed.args), list(parsed.kwargs), dict(parsed.defaults))
+
+
+_PARSED: dict[tuple, _Ctor] = {}  # (constructor source, defaults) -> its parse (copied on use)
 
 
 # -- function bodies ------------------------------------------------------------------------------

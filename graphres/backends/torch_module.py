@@ -52,7 +52,13 @@ def generated_source(g: nx.DiGraph, standalone: bool = False) -> str:
     return generate(g, standalone=standalone).source
 
 
-def build_module(g: nx.DiGraph, init: bool = True) -> GraphresBackbone:
+def build_module(g: nx.DiGraph, init: bool = True, device=None) -> GraphresBackbone:
     """An instance of the network generated for ``g``, initialised (``init``) and frozen as the
-    spec says."""
-    return _network_class(generate(g))(init=init)
+    spec says; constructed under ``torch.device(device)`` when given (``"meta"``: no memory)."""
+    cls = _network_class(generate(g))
+    if device is None:
+        return cls(init=init)
+    import torch
+    with torch.device(device):
+        return cls(init=init)
+

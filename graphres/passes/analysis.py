@@ -67,7 +67,7 @@ def _receptive_fields(g: nx.DiGraph, order: list[str]) -> None:
     jumps: dict[str, int] = {}
     deformable: dict[str, bool] = {}  # a data-dependent field (a deformable conv) on some path to it
     for n in order:
-        d = g.nodes[n]
+        d = g._node[n]
         op, a = d[ir.OP], d[ir.ATTRS]
         if op == "input":
             full[n] = local[n] = (0, 0)
@@ -113,12 +113,12 @@ def _union(boxes: list, unbounded: bool) -> tuple | None:
 
 def _formulas(g: nx.DiGraph, order: list[str]) -> None:
     for n in order:
-        d = g.nodes[n]
+        d = g._node[n]
         op, a = d[ir.OP], d[ir.ATTRS]
         if op == "input":
             f = (0, 1)
         else:
-            f = g.nodes[ir.inputs_of(g, n)[0]][ir.META]["formula"]
+            f = g._node[ir.inputs_of(g, n)[0]][ir.META]["formula"]
             w = OPS[op].window(a)
             if OPS[op].global_pool:
                 f = None
@@ -139,14 +139,14 @@ def _formulas(g: nx.DiGraph, order: list[str]) -> None:
 def _dilations(g: nx.DiGraph, order: list[str]) -> None:
     """The dilation of a node that has one (a conv); for the others, the largest dilation of a window
     wider than one pixel in the same block instance (what the block runs at)."""
-    windows = {n: OPS[g.nodes[n][ir.OP]].window(g.nodes[n][ir.ATTRS]) for n in order if n != ir.INPUT}
+    windows = {n: OPS[g._node[n][ir.OP]].window(g._node[n][ir.ATTRS]) for n in order if n != ir.INPUT}
     by_scope: dict[str, int] = {}
     for n, w in windows.items():
         if w is not None and w.kernel > 1:
-            scope = g.nodes[n][ir.SCOPE]
+            scope = g._node[n][ir.SCOPE]
             by_scope[scope] = max(by_scope.get(scope, 1), w.dilation)
     for n in order:
-        d = g.nodes[n]
+        d = g._node[n]
         w = windows.get(n)
         own = w is not None and "dilation" in d[ir.ATTRS]
         d[ir.META]["dilation"] = w.dilation if own else by_scope.get(d[ir.SCOPE], 1)
@@ -170,7 +170,7 @@ def _trainable(g: nx.DiGraph, order: list[str]) -> None:
     trainable = frozen = 0
     frozen_modules: list[str] = []
     for n in order:
-        d = g.nodes[n]
+        d = g._node[n]
         stage_is_frozen = stage_frozen(g, d[ir.STAGE])
         frozen_norm = d[ir.OP] in OPS and OPS[d[ir.OP]].uses_norm and not norm_grad
         ok = not stage_is_frozen and not frozen_norm
@@ -189,10 +189,10 @@ def _trainable(g: nx.DiGraph, order: list[str]) -> None:
     g.graph[ir.G_TRAINABLE_PARAMS] = trainable
     g.graph[ir.G_FROZEN_PARAMS] = frozen
     g.graph[ir.G_FROZEN_MODULES] = frozen_modules
-    g.graph[ir.G_ZERO_INIT_MODULES] = [g.nodes[n][ir.MODULE] for n in order
-                                       if g.nodes[n][ir.ATTRS].get("zero_init") and g.nodes[n][ir.MODULE]]
-    g.graph[ir.G_MODULE_INITS] = [(g.nodes[n][ir.MODULE], g.nodes[n][ir.INIT]) for n in order
-                                  if g.nodes[n].get(ir.INIT, "default") != "default" and g.nodes[n][ir.MODULE]]
+    g.graph[ir.G_ZERO_INIT_MODULES] = [g._node[n][ir.MODULE] for n in order
+                                       if g._node[n][ir.ATTRS].get("zero_init") and g._node[n][ir.MODULE]]
+    g.graph[ir.G_MODULE_INITS] = [(g._node[n][ir.MODULE], g._node[n][ir.INIT]) for n in order
+                                  if g._node[n].get(ir.INIT, "default") != "default" and g._node[n][ir.MODULE]]
 
 
 # -- in place and activation memory ---------------------------------------------------------------
@@ -200,11 +200,11 @@ def _trainable(g: nx.DiGraph, order: list[str]) -> None:
 def _may_overwrite(g: nx.DiGraph, n: str) -> bool:
     """Whether node ``n`` may overwrite its first operand: its op can, and the operand is made in
     the same block by an op whose backward does not need its output, and nothing else reads it."""
-    d = g.nodes[n]
+    d = g._node[n]
     if d[ir.OP] not in OPS or not OPS[d[ir.OP]].in_place(d[ir.ATTRS]):
         return False
     first = ir.inputs_of(g, n)[0]
-    f = g.nodes[first]
+    f = g._node[first]
     return (f[ir.OP] in OPS and OPS[f[ir.OP]].overwritable and f[ir.SCOPE] == d[ir.SCOPE]
             and g.out_degree(first) == 1)
 
@@ -216,7 +216,7 @@ def _in_place_nodes(g: nx.DiGraph, order: list[str]) -> set[str]:
     calls: dict[str | None, list[str]] = {}
     for n in order:
         if n != ir.INPUT:
-            calls.setdefault(g.nodes[n][ir.MODULE] or n, []).append(n)
+            calls.setdefault(g._node[n][ir.MODULE] or n, []).append(n)
     out: set[str] = set()
     for nodes in calls.values():
         if all(_may_overwrite(g, n) for n in nodes):
@@ -227,7 +227,7 @@ def _in_place_nodes(g: nx.DiGraph, order: list[str]) -> set[str]:
 def _memory(g: nx.DiGraph, order: list[str]) -> None:
     in_place = _in_place_nodes(g, order)
     for n in order:
-        d = g.nodes[n]
+        d = g._node[n]
         meta = d[ir.META]
         full = math.prod(meta["shape"]) * BYTES_PER_ELEMENT
         meta["in_place"] = n in in_place
@@ -259,12 +259,12 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     scope_end: dict[str, int] = {}
     stage_end: dict[int, int] = {}
     for n in order:
-        scope_end[g.nodes[n][ir.SCOPE]] = pos[n]
-        stage_end[g.nodes[n][ir.STAGE]] = pos[n]
+        scope_end[g._node[n][ir.SCOPE]] = pos[n]
+        stage_end[g._node[n][ir.STAGE]] = pos[n]
     for n in order:
         for succ in g.successors(n):
-            sc = g.nodes[succ][ir.SCOPE]
-            if sc != g.nodes[n][ir.SCOPE]:
+            sc = g._node[succ][ir.SCOPE]
+            if sc != g._node[n][ir.SCOPE]:
                 last[n] = max(last[n], scope_end[sc])
     # and forward() holds a stage's input until the stage (an nn.Sequential of blocks) returns
     for st in g.graph.get("stages", []):
@@ -276,7 +276,7 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     # an in-place node shares its operand's storage: the storage lives as long as either
     owner = {}
     for n in order:
-        owner[n] = owner[ir.inputs_of(g, n)[0]] if g.nodes[n][ir.META].get("in_place") else n
+        owner[n] = owner[ir.inputs_of(g, n)[0]] if g._node[n][ir.META].get("in_place") else n
     free_at: dict[str, int] = {}
     for n in order:
         o = owner[n]
@@ -284,11 +284,11 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     live = peak = 0
     releases: dict[int, int] = {}
     for i, n in enumerate(order):
-        live += g.nodes[n][ir.META]["bytes"]
-        peak = max(peak, live + g.nodes[n][ir.META].get("scratch", 0))  # held only while the op runs
+        live += g._node[n][ir.META]["bytes"]
+        peak = max(peak, live + g._node[n][ir.META].get("scratch", 0))  # held only while the op runs
         if owner[n] == n:
             step = free_at[n]
-            releases[step] = releases.get(step, 0) + g.nodes[n][ir.META]["bytes"]
+            releases[step] = releases.get(step, 0) + g._node[n][ir.META]["bytes"]
         live -= releases.pop(i, 0)
     return peak
 
@@ -298,7 +298,7 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
 def _summaries(g: nx.DiGraph, order: list[str]) -> None:
     groups: dict[int, list[str]] = {}
     for n in order:
-        st = g.nodes[n][ir.STAGE]
+        st = g._node[n][ir.STAGE]
         if st is not None:
             groups.setdefault(st, []).append(n)
     entries = [(-1, g.graph["stem"])] + [(st["index"], st) for st in g.graph["stages"]]
@@ -306,18 +306,18 @@ def _summaries(g: nx.DiGraph, order: list[str]) -> None:
         nodes = groups.get(index, [])
         if not nodes:
             continue
-        out = g.nodes[nodes[-1]][ir.META]
-        entry["params"] = sum(g.nodes[n][ir.META]["params"] for n in nodes)
-        entry["trainable_params"] = sum(g.nodes[n][ir.META]["params"] for n in nodes
-                                        if g.nodes[n][ir.META]["trainable"])
-        entry["macs"] = sum(g.nodes[n][ir.META]["macs"] for n in nodes)
+        out = g._node[nodes[-1]][ir.META]
+        entry["params"] = sum(g._node[n][ir.META]["params"] for n in nodes)
+        entry["trainable_params"] = sum(g._node[n][ir.META]["params"] for n in nodes
+                                        if g._node[n][ir.META]["trainable"])
+        entry["macs"] = sum(g._node[n][ir.META]["macs"] for n in nodes)
         entry["rf"] = dict(out["rf"])
         entry["formula"] = out["formula"]
         entry["out_bytes"] = math.prod(out["shape"]) * BYTES_PER_ELEMENT
         entry["shape"] = tuple(out["shape"])
         entry["stride"] = out["stride"]
         entry["output"] = nodes[-1]
-        entry["dilation"] = max(g.nodes[n][ir.META]["dilation"] for n in nodes)
+        entry["dilation"] = max(g._node[n][ir.META]["dilation"] for n in nodes)
     for o in g.graph.get("outputs", []):
-        meta = g.nodes[o["node"]][ir.META]
+        meta = g._node[o["node"]][ir.META]
         o.update(stride=meta["stride"], shape=tuple(meta["shape"]), rf=dict(meta["rf"]))

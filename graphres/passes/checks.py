@@ -31,13 +31,13 @@ def _hw(shape) -> str:
 def _tiny_outputs(g: nx.DiGraph, spec: Any, diags: DiagnosticBag) -> None:
     """W002: a feature output of 1x1 (or 1 pixel on one side) has no spatial layout left for a
     detection or segmentation head."""
-    size = g.nodes[ir.INPUT][ir.META]["shape"][1:]
+    size = g._node[ir.INPUT][ir.META]["shape"][1:]
     for o in g.graph["outputs"]:
-        shape = g.nodes[o["node"]][ir.META]["shape"]
+        shape = g._node[o["node"]][ir.META]["shape"]
         if min(shape[1:]) <= 1:
             diags.extend([Diagnostic(
                 "W002", f"feature output {o['index']} ({o['name']}) is only {_hw(shape)} for the input size "
-                        f"{size[0]}x{size[1]} (stride {g.nodes[o['node']][ir.META]['stride']})",
+                        f"{size[0]}x{size[1]} (stride {g._node[o['node']][ir.META]['stride']})",
                 o["span"],
                 "a dense head needs a spatial map: use a larger input.size, or drop this stage from out_indices")])
 
@@ -47,13 +47,13 @@ def _dilated_beyond_input(g: nx.DiGraph, spec: Any, diags: DiagnosticBag) -> Non
     ever read zero padding. Reported once per stage, at the first such conv."""
     seen: set = set()
     for n in ir.topological_order(g):
-        d = g.nodes[n]
+        d = g._node[n]
         w = OPS[d[ir.OP]].window(d[ir.ATTRS]) if d[ir.OP] in OPS else None
         if w is None or w.dilation == 1 or d[ir.STAGE] in seen:
             continue
         a = {"kernel": w.kernel, "dilation": w.dilation}
         extent = a["dilation"] * (a["kernel"] - 1) + 1
-        src = g.nodes[ir.inputs_of(g, n)[0]][ir.META]["shape"]
+        src = g._node[ir.inputs_of(g, n)[0]][ir.META]["shape"]
         if extent > max(src[1:]):
             seen.add(d[ir.STAGE])
             where = f"layer{d[ir.STAGE] + 1}" if d[ir.STAGE] >= 0 else "the stem"

@@ -39,13 +39,13 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
         if g.out_degree(n) == 0 and n not in ends and n != ir.INPUT and not g.nodes[n].get(ir.DISCARDED):
             # the torch backend cannot plan a dead end (except a plugin result mmsegmentation drops)
             diags.add("E016", f"the output of {n} is never used, which graphres does not support yet",
-                      _span_of(g.nodes[n]), "remove the layer, or feed it into the block's result")
-        d = g.nodes[n]
+                      _span_of(g._node[n]), "remove the layer, or feed it into the block's result")
+        d = g._node[n]
         op = OPS.get(d[ir.OP])
         if op is None:
             continue
         srcs = ir.inputs_of(g, n)
-        in_shape = g.nodes[srcs[0]][ir.META].get("shape") if srcs else None
+        in_shape = g._node[srcs[0]][ir.META].get("shape") if srcs else None
         problem = op.check_run(d[ir.ATTRS], d[ir.IN_CH], in_shape, g.graph)
         if problem is not None and problem[0].startswith("W") and problem[0] in warned:
             problem = None  # a warning of the op table: at its first node only
@@ -67,7 +67,7 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
         node, _ = _largest(g)
         diags.add("W020", f"building the model needs about {format_bytes(need)}, more than the "
                           f"{format_bytes(budget)} of {_budget_source(None)}; build and compile will refuse it",
-                  _span_of(g.nodes[node]),
+                  _span_of(g._node[node]),
                   "set GRAPHRES_MAX_MEMORY=unlimited (or a size such as 64G) to build it anyway")
 
 
@@ -130,7 +130,7 @@ def check_memory(compiled, purpose: str = "build", max_memory: int | str | None 
         return
     node, _ = _largest(g)
     source = _budget_source(max_memory)
-    span = _span_of(g.nodes[node]) or Span(str(compiled.spec.file))
+    span = _span_of(g._node[node]) or Span(str(compiled.spec.file))
     raise SpecError([Diagnostic(
         "E067", f"refusing to {purpose} the model: it needs about {format_bytes(need)} "
                 f"({g.graph.get('params', 0):,} parameters), over the {format_bytes(budget)} of {source}",
@@ -163,16 +163,16 @@ def _span_of(d: dict) -> Span | None:
 def _size_span(g: nx.DiGraph, node: str) -> Span | None:
     """Where to point for the model's size: the largest layer, or for a stem the spec does not
     spell out (located at the document's start) the input, whose channels the stem reads."""
-    span = _span_of(g.nodes[node])
-    if g.nodes[node][ir.STAGE] == -1 and span is not None and (span.line, span.col) == (1, 1):
-        return g.nodes[ir.INPUT].get(ir.SPAN) or span
+    span = _span_of(g._node[node])
+    if g._node[node][ir.STAGE] == -1 and span is not None and (span.line, span.col) == (1, 1):
+        return g._node[ir.INPUT].get(ir.SPAN) or span
     return span
 
 
 def _largest(g: nx.DiGraph) -> tuple[str, int]:
-    node = max((n for n in g if g.nodes[n][ir.OP] != "input"), key=lambda n: g.nodes[n][ir.META].get("params", 0),
+    node = max((n for n in g if g._node[n][ir.OP] != "input"), key=lambda n: g._node[n][ir.META].get("params", 0),
                default=ir.INPUT)
-    return node, g.nodes[node][ir.META].get("params", 0)
+    return node, g._node[node][ir.META].get("params", 0)
 
 
 def _env_count(name: str, default: int) -> int:

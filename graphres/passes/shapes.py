@@ -18,19 +18,19 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
     g.graph[ir.G_ANALYSED_SIZE] = size
     reported = False
     for n in ir.topological_order(g):
-        d = g.nodes[n]
+        d = g._node[n]
         meta = d[ir.META]
         if d[ir.OP] == "input":
             meta.update(shape=(d[ir.OUT_CH],) + size, stride=1, params=0, macs=0)
             continue
         op, a = OPS[d[ir.OP]], d[ir.ATTRS]
         srcs = ir.inputs_of(g, n)
-        first = g.nodes[srcs[0]][ir.META]
-        full = [tuple(g.nodes[s][ir.META]["shape"]) for s in srcs]
+        first = g._node[srcs[0]][ir.META]
+        full = [tuple(g._node[s][ir.META]["shape"]) for s in srcs]
         if op.shape is not None or any(len(s) != 3 for s in full):
             reported = _tensor_shape(g, n, op, full, diags, reported)
             continue
-        shapes = [tuple(g.nodes[s][ir.META]["shape"][1:]) for s in srcs]
+        shapes = [tuple(g._node[s][ir.META]["shape"][1:]) for s in srcs]
         hw = op.spatial(a, shapes)
         problem = op.check_spatial(a, shapes)
         if problem is not None and not reported:
@@ -67,11 +67,11 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
                         f"{'x'.join(map(str, hw))} for the input size {size[0]}x{size[1]}",
                 d[ir.SPAN], "use a larger input.size, fewer stages, or stride 1 (with dilation) in late stages")])
     for st in g.graph[ir.G_STAGES]:
-        meta = g.nodes[st["output"]][ir.META]
+        meta = g._node[st["output"]][ir.META]
         st["shape"] = meta.get("shape")
         st["stride"] = meta.get("stride")
-    g.graph[ir.G_PARAMS] = sum(g.nodes[n][ir.META].get("params", 0) for n in g)
-    g.graph[ir.G_MACS] = sum(g.nodes[n][ir.META].get("macs", 0) for n in g)
+    g.graph[ir.G_PARAMS] = sum(g._node[n][ir.META].get("params", 0) for n in g)
+    g.graph[ir.G_MACS] = sum(g._node[n][ir.META].get("macs", 0) for n in g)
 
 
 def _tensor_shape(g: nx.DiGraph, n: str, op, full: list[tuple], diags: DiagnosticBag, reported: bool) -> bool:

@@ -9,6 +9,7 @@ whitelist is an error that names its column.
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 import warnings
 from typing import Any, Mapping
@@ -44,6 +45,15 @@ class ExprError(ValueError):
 
 
 def parse_expr(text: str) -> ast.expression:
+    """The checked syntax tree of ``text``, parsed once per distinct text (:func:`_parse_cached`):
+    a block's expressions are the same text in every instance of the block. The tree is shared, so
+    it is only read (by :func:`_eval`), never changed."""
+    return _parse_cached(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text: str) -> ast.expression:
+    """Parse and check ``text``; errors are not cached (they raise, and are rare)."""
     if len(text) > _MAX_LEN:
         raise ExprError(f"expression is longer than {_MAX_LEN} characters")
     try:
@@ -95,10 +105,27 @@ def _op_text(op: ast.AST) -> str:
             ast.LShift: "<<", ast.RShift: ">>", ast.MatMult: "@"}.get(type(op), type(op).__name__)
 
 
-def names_in(text: str) -> set[str]:
+def names_in(text: str) -> frozenset[str]:
     """The free names an expression reads (for dependency order and unknown-name checks)."""
+    return _names_cached(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_cached(text: str) -> frozenset[str]:
     tree = parse_expr(text)
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in _FUNCS}
+    return frozenset(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in _FUNCS)
+
+
+def parse_stats() -> dict[str, int]:
+    """How often :func:`parse_expr` parsed a text (misses) and reused a tree (hits), since the
+    process started or :func:`clear_parse_cache`."""
+    info = _parse_cached.cache_info()
+    return {"parses": info.misses, "hits": info.hits, "cached": info.currsize}
+
+
+def clear_parse_cache() -> None:
+    _parse_cached.cache_clear()
+    _names_cached.cache_clear()
 
 
 def evaluate(text: str, env: Mapping[str, Any]) -> Any:
