@@ -43,32 +43,24 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
     (bytes, a size such as ``"64G"``, or ``"unlimited"``; default: ``GRAPHRES_MAX_MEMORY``, else the
     memory available) is refused with E067 (docs/limits.md).
     """
-    from .backends.checkpoint import load_checkpoint
     from .backends.torch_module import build_module
 
     from .passes.limits import check_memory
 
     compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides)
     check_memory(compiled, "build", max_memory)
-    model = build_module(compiled.graph)
-    init = compiled.spec.init
-    from_spec = checkpoint is None and bool(init) and init.get("type") == "pretrained"
-    path = init["checkpoint"] if from_spec else checkpoint
-    if path is not None:
-        model.load_report = load_checkpoint(model, path, style=_style_of(compiled),
-                                            prefix=init.get("prefix") if from_spec else None)
+    # the weights are initialised in init_weights(), as mmengine's runner has it: the spec's init
+    # (mmengine's init_cfg list, a Pretrained checkpoint loaded last); an explicit checkpoint
+    # replaces the spec's Pretrained entries
+    model = build_module(compiled.graph, init=checkpoint is None)
+    if checkpoint is not None:
+        cfgs = [c for c in (model.init_cfg or []) if c.get("type") != "Pretrained"]
+        model.init_cfg = cfgs + [{"type": "Pretrained", "checkpoint": checkpoint}]
+        model.init_weights()
     return model
 
 
 def _style_of(compiled: Compiled) -> str | None:
-    """The one bottleneck style the spec's stages use, counting only blocks whose layers read it."""
-    spec = compiled.spec
-    styles = set()
-    for stage in spec.stages:
-        if any("style" in spec.blocks[t].params and spec.blocks[t].reads("style") for t in stage.block_types):
-            if "style" in stage.per_block:
-                styles.update(a.value for a in stage.per_block["style"])
-            else:
-                block = spec.blocks[next(t for t in stage.block_types if "style" in spec.blocks[t].params)]
-                styles.add(stage.args["style"].value if "style" in stage.args else block.params["style"].default)
-    return styles.pop() if len(styles) == 1 else None
+    """The one bottleneck style the spec's stages use (see ``passes.openmmlab.spec_style``)."""
+    from .passes.openmmlab import spec_style
+    return spec_style(compiled.spec)
