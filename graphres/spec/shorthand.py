@@ -235,7 +235,7 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
             # mmengine's initialiser list: the explicit form's init list, types lowercased
             copy(("init",), at("init_cfg"))
             items = out.data["init"] if isinstance(init_cfg, list) else [out.data["init"]]
-            converted = [{**item, "type": INIT_CFG_TYPES.get(item.get("type"), item.get("type"))}
+            converted = [{**item, "type": INIT_CFG_TYPES.get(item["type"], item["type"]) if isinstance(item.get("type"), str) else item.get("type")}
                          if isinstance(item, dict) else item for item in items]
             out.data["init"] = converted if isinstance(init_cfg, list) else converted[0]
             if isinstance(init_cfg, dict):
