@@ -532,7 +532,8 @@ def _parse_init(r: Reader) -> dict[str, Any] | None:
     init = r.get(path)
     if init is MISSING or init is None:
         return None
-    if isinstance(init, list) or (isinstance(init, dict) and init.get("type") in INIT_ITEM_KEYS
+    if isinstance(init, list) or (isinstance(init, dict) and isinstance(init.get("type"), str)
+                                  and init.get("type") in INIT_ITEM_KEYS
                                   and init.get("type") != "pretrained"):
         return _parse_init_list(r, path, init)
     r.mapping(path, INIT_KEYS, "init")
@@ -578,7 +579,7 @@ def _parse_init_list(r: Reader, path: Path, init: Any) -> dict[str, Any] | None:
                                 f"found {describe(item)}", r.span(ipath))
             continue
         kind = item.get("type", MISSING)
-        if kind not in INIT_ITEM_KEYS:
+        if not isinstance(kind, str) or kind not in INIT_ITEM_KEYS:
             shown = "no type" if kind is MISSING else f"type {kind!r}"
             r.diags.add("E130", f"init entry has {shown}: an init list takes "
                                 f"{', '.join(INIT_ITEM_KEYS)}", r.span(ipath + (("type",) if kind is not MISSING else ())),
