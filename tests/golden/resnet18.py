@@ -221,12 +221,23 @@ class GraphresBackbone(nn.Module):
     def train(self, mode: bool = True) -> "GraphresBackbone":
         """Set train mode, then re-apply frozen_stages and norm_eval (and return self)."""
         super().train(mode)
-        self._freeze_stages()
+        self.keep_frozen(self, mode)
+        return self
+
+    def keep_frozen(self, root: nn.Module, mode: bool = True) -> None:
+        """Re-apply frozen_stages and norm_eval after ``root.train(mode)``: ``root`` is this module,
+        or a container that holds its children (torchvision's IntermediateLayerGetter copies them
+        into a new module, whose own train() knows nothing of freezing)."""
+        for name in self.frozen_modules:
+            m = getattr(root, name, None)
+            if m is not None:
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
         if mode and self.norm_eval:
-            for m in self.modules():
+            for m in root.modules():
                 if isinstance(m, _BatchNorm):
                     m.eval()
-        return self
 
 
 class Basic(GraphresBlock):
