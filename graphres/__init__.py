@@ -67,9 +67,6 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
         raise ValueError("memory_format, compile and cache_dir apply to the inference build: pass inference=True")
     with gc_paused():
         compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides)
-        init = compiled.spec.init
-        from_spec = checkpoint is None and bool(init) and init.get("type") == "pretrained"
-        path = init["checkpoint"] if from_spec else checkpoint
         on_meta = device is not None and str(device).split(":")[0] == "meta"
         if on_meta:
             if checkpoint is not None:
@@ -80,16 +77,29 @@ def build(spec: str | Path | Mapping[str, Any] | Compiled, overrides: Sequence[s
             return build_module(compiled.graph, init=False, device="meta")
         check_memory(compiled, "build", max_memory)
         model = _construct(compiled.graph, device)
+        # the initialisation is init_weights()'s, as mmengine's runner has it (the spec's init_cfg
+        # list, a Pretrained checkpoint loaded last); an explicit checkpoint replaces the spec's
+        # Pretrained entries. The checkpoint is read once, here, and put in place of the
+        # uninitialised tensors: init_weights runs only when it does not provide every parameter.
+        cfgs = list(model.init_cfg or [])
+        others = [c for c in cfgs if c.get("type") != "Pretrained"]
+        pretrained = [c for c in cfgs if c.get("type") == "Pretrained"]
+        if checkpoint is not None:
+            pretrained = [{"type": "Pretrained", "checkpoint": checkpoint}]
         state, report = None, None
-        if path is not None:
-            state, report = checked_state_dict(model.state_dict(), path, style=_style_of(compiled),
-                                               prefix=init.get("prefix") if from_spec else None)
-        if not _materialise(model, device or "cpu", state):  # a layer that cannot start on meta
-            from .backends.checkpoint import load_checkpoint
-            model = build_module(compiled.graph, device=device)
-            if path is not None:
-                load_checkpoint(model, path, style=_style_of(compiled),
-                                prefix=init.get("prefix") if from_spec else None)
+        if pretrained:
+            state, report = checked_state_dict(model.state_dict(), pretrained[-1]["checkpoint"],
+                                               style=model.checkpoint_style, prefix=pretrained[-1].get("prefix"))
+        model.init_cfg = others  # init_weights below must not load the file a second time
+        made = _materialise(model, device or "cpu", state)
+        model.init_cfg = others + pretrained
+        if made:
+            model._is_init = True
+        else:  # a layer that cannot start on meta: construct it for real, init_weights loads the file
+            model = build_module(compiled.graph, init=False, device=device)
+            model.init_cfg = others + pretrained
+            model.init_weights()
+            report = getattr(model, "load_report", None)
         if report is not None:
             model.load_report = report
     if inference:
@@ -128,14 +138,6 @@ def materialise(model: "GraphresBackbone", device: Any = "cpu") -> "GraphresBack
 
 
 def _style_of(compiled: Compiled) -> str | None:
-    """The one bottleneck style the spec's stages use, counting only blocks whose layers read it."""
-    spec = compiled.spec
-    styles = set()
-    for stage in spec.stages:
-        if any("style" in spec.blocks[t].params and spec.blocks[t].reads("style") for t in stage.block_types):
-            if "style" in stage.per_block:
-                styles.update(a.value for a in stage.per_block["style"])
-            else:
-                block = spec.blocks[next(t for t in stage.block_types if "style" in spec.blocks[t].params)]
-                styles.add(stage.args["style"].value if "style" in stage.args else block.params["style"].default)
-    return styles.pop() if len(styles) == 1 else None
+    """The one bottleneck style the spec's stages use (see ``passes.openmmlab.spec_style``)."""
+    from .passes.openmmlab import spec_style
+    return spec_style(compiled.spec)

@@ -103,6 +103,8 @@ G_FROZEN_SCOPES = "frozen_scopes"  # stage index (-1 = the stem) -> whether it i
 G_FROZEN_MODULES = "frozen_modules"  # top-level module names frozen_stages / frozen: true freeze
 G_ZERO_INIT_MODULES = "zero_init_modules"  # norms that zero_init_residual zeroes
 G_MODULE_INITS = "module_inits"  # (module, init) for modules initialised their own way (plugins)
+G_BLOCK_PARAMS = "block_params"  # scope ("stem", "layer1.0") -> its evaluated parameters and lets (lowering)
+G_OPENMMLAB = "openmmlab"  # mmdetection's attributes and init_cfg (passes.openmmlab)
 
 
 def new_graph(name: str, **attrs: Any) -> nx.DiGraph:

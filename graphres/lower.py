@@ -239,6 +239,8 @@ def _lower_instance(ctx: _Ctx, block: BlockDef, scope: str, prefix: str, stage: 
         env[name] = _eval(ctx, inst, expr, path, f"let '{name}'")
     out_ch = _eval(ctx, inst, block.out_channels, block.path + ("out_channels",), "out_channels", kind=int)
     env["out_channels"] = out_ch
+    ctx.g.graph.setdefault(ir.G_BLOCK_PARAMS, {})[scope] = {
+        k: v for k, v in env.items() if isinstance(v, (int, str, bool))}
     names: dict[str, tuple[str, int]] = {"input": (x, in_ch)}
     out = _lower_layers(ctx, inst, block.layers, names, (x, in_ch), seq=None)
     node, ch = out

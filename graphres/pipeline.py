@@ -18,6 +18,7 @@ from .lower import lower
 from .passes.analysis import analyse
 from .passes.checks import check
 from .passes.limits import check_limits
+from .passes.openmmlab import describe_openmmlab, spec_style
 from .passes.shapes import infer_shapes
 from .spec.load import load_spec
 from .spec.model import Spec
@@ -78,6 +79,7 @@ def _compile(source, overrides, input_size, text) -> Compiled:
         analyse(graph)                                     # receptive fields, memory, trainable, ...
         check(graph, spec, diags)                          # findings that need the analysis
         check_limits(graph, diags)                         # what torch refuses later; models too large
+        describe_openmmlab(graph, spec_style(spec))        # mmdetection's attributes and init_cfg
     if diags.has_errors:
         raise SpecError(diags.items, spec.sources)
     return Compiled(spec, graph, [d for d in diags if not d.is_error])

@@ -13,7 +13,9 @@ from graphres import ir
 
 PKG = Path(graphres.__file__).parent
 TORCH_BACKENDS = {"backends/torch_module.py", "backends/runtime.py", "backends/checkpoint.py", "backends/export.py",
-                  "backends/layouts.py", "backends/inference.py"}
+                  "backends/layouts.py", "backends/inference.py", "backends/materialise.py",
+                  "integrations/openmmlab.py",
+                  "integrations/torchvision.py"}
 
 
 def imports(path: Path) -> set[str]:

@@ -113,7 +113,7 @@ def test_block_classes_and_stages():
     m = graphres.build("specs/resnet50.yaml")
     assert type(m.layer1).__name__ == "Sequential" and len(m.layer3) == 6
     assert [type(b).__name__ for b in m.layer2] == ["BottleneckDownsample", "Bottleneck", "Bottleneck", "Bottleneck"]
-    assert not hasattr(m.layer1[1], "downsample") and isinstance(m.layer1[0].downsample, nn.Sequential)
+    assert m.layer1[1].downsample is None and isinstance(m.layer1[0].downsample, nn.Sequential)
     assert isinstance(m, graphres.backends.torch_module.GraphresBackbone)
 
 

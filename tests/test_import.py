@@ -95,14 +95,7 @@ configs/faster_rcnn/r50.py:1:12: warning[W030]: a call was not run: `os.system('
   |            ^^^^^^^^^^^^^^^^^^^^^^^^
   = hint: graphres reads configs without running them; the backbone cannot use what it would bind
 
-configs/_base_/models/faster-rcnn_r50_fpn.py:15:9: warning[W031]: model.backbone.init_cfg names the model-zoo \
-checkpoint 'torchvision://resnet50': left out of the spec
-   |
-15 |         init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
-   |         ^^^^^^^^
-  = hint: load the weights with graphres compile --checkpoint FILE or graphres.build(spec, checkpoint=FILE)
-
-3 warnings found
+2 warnings found
 """
     text = (tmp_path / "out/r50.yaml").read_text()
     assert text == """\
@@ -121,8 +114,7 @@ backbone:
   frozen_stages: 1  # configs/_base_/models/faster-rcnn_r50_fpn.py:11
   norm_cfg: {type: BN, requires_grad: true}  # configs/_base_/models/faster-rcnn_r50_fpn.py:2
   norm_eval: true  # configs/_base_/models/faster-rcnn_r50_fpn.py:13
-  # init_cfg: {type: Pretrained, checkpoint: 'torchvision://resnet50'}  (left out: a model-zoo name, not a file; \
-configs/_base_/models/faster-rcnn_r50_fpn.py:15:9)
+  init_cfg: {type: Pretrained, checkpoint: 'torchvision://resnet50'}  # configs/_base_/models/faster-rcnn_r50_fpn.py:15
 """
     compiled = graphres.compile_spec(tmp_path / "out/r50.yaml")
     assert compiled.graph.graph["params"] == 23_508_032

@@ -26,7 +26,7 @@ from ..ops import OPS
 
 RUNTIME_MODULE = "graphres.backends.runtime"
 # runtime classes every network needs; the op table adds the layer classes it emits
-BASE_RUNTIME = ("FeatureInfo", "FeatureInfoList", "GraphresBackbone")
+BASE_RUNTIME = ("FeatureInfo", "FeatureInfoList", "GraphresBlock", "GraphresBackbone")
 # runtime functions the generated network uses when module_inits is set
 INIT_RUNTIME = ("init_module",)
 
@@ -397,7 +397,7 @@ def _parameterise(cls: BlockClass) -> None:
     scopes = ", ".join(i.scope for i in insts)
     doc = f'    """Block type \'{cls.block_type}\': {_clip(scopes, 64)}"""'
     fwd = ["    def forward(self, x: Tensor) -> Tensor:"] + ["        " + line for line in insts[0].forward]
-    cls.source = "\n".join([f"class {cls.name}(nn.Module):", doc, "", "    with_cp = False", ""] + init + [""] + fwd) + "\n"
+    cls.source = "\n".join([f"class {cls.name}(GraphresBlock):", doc, "", "    with_cp = False", ""] + init + [""] + fwd) + "\n"
 
 
 def _type_name(cls: BlockClass, param: str) -> str:
@@ -492,7 +492,7 @@ def generate(g: nx.DiGraph, standalone: bool = False) -> Generated:
                       "",
                       "Do not edit: change the spec and compile again. State-dict keys are graphres' (OpenMMLab's",
                       'and torchvision\'s ResNet layout)."""']
-    out += ["import dataclasses" if standalone else None, "from typing import List, Optional, Tuple", "",
+    out += ["import dataclasses" if standalone else None, "import math" if standalone else None, "from typing import List, Optional, Tuple", "",
             "import torch"]
     if standalone:
         out += ["import torch.distributed as dist"] if "SyncBatchNorm2d" in runtime else []
@@ -585,6 +585,7 @@ def _network_source(g: nx.DiGraph, name: str, by_scope: dict[str, list[str]], cl
              ("feature_info", f"FeatureInfoList([\n        {feats},\n    ])" if len(feats) > 60
               else f"FeatureInfoList([{feats}])")]
     lines += [f"    {k} = {v}" for k, v in attrs]
+    lines += _openmmlab_lines(gr.get(ir.G_OPENMMLAB))
     lines += ["", "    def __init__(self, init: bool = True) -> None:", "        super().__init__()"]
     stem_mods = _module_list(g, stem_nodes, "")
     lines += _module_lines(stem_mods, lambda mi, n: [repr(v) for v in stem_mods[mi][1].values()], "        ")
@@ -634,6 +635,21 @@ def _network_source(g: nx.DiGraph, name: str, by_scope: dict[str, list[str]], cl
                   '        """The out_indices stage outputs, in stage order."""',
                   "        return self.forward_features(x)"]
     return "\n".join(lines) + "\n"
+
+
+def _openmmlab_lines(mm: dict | None) -> list[str]:
+    """The class attributes mmdetection code reads (``passes.openmmlab`` decided them)."""
+    if not mm:
+        return []
+    lines = ["    # mmdetection's ResNet attributes and mmengine's init_cfg (graphres.passes.openmmlab)"]
+    lines.append(f"    init_cfg = {mm['init_cfg']!r}")
+    lines.append(f"    zero_init_blocks = {mm['zero_init_blocks']!r}")
+    lines.append(f"    checkpoint_style = {mm['checkpoint_style']!r}")
+    lines += [f"    {k} = {v!r}" for k, v in mm["network"].items()]
+    lines.append("    block_attrs = {")
+    lines += [f"        {scope!r}: {attrs!r}," for scope, attrs in mm["blocks"].items()]
+    lines.append("    }")
+    return lines
 
 
 def _tuple_lines(items: Sequence[str], indent: str) -> str:

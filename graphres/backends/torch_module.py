@@ -21,7 +21,7 @@ from .codegen import Generated, generate
 from .runtime import (ConvWS2d, FeatureInfo, FeatureInfoList, FrozenBatchNorm2d, GraphresBackbone, SyncBatchNorm2d,
                       SyncBNError)
 
-__all__ = ["build_module", "generated_source", "GraphresBackbone", "FeatureInfo", "FeatureInfoList", "ConvWS2d",
+__all__ = ["build_module", "network_class", "generated_source", "GraphresBackbone", "FeatureInfo", "FeatureInfoList", "ConvWS2d",
            "FrozenBatchNorm2d", "SyncBatchNorm2d", "SyncBNError"]
 
 _CLASSES: dict[str, type] = {}  # source digest -> network class (one compile per distinct source)
@@ -50,6 +50,11 @@ def _network_class(gen: Generated) -> type:
 def generated_source(g: nx.DiGraph, standalone: bool = False) -> str:
     """The Python source of the network for the analysed graph ``g`` (see ``codegen.generate``)."""
     return generate(g, standalone=standalone).source
+
+
+def network_class(g: nx.DiGraph) -> type:
+    """The network class generated for the analysed graph ``g`` (compiled once per source)."""
+    return _network_class(generate(g))
 
 
 def build_module(g: nx.DiGraph, init: bool = True, device=None) -> GraphresBackbone:

@@ -66,7 +66,9 @@ def to_explicit(spec: Spec, resolved: list[dict] | None = None) -> dict[str, Any
         out["output_stride"] = spec.output_stride
     if spec.head is not None:
         out["head"] = dict(spec.head)
-    if spec.init:
+    if spec.init and spec.init["type"] == "list":
+        out["init"] = [{k: v for k, v in item.items() if k != "span"} for item in spec.init["items"]]
+    elif spec.init:
         out["init"] = {"type": spec.init["type"], "checkpoint": spec.init["checkpoint"]}
         if "prefix" in spec.init:
             out["init"]["prefix"] = spec.init["prefix"]

@@ -32,6 +32,21 @@ HEAD_KEYS = ("num_classes",)
 MAX_CLASSES = 1 << 20
 INIT_KEYS = ("type", "checkpoint", "prefix")
 INIT_TYPES = ("default", "pretrained")
+# an init list's initialisers (mmengine's, lowercased) and the keys each takes
+_INIT_COMMON = ("type", "layer", "bias", "bias_prob")
+INIT_ITEM_KEYS = {
+    "pretrained": ("type", "checkpoint", "prefix", "map_location"),
+    "kaiming": _INIT_COMMON + ("a", "mode", "nonlinearity", "distribution"),
+    "constant": _INIT_COMMON + ("val",),
+    "normal": _INIT_COMMON + ("mean", "std"),
+    "xavier": _INIT_COMMON + ("gain", "distribution"),
+    "uniform": _INIT_COMMON + ("a", "b"),
+}
+# the class names (and base-class names) of the layers graphres builds, which init layer: may name
+INIT_LAYER_NAMES = ("Conv2d", "_ConvNd", "ConvWS2d", "Linear", "_BatchNorm", "BatchNorm2d", "SyncBatchNorm",
+                    "SyncBatchNorm2d", "FrozenBatchNorm2d", "GroupNorm", "_InstanceNorm", "InstanceNorm2d",
+                    "_NormBase")
+INIT_NONLINEARITIES = ("relu", "leaky_relu", "linear", "tanh", "sigmoid", "selu", "conv2d")
 MAX_BLOCKS = 1000  # per stage; far beyond any real network, and a guard against typos like 3000000
 MAX_STAGES = 64  # docs/limits.md: they bound the work of lowering and analysis (seconds, not minutes)
 MAX_TOTAL_BLOCKS = 10000  # issue 12 measures 5,000-block specs; lowering stays linear
@@ -522,6 +537,10 @@ def _parse_init(r: Reader) -> dict[str, Any] | None:
     init = r.get(path)
     if init is MISSING or init is None:
         return None
+    if isinstance(init, list) or (isinstance(init, dict) and isinstance(init.get("type"), str)
+                                  and init.get("type") in INIT_ITEM_KEYS
+                                  and init.get("type") != "pretrained"):
+        return _parse_init_list(r, path, init)
     r.mapping(path, INIT_KEYS, "init")
     default_kind = "pretrained" if isinstance(init, dict) and "checkpoint" in init else "default"
     kind = r.value(path + ("type",), str, default_kind, what="init.type", choices=INIT_TYPES)
@@ -548,3 +567,95 @@ def _parse_init(r: Reader) -> dict[str, Any] | None:
         r.diags.add("E017", "init.prefix is set but init.type is 'default', which loads nothing",
                     r.doc.key_span(path + ("prefix",)), "use init: {type: pretrained, checkpoint: PATH, prefix: ...}")
     return None
+
+
+def _parse_init_list(r: Reader, path: Path, init: Any) -> dict[str, Any] | None:
+    """``init: [{type: kaiming, layer: Conv2d}, {type: constant, val: 1, layer: _BatchNorm}, ...]``:
+    mmengine's initialisers, applied in order (a pretrained entry last), as ``init_cfg`` lists."""
+    entries = [(path + (i,), item) for i, item in enumerate(init)] if isinstance(init, list) else [(path, init)]
+    if not entries:
+        r.diags.add("E014", "init is an empty list", r.span(path), "leave init out for OpenMMLab's default "
+                                                                  "initialisation")
+        return None
+    items = []
+    for ipath, item in entries:
+        if not isinstance(item, dict):
+            r.diags.add("E011", f"an init entry must be a mapping such as {{type: kaiming, layer: Conv2d}}, "
+                                f"found {describe(item)}", r.span(ipath))
+            continue
+        kind = item.get("type", MISSING)
+        if not isinstance(kind, str) or kind not in INIT_ITEM_KEYS:
+            shown = "no type" if kind is MISSING else f"type {kind!r}"
+            r.diags.add("E130", f"init entry has {shown}: an init list takes "
+                                f"{', '.join(INIT_ITEM_KEYS)}", r.span(ipath + (("type",) if kind is not MISSING else ())),
+                        did_you_mean(str(kind), list(INIT_ITEM_KEYS)) if isinstance(kind, str) else None)
+            continue
+        if "override" in item:
+            r.diags.add("E131", "init override (an initialiser for named submodules) is not supported",
+                        r.doc.key_span(ipath + ("override",)),
+                        "name the layer classes with layer:, e.g. layer: [_BatchNorm, GroupNorm]")
+            item = {k: v for k, v in item.items() if k != "override"}
+        r.mapping(ipath, INIT_ITEM_KEYS[kind] + ("override",), f"a {kind} init entry")
+        out: dict[str, Any] = {"type": kind}
+        if kind == "pretrained":
+            ckpt = r.value(ipath + ("checkpoint",), str, what="init checkpoint")
+            if ckpt is not None and is_zoo_name(ckpt) and zoo_url(ckpt) is None:
+                names = known_names(ckpt)
+                r.diags.add("E090", f"'{ckpt}' is not a model-zoo name graphres knows ({ckpt.split('://')[0]}:// "
+                                    f"has {len(names)} ResNet-family names)", r.span(ipath + ("checkpoint",)),
+                            did_you_mean(ckpt, names) or "give the checkpoint's file path instead")
+            out["checkpoint"] = ckpt
+            prefix = r.value(ipath + ("prefix",), str, None, what="init prefix")
+            if prefix == "":
+                r.diags.add("E014", "init prefix is empty", r.span(ipath + ("prefix",)),
+                            "give the key prefix to load, such as 'backbone.', or leave prefix out")
+            elif prefix is not None:
+                out["prefix"] = prefix
+            r.value(ipath + ("map_location",), str, None, what="init map_location")  # graphres reads on the CPU
+            out["span"] = r.span(ipath + ("checkpoint",))
+            items.append(out)
+            continue
+        layer = item.get("layer", MISSING)
+        if layer is MISSING or layer == []:
+            r.diags.add("W131", f"this {kind} init entry names no layer, so it initialises nothing "
+                                f"(mmengine matches modules by layer class name)", r.span(ipath),
+                        "add layer: Conv2d, or layer: [_BatchNorm, GroupNorm]")
+            layers: list[str] = []
+        else:
+            raw = [layer] if isinstance(layer, str) else layer
+            lpath = ipath + ("layer",)
+            if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+                r.diags.add("E011", f"init layer must be a class name or a list of them, found {describe(layer)}",
+                            r.span(lpath))
+                raw = []
+            layers = []
+            for j, name in enumerate(raw):
+                if name in INIT_LAYER_NAMES:
+                    layers.append(name)
+                else:
+                    r.diags.add("E132", f"init layer {name!r} names no layer class graphres builds",
+                                r.span(lpath + ((j,) if isinstance(layer, list) else ())),
+                                did_you_mean(name, list(INIT_LAYER_NAMES))
+                                or f"layer classes: {', '.join(INIT_LAYER_NAMES)}")
+        out["layer"] = layers
+        number = (int, float)
+        if kind == "constant":
+            out["val"] = r.value(ipath + ("val",), number, what="init val")
+            if out["val"] is None:
+                continue
+        for key, default in (("bias", 0), ("a", 0), ("mean", 0), ("std", 1), ("gain", 1), ("b", 1)):
+            if key in INIT_ITEM_KEYS[kind] and r.has(ipath + (key,)):
+                out[key] = r.value(ipath + (key,), number, default, what=f"init {key}")
+        if r.has(ipath + ("bias_prob",)):
+            out["bias_prob"] = r.value(ipath + ("bias_prob",), float, 0.01, what="init bias_prob", min=1e-12,
+                                       max=1 - 1e-12)
+        if r.has(ipath + ("mode",)):
+            out["mode"] = r.value(ipath + ("mode",), str, "fan_out", what="init mode", choices=("fan_in", "fan_out"))
+        if r.has(ipath + ("nonlinearity",)):
+            out["nonlinearity"] = r.value(ipath + ("nonlinearity",), str, "relu", what="init nonlinearity",
+                                          choices=INIT_NONLINEARITIES)
+        if r.has(ipath + ("distribution",)):
+            out["distribution"] = r.value(ipath + ("distribution",), str, "normal", what="init distribution",
+                                          choices=("normal", "uniform"))
+        items.append({k: v for k, v in out.items() if v is not None})
+    return {"type": "list", "items": items}

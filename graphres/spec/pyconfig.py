@@ -27,6 +27,7 @@ import yaml
 
 from ..diagnostics import Diagnostic, SourceCache, Span, SpecError
 from .load import merge_into
+from ..zoo import zoo_url
 from .shorthand import COMMON_KEYS, MMSEG_KEYS
 from .source import Located, Path
 
@@ -576,7 +577,8 @@ def read_config(path: str | FsPath) -> ImportedConfig:
     for key in ("init_cfg", "pretrained"):
         value = backbone.data.get(key)
         checkpoint = value.get("checkpoint") if isinstance(value, dict) else value
-        if isinstance(checkpoint, str) and checkpoint.startswith(ZOO_PREFIXES):
+        # a model-zoo name graphres resolves (from torch.hub's cache) is kept; others are left out
+        if isinstance(checkpoint, str) and checkpoint.startswith(ZOO_PREFIXES) and zoo_url(checkpoint) is None:
             span = backbone.key_span((key,))
             warnings.append(Diagnostic("W031", f"model.backbone.{key} names the model-zoo checkpoint "
                                                f"'{checkpoint}': left out of the spec", span,

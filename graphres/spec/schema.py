@@ -286,6 +286,11 @@ def _param_schema(p: ParamDef) -> dict:
     return out
 
 
+def _alternatives(schema: dict) -> list:
+    """The alternatives of an anyOf schema (the schema itself when it has none)."""
+    return list(schema["anyOf"]) if set(schema) == {"anyOf"} else [schema]
+
+
 def _per_block(schema: dict) -> dict:
     """A stage argument: one value for every block, or a list with one value per block."""
     return {"anyOf": [schema, {"type": "array", "items": schema, "minItems": 1}]}
@@ -510,7 +515,14 @@ class _Defs:
                  "then": {"properties": {"checkpoint": False, "prefix": False}}},
             ]
         assert tuple(out["properties"]) == model.INIT_KEYS
-        return _nullable(out)
+        return {"anyOf": _alternatives(_nullable(out)) + [
+            self._init_item(tuple(t for t in model.INIT_ITEM_KEYS if t != "pretrained")),
+                          {"type": "array", "items": self._init_item(tuple(model.INIT_ITEM_KEYS)), "minItems": 1}]}
+
+    def _init_item(self, types: tuple) -> dict:
+        """One of mmengine's initialisers (an init / init_cfg list entry); the reader checks its keys."""
+        docs = {"type": "The initialiser: " + ", ".join(types) + " (docs/openmmlab.md)."}
+        return _obj({"type": _enum(types)}, docs, "init entry", required=("type",), closed=False)
 
     def head(self) -> dict:
         out = _obj({"num_classes": _int(1, model.MAX_CLASSES)}, HEAD_DOCS, "head", required=self.req("num_classes"))
@@ -578,7 +590,9 @@ class _Defs:
         out = _obj({k: v for k, v in props.items() if v is not False}, INIT_CFG_DOCS, "init_cfg",
                    required=self.req("type"))
         out["properties"] = {k: out["properties"].get(k, False) for k in props}
-        return _nullable(out)
+        names = tuple(shorthand.INIT_CFG_TYPES)
+        return {"anyOf": _alternatives(_nullable(out)) + [self._init_item(tuple(t for t in names if t != "Pretrained")),
+                          {"type": "array", "items": self._init_item(names), "minItems": 1}]}
 
     # -- the block language
 

@@ -36,6 +36,9 @@ COMMON_KEYS = ("type", "depth", "in_channels", "stem_channels", "base_channels",
                "init_cfg", "pretrained")
 OUTER_KEYS = ("graphres", "name", "input", "default_scope", "backbone")
 INIT_CFG_KEYS = ("type", "checkpoint", "prefix", "map_location")
+# mmengine's initialiser names -> the explicit form's init types
+INIT_CFG_TYPES = {"Pretrained": "pretrained", "Kaiming": "kaiming", "Constant": "constant", "Normal": "normal",
+                  "Xavier": "xavier", "Uniform": "uniform"}
 
 
 def is_shorthand(doc: Located) -> bool:
@@ -217,6 +220,9 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
         if isinstance(pretrained, str):
             put(("init",), {"type": "pretrained", "checkpoint": pretrained}, at("pretrained"))
             out.spans[("init", "checkpoint")] = doc.span(at("pretrained"))
+            diags.add("W130", "pretrained is deprecated (mmdetection warns and converts it to init_cfg)",
+                      r.doc.key_span(at("pretrained")),
+                      f"write init_cfg=dict(type='Pretrained', checkpoint={pretrained!r})")
         else:
             diags.add("E011", f"pretrained must be a checkpoint path, found {describe(pretrained)}",
                       r.span(at("pretrained")))
@@ -228,8 +234,19 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
             if "prefix" in init_cfg:
                 put(("init", "prefix"), init_cfg["prefix"], at("init_cfg") + ("prefix",))
         elif isinstance(init_cfg, (dict, list)):
-            diags.add("E016", "init_cfg other than {type: Pretrained, checkpoint: ...} is not supported yet",
-                      r.span(at("init_cfg")), "leave init_cfg out for OpenMMLab's default initialisation")
+            # mmengine's initialiser list: the explicit form's init list, types lowercased
+            copy(("init",), at("init_cfg"))
+            items = out.data["init"] if isinstance(init_cfg, list) else [out.data["init"]]
+            converted = [{**item, "type": INIT_CFG_TYPES.get(item["type"], item["type"]) if isinstance(item.get("type"), str) else item.get("type")}
+                         if isinstance(item, dict) else item for item in items]
+            out.data["init"] = converted if isinstance(init_cfg, list) else converted[0]
+            if isinstance(init_cfg, dict):
+                out.data["init"] = [out.data["init"]]
+                for p in [p for p in out.spans if p[:1] == ("init",) and len(p) > 1]:
+                    out.spans[("init", 0) + p[1:]] = out.spans[p]
+                for p in [p for p in out.key_spans if p[:1] == ("init",) and len(p) > 1]:
+                    out.key_spans[("init", 0) + p[1:]] = out.key_spans[p]
+                out.spans[("init", 0)] = doc.span(at("init_cfg"))
         else:
             diags.add("E011", f"init_cfg must be a mapping, found {describe(init_cfg)}", r.span(at("init_cfg")))
     return out
