@@ -132,6 +132,10 @@ class OpDef:
     check_shape: Callable[[dict, Sequence[tuple]], tuple[str, str] | None] = _no_check
     # MACs from (attrs, operand shapes, output shape); None = ``macs`` above
     macs_shape: Callable[[dict, Sequence[tuple], tuple], int] | None = None
+    # the inference build (passes/fold.py): a norm-like op that folds into a fold_target op before
+    # it, for these settings; a fold_target gains a bias and absorbs it
+    folds: Callable[[Mapping], bool] = lambda settings: False
+    fold_target: bool = False
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -648,7 +652,7 @@ OPS: dict[str, OpDef] = {
               normalize=_conv_normalize, channels=lambda a, chs: a["out"], check_channels=_conv_check_channels,
               spatial=lambda a, shapes: _window_hw(_conv_window(a), shapes[0], pool=False),
               params=_conv_params, macs=_conv_macs, window=_conv_window, overwritable=True,
-              scratch=_conv_scratch, unique_name=True, label_channels=True, check_run=_conv_check_run,
+              scratch=_conv_scratch, unique_name=True, label_channels=True, check_run=_conv_check_run, fold_target=True,
               tensors=lambda a, i, o, s: {"weight": (o, i // a["groups"], a["kernel"], a["kernel"])}
               | ({"bias": (o,)} if a["bias"] else {})),
         OpDef("norm", "the spec's normalisation layer over the input channels (BN, SyncBN, GN or IN)",
@@ -656,7 +660,8 @@ OPS: dict[str, OpDef] = {
               label=lambda a, s, compact: (NORM_NAMES.get(s["norm"]["type"], s["norm"]["type"]) if compact
                                            else str(s["norm"]["type"])),
               check_channels=_norm_check_channels, params=_norm_params, overwritable=True, unique_name=True,
-              uses_norm=True, check_run=_norm_check_run, tensors=_norm_tensors),
+              uses_norm=True, check_run=_norm_check_run, tensors=_norm_tensors,
+              folds=lambda s: s["norm"]["type"] in BN_LIKE),
         OpDef("act", "activation function", {"type": "relu"}, TorchEmit(module=_act_torch),
               label=lambda a, s, compact: str(a["type"]), choices={"type": ACT_TYPES}, spec_defaults={"type": "act"},
               in_place=lambda a: ACT_MODULES[a["type"]][1]),

@@ -59,7 +59,7 @@ def folded_state(g: nx.DiGraph, folded: nx.DiGraph, model: nn.Module) -> dict[st
     convs = {}
     for n in folded.nodes:
         d = folded.nodes[n]
-        if d[ir.OP] == "conv":
+        if "fold" in d[ir.META]:  # a conv (the pass's fold target)
             convs[d[ir.MODULE]] = d[ir.META]["fold"]
     folded_norms = {f["norm"] for f in convs.values() if f["norm"]}
     for key, value in source.items():

@@ -25,7 +25,7 @@ import copy
 import networkx as nx
 
 from .. import ir
-from ..ops import BN_LIKE
+from ..ops import OPS
 
 G_INFERENCE = "inference"  # the graph is an eval-only copy made by fold_for_inference
 G_FOLDED = "folded"  # conv module path -> the norm module path folded into it
@@ -34,12 +34,13 @@ G_RENAMED = "renamed"  # module path in the copy -> its path in the analysed gra
 
 def foldable_norm(g: nx.DiGraph, n: str) -> str | None:
     """The conv node that norm node ``n`` folds into, or None (the rule, stated once)."""
-    d = g.nodes[n]
-    if d[ir.OP] != "norm" or g.graph[ir.G_NORM]["type"] not in BN_LIKE:
+    op = OPS.get(g.nodes[n][ir.OP])
+    if op is None or not op.folds(g.graph):
         return None
     (src,) = ir.inputs_of(g, n)
     s = g.nodes[src]
-    if s[ir.OP] != "conv" or g.out_degree(src) != 1 or s[ir.MODULE] is None:
+    target = OPS.get(s[ir.OP])
+    if target is None or not target.fold_target or g.out_degree(src) != 1 or s[ir.MODULE] is None:
         return None
     return src
 
@@ -52,7 +53,7 @@ def fold_for_inference(g: nx.DiGraph) -> nx.DiGraph:
     folded: dict[str, str] = {}
     for n in ir.topological_order(g):
         d = h.nodes[n]
-        if d[ir.OP] == "conv":
+        if d[ir.OP] in OPS and OPS[d[ir.OP]].fold_target:
             d[ir.META]["fold"] = {"norm": None, "standardize_eps": ws_eps, "bias": bool(d[ir.ATTRS]["bias"])}
             continue
         conv = foldable_norm(g, n)
