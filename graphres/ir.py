@@ -165,13 +165,13 @@ def is_frozen(g: nx.DiGraph, stage: int | None) -> bool:
 def format_rf(rf: dict | None, compact: bool = False) -> str:
     """The text of a ``meta['rf']``: ``427``; ``global`` after a global pool; ``>= 427, deformable``
     downstream of a deformable conv, whose field depends on the data (the number is the regular
-    grid's field, a lower bound, never presented as exact); ``compact``: ``>=427 dcn``."""
+    grid's field, a lower bound, never presented as exact); ``compact``: ``>=427``."""
     if not rf:
         return ""
     if rf.get("size") is None:
         return "global"
     if rf.get("deformable"):
-        return f">={rf['size']} dcn" if compact else f">= {rf['size']}, deformable"
+        return f">={rf['size']}" if compact else f">= {rf['size']}, deformable"
     return str(rf["size"])
 
 

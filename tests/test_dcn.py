@@ -337,9 +337,9 @@ def test_receptive_field_is_shown_as_a_lower_bound(tmp_path):
     assert ir.format_rf(g.graph["stages"][3]["rf"]) == ">= 427, deformable"
     assert ir.format_rf(g.graph["stages"][0]["rf"]) == "35"
     text = format_info(g)
-    assert "layer4   3 bottleneck x3 2048x7x7       32   1 >=427 dcn" in text
-    assert ">=N dcn: after a deformable conv the field depends on its offsets; N (zero offsets) is a lower bound" \
-        in text
+    assert "layer4   3 bottleneck x3 2048x7x7       32   1 >=427" in text
+    assert "RF >=N: deformable; after a deformable conv the field depends on its offsets,\nand N, its field at " \
+        "zero offsets, is a lower bound" in text
     rows = info_dict(g)["rows"]
     assert [r["receptive_field"].get("deformable", False) for r in rows] == [False, False, False, True, True, True]
     assert "receptive field >= 427, deformable" in to_dot(g, level="stage")

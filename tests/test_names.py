@@ -17,7 +17,7 @@ from graphres.spec.names import shipped_names
 
 from conftest import ROOT, run_cli
 
-NAMES = ["deeplabv3_r50_d8", "mmdet_faster_rcnn_r50", "resnet101", "resnet101_v1d", "resnet152", "resnet18",
+NAMES = ["deeplabv3_r50_d8", "mmdet_faster_rcnn_r50", "mmdet_faster_rcnn_r50_dcn", "res2net50_26w_4s", "resnet101", "resnet101_v1d", "resnet152", "resnet18",
          "resnet34", "resnet50", "resnet50_caffe", "resnet50_classifier", "resnet50_os8", "resnet50_v1c",
          "resnet50_v1d", "resnext101_32x8d", "resnext50_32x4d", "se_resnet18", "se_resnet50", "wide_resnet50_2"]
 HINT = ("did you mean 'resnet50'? shipped specs: " + ", ".join(NAMES) + " (graphres list)")
@@ -208,14 +208,14 @@ def test_cli_list(tmp_path):
     r = run_cli("list", cwd=tmp_path, env=env())
     assert (r.returncode, r.stderr) == (0, "")
     lines = r.stdout.splitlines()
-    assert lines[0] == "spec                   parameters MACs at 224x224 stride  outputs"
+    assert lines[0] == "spec                       parameters MACs at 224x224 stride  outputs"
     assert [line.split()[0] for line in lines[1:1 + len(NAMES)]] == NAMES
-    assert "resnet50               23,508,032   4,087,136,256     32  256, 512, 1024, 2048 ch" in lines
-    assert "resnet50_os8           23,508,032  19,077,316,608      8  256, 512, 1024, 2048 ch" in lines
-    assert "resnet50_classifier    25,557,032   4,089,184,256     32  logits" in lines
-    assert "resnet18               11,176,512   1,813,561,344     32  64, 128, 256, 512 ch" in lines
+    assert "resnet50                   23,508,032   4,087,136,256     32  256, 512, 1024, 2048 ch" in lines
+    assert "resnet50_os8               23,508,032  19,077,316,608      8  256, 512, 1024, 2048 ch" in lines
+    assert "resnet50_classifier        25,557,032   4,089,184,256     32  logits" in lines
+    assert "resnet18                   11,176,512   1,813,561,344     32  64, 128, 256, 512 ch" in lines
     assert lines[1 + len(NAMES):] == [
-        "", "18 shipped specs (graphres/specs/): name one where a SPEC path goes, e.g. graphres info resnet50;",
+        "", "20 shipped specs (graphres/specs/): name one where a SPEC path goes, e.g. graphres info resnet50;",
         "a local file of that name wins. MACs: multiply-accumulates at 224x224."]
 
 

@@ -235,10 +235,10 @@ def format_info(g: nx.DiGraph, level: str = "stage", color: bool = False, source
     if marks:
         notes.append("out: feature output index")
     notes.append("RF: receptive field in pixels")
-    if any(r["receptive_field"].get("deformable") for r in table):
-        notes.append(">=N dcn: after a deformable conv the field depends on its offsets; N (zero offsets) "
-                     "is a lower bound")
     lines.append("; ".join(notes))
+    if any(r["receptive_field"].get("deformable") for r in table):
+        lines.append("RF >=N: deformable; after a deformable conv the field depends on its offsets,")
+        lines.append("and N, its field at zero offsets, is a lower bound")
     lines.append("")
     frozen_txt = f" (trainable {_commas(t['trainable_params'])}, frozen {_commas(t['frozen_params'])})" \
         if t["frozen_params"] else " (all trainable)"

@@ -164,6 +164,7 @@ def model_parity(det, seg) -> None:
             with torch.no_grad():
                 a, b = mm(x), gr(x)
             d_eval = max((u - v).abs().max().item() for u, v in zip(a, b))
+            r_eval = max(((u - v).abs().max() / u.abs().max()).item() for u, v in zip(a, b))
             mm.train(), gr.train()
             with torch.no_grad():
                 a, b = mm(x), gr(x)
@@ -179,7 +180,8 @@ def model_parity(det, seg) -> None:
             gb = torch.autograd.grad(lb, [x64] + [p for p in g64.parameters() if p.requires_grad])
             rel = max(((u - v).abs().max() / (u.abs().max() + 1e-30)).item() for u, v in zip(ga, gb))
             frozen_same = [p.requires_grad for p in mm.parameters()] == [p.requires_grad for p in gr.parameters()]
-            print(f"   {path_name:11s} eval max|d| {d_eval:.3e}, train max|d| {d_train:.3e}, float64 grads "
+            print(f"   {path_name:11s} eval max|d| {d_eval:.3e} (relative to max|out| {r_eval:.1e}), "
+                  f"train max|d| {d_train:.3e}, float64 grads "
                   f"max rel {rel:.3e} ({len(ga)} tensors), requires_grad flags {'equal' if frozen_same else 'DIFFER'}")
         DeformConv2d.use_torchvision = True
     print()
