@@ -160,7 +160,18 @@ def _fake_mmengine(monkeypatch):
     return made
 
 
-def test_mmengine_runner_checkpoint_loads_safely(tmp_path, r18, write_spec, monkeypatch):
+@pytest.fixture
+def without_mmengine():
+    """The real mmengine (installed for tests/test_openmmlab.py, maybe imported by an earlier test)
+    taken out of sys.modules for the test, and put back after."""
+    real = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "mmengine" or k.startswith("mmengine.")}
+    yield
+    for k in [k for k in sys.modules if k == "mmengine" or k.startswith("mmengine.")]:
+        del sys.modules[k]
+    sys.modules.update(real)
+
+
+def test_mmengine_runner_checkpoint_loads_safely(tmp_path, r18, write_spec, monkeypatch, without_mmengine):
     fake = _fake_mmengine(monkeypatch)
     buffer = fake["HistoryBuffer"]()
     buffer.max_length = 1000000

@@ -113,7 +113,8 @@ def test_build_refuses_before_allocating(monkeypatch):
     monkeypatch.delenv("GRAPHRES_MAX_MEMORY", raising=False)
     allocated = []
     import graphres.backends.torch_module as tm
-    monkeypatch.setattr(tm, "build_module", lambda g: allocated.append(g))
+    real_build_module = tm.build_module
+    monkeypatch.setattr(tm, "build_module", lambda g, **kw: allocated.append(g) or real_build_module(g, **kw))
     with pytest.raises(SpecError) as e:
         graphres.build(spec, max_memory="100K")
     assert [d.message for d in e.value.diagnostics] == [
@@ -123,6 +124,7 @@ def test_build_refuses_before_allocating(monkeypatch):
     with pytest.raises(SpecError, match="over the 1000 B of memory available on this machine"):
         graphres.build(spec)
     graphres.build(spec, max_memory="unlimited")
+    assert len(allocated) == 1
     assert len(allocated) == 1
 
 

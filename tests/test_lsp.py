@@ -223,10 +223,11 @@ def test_completion(tmp_path):
         await s.diagnostics(uri)
         assert await s.complete(uri, 0, 13) == ["BN", "SyncBN", "FrozenBN", "GN", "IN", "BN2d", "IN2d"]
         assert await s.complete(uri, 2, 12) == ["basic", "bottleneck", "mine"]
-        assert await s.complete(uri, 3, 30) == ["planes", "stride", "dilation", "frozen", "style", "avg_down"]
+        assert await s.complete(uri, 3, 30) == ["planes", "stride", "dilation", "frozen", "plugins", "plugin_mode",
+                                                 "style", "avg_down"]
         assert await s.complete(uri, 8, 13) == ["conv", "norm", "act", "maxpool", "avgpool", "global_avgpool",
                                                 "add", "mul", "concat", "linear"] + list(OPS)[10:]  # then new ops
-        assert await s.complete(uri, 9, 19) == ["name", "from", "when", "out", "kernel", "stride", "padding",
+        assert await s.complete(uri, 9, 19) == ["name", "from", "when", "init", "out", "kernel", "stride", "padding",
                                                 "dilation", "groups", "bias"]
         top = await s.complete(uri, 10, 0)
         assert top[:4] == ["graphres", "name", "input", "conv"] and "norm" not in top and "stages" not in top

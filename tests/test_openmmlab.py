@@ -31,7 +31,7 @@ def test_registry_builds_an_uninitialised_base_module():
 
 
 def test_config_with_custom_imports(tmp_path):
-    path = tmp_path / "cfg.py"
+    path = tmp_path / "graphres_registry_config.py"  # a name no other test imports (mmengine imports it)
     path.write_text(textwrap.dedent("""\
         custom_imports = dict(imports=['graphres.integrations.openmmlab'], allow_failed_imports=False)
         model = dict(type='GraphresBackbone', spec='resnet50', overrides=dict(out_indices=(1, 3)),

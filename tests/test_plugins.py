@@ -78,7 +78,7 @@ def bottleneck(block, x, plugins):
     out = run("after_conv1", block.relu(block.bn1(block.conv1(x))))
     out = run("after_conv2", block.relu(block.bn2(block.conv2(out))))
     out = run("after_conv3", block.bn3(block.conv3(out)))
-    identity = block.downsample(x) if hasattr(block, "downsample") else x
+    identity = block.downsample(x) if getattr(block, "downsample", None) is not None else x
     return block.relu(out + identity)
 
 

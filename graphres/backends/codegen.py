@@ -492,7 +492,8 @@ def generate(g: nx.DiGraph, standalone: bool = False) -> Generated:
                       "",
                       "Do not edit: change the spec and compile again. State-dict keys are graphres' (OpenMMLab's",
                       'and torchvision\'s ResNet layout)."""']
-    out += ["import dataclasses" if standalone else None, "import math" if standalone else None, "from typing import List, Optional, Tuple", "",
+    out += ["import dataclasses" if standalone else None, "import importlib" if standalone else None,
+            "import math" if standalone else None, "from typing import List, Optional, Tuple", "",
             "import torch"]
     if standalone:
         out += ["import torch.distributed as dist"] if "SyncBatchNorm2d" in runtime else []

@@ -43,12 +43,34 @@ def module_tensors(op: str, attrs: dict, in_ch: int, out_ch: int, norm: dict) ->
 
 
 def modules(g: nx.DiGraph) -> dict[str, str]:
-    """State-dict path -> the node that first calls it, in graph order (a module called again is one module)."""
-    out: dict[str, str] = {}
-    for n in ir.topological_order(g):
+    """State-dict path -> the node that first calls it, in the order torch's state dict lists them
+    (a module called again is one module): the generated code declares a block's modules in
+    lowering's declaration order (a plugin's after the block's own), then first use, and a
+    container's children follow the container's first child (``convs.0, convs.1, bns.0``)."""
+    order = ir.topological_order(g)
+    scope_rank: dict[str, int] = {}
+    for n in order:
+        scope_rank.setdefault(g.nodes[n][ir.SCOPE], len(scope_rank))
+    ranked = sorted(order, key=lambda n: (scope_rank[g.nodes[n][ir.SCOPE]], g.nodes[n].get(ir.DECL) or (0,)))
+    first: dict[str, str] = {}
+    tree: dict = {}
+    for n in ranked:
         module = g.nodes[n][ir.MODULE]
-        if module is not None and module not in out:
-            out[module] = n
+        if module is None or module in first:
+            continue
+        first[module] = n
+        node = tree
+        for part in module.split("."):
+            node = node.setdefault(part, {})
+    out: dict[str, str] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for part, child in node.items():
+            path = f"{prefix}{part}"
+            if path in first:
+                out[path] = first[path]
+            walk(child, path + ".")
+    walk(tree, "")
     return out
 
 

@@ -8,6 +8,7 @@ uses into a standalone ``.py`` file, so this module must import nothing but torc
 standard library.
 """
 import dataclasses
+import importlib
 import math
 from typing import List, Optional
 
@@ -472,8 +473,8 @@ class GraphresBackbone(nn.Module):
     def _load_pretrained(self, cfg: dict) -> None:
         """A Pretrained initialiser: graphres' checkpoint loader (layouts, model-zoo names, prefix);
         in a standalone file without graphres, a state dict in graphres' keys, loaded strictly."""
-        try:
-            from graphres.backends.checkpoint import load_checkpoint
+        try:  # graphres' loader where it is installed; a standalone file runs without it
+            load_checkpoint = importlib.import_module("graphres.backends.checkpoint").load_checkpoint
         except ImportError:
             state = torch.load(cfg["checkpoint"], map_location="cpu", weights_only=True)
             if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -187,6 +187,10 @@ def expand_shorthand(doc: Located, diags: DiagnosticBag) -> Located:
     for key in ("out_indices", "frozen_stages", "norm_eval", "with_cp", "zero_init_residual"):
         if r.has(at(key)):
             copy((key,), at(key))
+    if btype == "ResNeXt":
+        # mmdetection's ResNeXt never zero-initialises a block's last norm: ResNet's init_cfg
+        # override tests `block is Bottleneck`, and ResNeXt's Bottleneck is a subclass
+        put(("zero_init_residual",), False, at("zero_init_residual") if r.has(at("zero_init_residual")) else bb)
     if not r.has(at("norm_eval")):
         put(("norm_eval",), not mmseg, bb)  # mmdetection's default is true, mmsegmentation's false
     if r.has(at("norm_cfg")):
