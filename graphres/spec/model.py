@@ -532,6 +532,15 @@ def _stages(n: int) -> str:
     return f"{n} stage{'' if n == 1 else 's'}"
 
 
+def _check_zoo_name(r: Reader, path: Path, ckpt: str | None) -> None:
+    """E090 for a torchvision:// or open-mmlab:// name graphres does not know."""
+    if ckpt is not None and is_zoo_name(ckpt) and zoo_url(ckpt) is None:
+        names = known_names(ckpt)
+        r.diags.add("E090", f"'{ckpt}' is not a model-zoo name graphres knows ({ckpt.split('://')[0]}:// "
+                            f"has {len(names)} ResNet-family names)", r.span(path),
+                    did_you_mean(ckpt, names) or "give the checkpoint's file path instead")
+
+
 def _parse_init(r: Reader) -> dict[str, Any] | None:
     path = ("init",)
     init = r.get(path)
@@ -549,11 +558,7 @@ def _parse_init(r: Reader) -> dict[str, Any] | None:
                     r.doc.key_span(path + ("checkpoint",)), "use init: {type: pretrained, checkpoint: PATH}")
     if kind == "pretrained":
         ckpt = r.value(path + ("checkpoint",), str, what="init.checkpoint")
-        if ckpt is not None and is_zoo_name(ckpt) and zoo_url(ckpt) is None:
-            names = known_names(ckpt)
-            r.diags.add("E090", f"'{ckpt}' is not a model-zoo name graphres knows ({ckpt.split('://')[0]}:// "
-                                f"has {len(names)} ResNet-family names)", r.span(path + ("checkpoint",)),
-                        did_you_mean(ckpt, names) or "give the checkpoint's file path instead")
+        _check_zoo_name(r, path + ("checkpoint",), ckpt)
         prefix = r.value(path + ("prefix",), str, None, what="init.prefix")
         if prefix == "":
             r.diags.add("E014", "init.prefix is empty", r.span(path + ("prefix",)),
@@ -599,11 +604,7 @@ def _parse_init_list(r: Reader, path: Path, init: Any) -> dict[str, Any] | None:
         out: dict[str, Any] = {"type": kind}
         if kind == "pretrained":
             ckpt = r.value(ipath + ("checkpoint",), str, what="init checkpoint")
-            if ckpt is not None and is_zoo_name(ckpt) and zoo_url(ckpt) is None:
-                names = known_names(ckpt)
-                r.diags.add("E090", f"'{ckpt}' is not a model-zoo name graphres knows ({ckpt.split('://')[0]}:// "
-                                    f"has {len(names)} ResNet-family names)", r.span(ipath + ("checkpoint",)),
-                            did_you_mean(ckpt, names) or "give the checkpoint's file path instead")
+            _check_zoo_name(r, ipath + ("checkpoint",), ckpt)
             out["checkpoint"] = ckpt
             prefix = r.value(ipath + ("prefix",), str, None, what="init prefix")
             if prefix == "":
