@@ -36,6 +36,10 @@ class _Ctx:
     diags: DiagnosticBag
     gn_misfits: dict  # channels -> first norm layer whose channels GN's num_groups does not divide
     norm_channels: list  # the channels of every layer of the spec's norm type
+    added: list = field(default_factory=list)  # node ids in the order _emit adds them
+    # a block instance's lowering, by everything it depends on: the repeated blocks of a stage are
+    # lowered once and the rest copied (see _Template)
+    templates: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -97,12 +101,21 @@ def _lower_all(ctx: _Ctx) -> None:
             if "dilation" in block.params:
                 extra["dilation"] = dilations[b]
             scope = f"{stage.name}.{b}"
+            plugins, mode = getattr(stage, "plugins", ()), getattr(stage, "plugin_mode", "chain")
+            key = _template_key(block, stage.index, args, extra, ch, plugins, mode)
+            tpl = ctx.templates.get(key) if key is not None else None
+            if tpl is not None:
+                x, ch = tpl.stamp(ctx, scope, x)
+                continue
+            start, errors = len(ctx.added), len(ctx.diags.items)
             try:
+                x_in = x
                 x, ch = _lower_instance(ctx, block, scope, scope + ".", stage.index, args, extra, x, ch,
-                                        spec.doc.span(stage.path), f"stages[{stage.index}]",
-                                        getattr(stage, "plugins", ()), getattr(stage, "plugin_mode", "chain"))
+                                        spec.doc.span(stage.path), f"stages[{stage.index}]", plugins, mode)
             except _Abort:
                 return
+            if key is not None and len(ctx.diags.items) == errors:
+                ctx.templates[key] = _Template.record(ctx, scope, x_in, ctx.added[start:], x, ch)
         g.graph["stages"].append({"index": stage.index, "name": stage.name, "block": "/".join(stage.block_types),
                                   "blocks": stage.blocks, "input": stage_in, "output": x, "channels": ch,
                                   "dilations": dilations, "traded": first_stride is not None,
@@ -115,6 +128,73 @@ def _lower_all(ctx: _Ctx) -> None:
                                       "span": spec.doc.span(spec.out_index_paths.get(i, ("out_indices",)))})
     if spec.head is not None:
         _lower_head(ctx, x, ch)
+
+
+def _template_key(block: BlockDef, stage: int, args: dict[str, Arg], extra: dict, in_ch: int, plugins,
+                  mode: str) -> tuple | None:
+    """What a block instance's lowering depends on, or None when a value is not hashable."""
+    try:
+        key = (id(block), stage, tuple((k, _frozen(a.value)) for k, a in args.items()),
+               tuple((k, _frozen(v)) for k, v in extra.items()), in_ch, id(plugins), mode)
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return ("list",) + tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return ("dict",) + tuple((k, _frozen(v)) for k, v in value.items())
+    return value
+
+
+@dataclass
+class _Template:
+    """The lowering of one block instance, relative to its scope: the nodes (ids and module paths
+    without the scope's prefix, operands as the block's input or a relative id) with their
+    attributes. A later instance with the same key gets copies, in the same order, exactly what
+    lowering it again would give, without evaluating a single expression."""
+
+    nodes: list  # (relative id, node data without the per-instance fields, relative operands)
+    params: dict  # the block's evaluated parameters (G_BLOCK_PARAMS)
+    out: str  # relative id of the block's output
+    out_ch: int
+
+    PER_INSTANCE = (ir.OP, ir.ORDER, ir.INPUTS, ir.META, ir.SCOPE, ir.MODULE, ir.ATTRS)
+
+    @classmethod
+    def record(cls, ctx: _Ctx, scope: str, x: str, added: list[str], out: str, out_ch: int) -> "_Template | None":
+        prefix = scope + "."
+        nodes = []
+        for n in added:
+            d = ctx.g._node[n]
+            if not n.startswith(prefix) or d[ir.META] or d[ir.SCOPE] != scope:
+                return None
+            module = d[ir.MODULE]
+            if module is not None and not module.startswith(prefix):
+                return None
+            ins = []
+            for i in d[ir.INPUTS]:
+                if i != x and not i.startswith(prefix):
+                    return None
+                ins.append(None if i == x else i[len(prefix):])
+            fixed = {k: v for k, v in d.items() if k not in cls.PER_INSTANCE}
+            nodes.append((n[len(prefix):], d[ir.OP], fixed, dict(d[ir.ATTRS]),
+                          None if module is None else module[len(prefix):], tuple(ins)))
+        if not out.startswith(prefix):
+            return None
+        return cls(nodes, dict(ctx.g.graph[ir.G_BLOCK_PARAMS][scope]), out[len(prefix):], out_ch)
+
+    def stamp(self, ctx: _Ctx, scope: str, x: str) -> tuple[str, int]:
+        g, prefix = ctx.g, scope + "."
+        for rel, op, fixed, attrs, module, ins in self.nodes:
+            ir.add_node(g, prefix + rel, op, [x if i is None else prefix + i for i in ins], **fixed,
+                        **{ir.ATTRS: dict(attrs), ir.SCOPE: scope,
+                           ir.MODULE: None if module is None else prefix + module})
+        g.graph[ir.G_BLOCK_PARAMS][scope] = dict(self.params)
+        return prefix + self.out, self.out_ch
 
 
 def _path_stride(g: nx.DiGraph, node: str) -> int:
@@ -451,6 +531,7 @@ def _emit(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[
     if inst.block.modules:
         top = local.split(".")[0]
         decl += (inst.block.modules.index(top) if top in inst.block.modules else len(inst.block.modules),)
+    ctx.added.append(node_id)
     ir.add_node(g, node_id, layer.op, [n for n, _ in inputs], **{
         ir.INIT: layer.init, ir.DECL: decl,
         ir.ATTRS: attrs, ir.MODULE: module, ir.IN_CH: in_ch, ir.OUT_CH: out_ch, ir.SCOPE: inst.scope,

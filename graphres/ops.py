@@ -35,6 +35,9 @@ ACT_TYPES = ("relu", "relu6", "silu", "gelu", "leaky_relu", "hardswish", "sigmoi
 ACT_MODULES = {"relu": ("ReLU", True), "relu6": ("ReLU6", True), "silu": ("SiLU", True), "gelu": ("GELU", False),
                "leaky_relu": ("LeakyReLU", True), "hardswish": ("Hardswish", True), "sigmoid": ("Sigmoid", False),
                "hardsigmoid": ("Hardsigmoid", True)}
+# activations an inference build computes inside the conv before them (oneDNN post-ops, within
+# 1e-6 of torch's own); the others stay separate layers
+FUSED_ACTS = ("relu", "silu", "hardswish", "gelu")
 BYTES_PER_ELEMENT = 4  # float32
 
 REQUIRED = object()
@@ -136,6 +139,9 @@ class OpDef:
     # it, for these settings; a fold_target gains a bias and absorbs it
     folds: Callable[[Mapping], bool] = lambda settings: False
     fold_target: bool = False
+    # the inference build (passes/fold.py): the activation after it (one of FUSED_ACTS) and a
+    # two-operand residual sum it feeds are computed inside its layer (attrs fused_act, fused_residual)
+    fuse_target: bool = False
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -167,8 +173,21 @@ def _conv_normalize(a: dict) -> None:
         a["padding"] = a["dilation"] * (a["kernel"] - 1) // 2  # "same" for odd kernels
 
 
+_WINDOWS: dict[tuple, Window] = {}  # the few distinct windows of a spec, made once (a frozen dataclass is slow to build)
+
+
+def _window_of(kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool = False) -> Window:
+    key = (kernel, stride, padding, dilation, ceil_mode)
+    w = _WINDOWS.get(key)
+    if w is None:
+        if len(_WINDOWS) > 4096:
+            _WINDOWS.clear()
+        w = _WINDOWS[key] = Window(kernel, stride, padding, dilation, ceil_mode)
+    return w
+
+
 def _conv_window(a: dict) -> Window:
-    return Window(a["kernel"], a["stride"], a["padding"], a["dilation"])
+    return _window_of(a["kernel"], a["stride"], a["padding"], a["dilation"])
 
 
 def _conv_check_channels(a: dict, inputs: Sequence[tuple[str, int]], settings: Mapping):
@@ -220,6 +239,9 @@ def _conv_torch(a: dict, in_ch: int, out_ch: int, settings: Mapping, inplace: bo
     if _conv_ws(settings):
         eps = (settings.get("conv") or {}).get("eps", 1e-5)
         return f"ConvWS2d({', '.join(args)}{'' if eps == 1e-5 else f', eps={eps!r}'})"
+    if "fused_act" in a:  # the inference build's fused layer (passes/fold.py decided)
+        args += [f"act={a['fused_act']!r}", f"residual={a['fused_residual']}"]
+        return f"FusedConv2d({', '.join(args)})"
     return f"nn.Conv2d({', '.join(args)})"
 
 
@@ -324,7 +346,7 @@ def _pool_check_run(name: str) -> Callable:
 
 
 def _pool_window(a: dict) -> Window:
-    return Window(a["kernel"], a["stride"], a["padding"], 1, a["ceil_mode"])
+    return _window_of(a["kernel"], a["stride"], a["padding"], 1, a["ceil_mode"])
 
 
 def _pool_torch(cls: str) -> Callable[..., str]:
@@ -645,14 +667,16 @@ OPS: dict[str, OpDef] = {
         OpDef("conv", "2-d convolution (bias off by default, padding defaults to dilation * (kernel - 1) // 2)",
               {"out": REQUIRED, "kernel": REQUIRED, "stride": 1, "padding": None, "dilation": 1, "groups": 1,
                "bias": False},
-              TorchEmit(module=_conv_torch, needs=lambda s: ("ConvWS2d",) if _conv_ws(s) else (),
-                        defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1}),
+              TorchEmit(module=_conv_torch,
+                        needs=lambda s: (("ConvWS2d",) if _conv_ws(s) else ()) + (("FusedConv2d",) if s.get("fused") else ()),
+                        defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "act": "none",
+                                  "residual": False}),
               label=lambda a, s, compact: _window_label("conv", a, compact),
               int_min={"out": 1, "kernel": 1, "stride": 1, "dilation": 1, "groups": 1, "padding": 0},
               normalize=_conv_normalize, channels=lambda a, chs: a["out"], check_channels=_conv_check_channels,
               spatial=lambda a, shapes: _window_hw(_conv_window(a), shapes[0], pool=False),
               params=_conv_params, macs=_conv_macs, window=_conv_window, overwritable=True,
-              scratch=_conv_scratch, unique_name=True, label_channels=True, check_run=_conv_check_run, fold_target=True,
+              scratch=_conv_scratch, unique_name=True, label_channels=True, check_run=_conv_check_run, fold_target=True, fuse_target=True,
               tensors=lambda a, i, o, s: {"weight": (o, i // a["groups"], a["kernel"], a["kernel"])}
               | ({"bias": (o,)} if a["bias"] else {})),
         OpDef("norm", "the spec's normalisation layer over the input channels (BN, SyncBN, GN or IN)",

@@ -49,13 +49,19 @@ def gc_paused() -> Iterator[None]:
     Compiling allocates hundreds of thousands of objects that all stay alive (the IR's dicts, the
     modules), so each of the collector's passes over them finds nothing and costs more the larger
     the spec; at 5,000 blocks they took a third of the build. Nesting is fine: only the outermost
-    use turns the collector back on (and only if it was on)."""
+    use turns the collector back on (and only if it was on).
+
+    On the way out the objects made meanwhile, still in the youngest generation, are moved to the
+    oldest (``gc.freeze()`` then ``gc.unfreeze()``, no traversal): otherwise the first collection
+    after it would walk them all at once, only to find them alive."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was_enabled:
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 

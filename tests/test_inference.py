@@ -132,10 +132,19 @@ def test_folds_every_bn_into_its_conv_and_keeps_gn():
     assert folded.nodes["layer1.0.conv1"][ir.META]["fold"] == {"norm": "layer1.0.bn1", "standardize_eps": None,
                                                                "bias": False}
     assert folded.nodes["layer1.0.conv1"][ir.ATTRS]["bias"] is True
-    # readers of a folded norm read the conv, on the same port
-    assert ir.inputs_of(folded, "layer1.0.relu") == ["layer1.0.conv1"]
-    assert ir.inputs_of(folded, "layer1.0.add") == ["layer1.0.conv3", "layer1.0.downsample.0"]
-    assert folded.edges["layer1.0.downsample.0", "layer1.0.add"][ir.PORT] == 1
+    # the ReLU after each conv, and the residual sum with the ReLU after it, fuse into the conv:
+    # no act and no add node is left; conv3 reads the shortcut on port 1
+    assert [n for n in folded if folded.nodes[n][ir.OP] in ("act", "add")] == []
+    assert {k: folded.nodes["layer1.0.conv1"][ir.ATTRS][k] for k in ("fused_act", "fused_residual")} == {
+        "fused_act": "relu", "fused_residual": False}
+    assert {k: folded.nodes["layer1.0.conv3"][ir.ATTRS][k] for k in ("fused_act", "fused_residual")} == {
+        "fused_act": "relu", "fused_residual": True}
+    assert {k: folded.nodes["layer1.0.downsample.0"][ir.ATTRS][k] for k in ("fused_act", "fused_residual")} == {
+        "fused_act": "none", "fused_residual": False}
+    assert ir.inputs_of(folded, "layer1.0.conv2") == ["layer1.0.conv1"]
+    assert ir.inputs_of(folded, "layer1.0.conv3") == ["layer1.0.conv2", "layer1.0.downsample.0"]
+    assert folded.edges["layer1.0.downsample.0", "layer1.0.conv3"][ir.PORT] == 1
+    assert ir.inputs_of(folded, "layer1.1.conv3") == ["layer1.1.conv2", "layer1.0.conv3"]
     for n in folded:
         assert [s for s, _ in sorted(folded.in_edges(n), key=lambda e: folded.edges[e][ir.PORT])] == \
             ir.inputs_of(folded, n)
@@ -151,15 +160,15 @@ def test_folds_every_bn_into_its_conv_and_keeps_gn():
 
 def test_deep_stem_stays_a_sequential():
     folded = fold_for_inference(graphres.compile_spec("resnet50_v1d").graph)
-    assert folded.graph["renamed"] == {"stem.1": "stem.2", "stem.2": "stem.3", "stem.3": "stem.5", "stem.4": "stem.6",
-                                       "stem.5": "stem.8"}
+    # conv, bn, relu x 3: the norms fold and the ReLUs fuse, so three convs close the gaps
+    assert folded.graph["renamed"] == {"stem.1": "stem.3", "stem.2": "stem.6"}
     assert {k: v for k, v in folded.graph[G_FOLDED].items() if k.startswith("stem")} == {
-        "stem.0": "stem.1", "stem.2": "stem.4", "stem.4": "stem.7"}
+        "stem.0": "stem.1", "stem.1": "stem.4", "stem.2": "stem.7"}
     net = graphres.build("resnet50_v1d", inference=True)
     assert isinstance(net.stem, nn.Sequential)
-    assert [type(m).__name__ for m in net.stem] == ["Conv2d", "ReLU"] * 3
+    assert [(type(m).__name__, m.act) for m in net.stem] == [("FusedConv2d", "relu")] * 3
     assert [k for k in net.state_dict() if k.startswith(("stem.", "layer1.0.downsample."))] == [
-        "stem.0.weight", "stem.0.bias", "stem.2.weight", "stem.2.bias", "stem.4.weight", "stem.4.bias",
+        "stem.0.weight", "stem.0.bias", "stem.1.weight", "stem.1.bias", "stem.2.weight", "stem.2.bias",
         "layer1.0.downsample.1.weight", "layer1.0.downsample.1.bias"]
 
 
@@ -219,7 +228,7 @@ def test_compile_py_runs_without_graphres(tmp_path):
     assert "import graphres" not in source and "from graphres" not in source
     # the same network, with the inference build's state dict, in a process where graphres cannot be imported
     torch.manual_seed(0)
-    compiled, model, net = eval_and_inference("resnet18", memory_format="contiguous")
+    compiled, model, net = eval_and_inference("resnet18")  # the default build: oneDNN kernels on both sides
     torch.save(net.state_dict(), tmp_path / "folded.pth")
     x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
     torch.save(x, tmp_path / "x.pt")
@@ -275,3 +284,91 @@ def test_compiled_build_runs_and_matches(write_spec, tmp_path):
         memory_format=torch.channels_last)
     assert_close(outputs(model, x), outputs(net, x), rtol=1e-4)
     assert (tmp_path / "inductor").is_dir()
+
+
+# -- the fused conv (FusedConv2d): oneDNN's kernel on the CPU, torch's conv elsewhere ------------------
+
+def _reference(conv, x, residual, act):
+    y = nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if residual is not None:
+        y = y + residual
+    return {"none": lambda t: t, "relu": torch.relu, "silu": nn.functional.silu,
+            "hardswish": nn.functional.hardswish, "gelu": nn.functional.gelu}[act](y)
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "silu", "hardswish", "gelu"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("groups,dilation,stride", [(1, 1, 1), (4, 1, 2), (1, 2, 1)])
+def test_fused_conv_matches_conv_sum_and_activation(act, residual, groups, dilation, stride):
+    from graphres.backends.runtime import FusedConv2d
+    g = torch.Generator().manual_seed(11)
+    conv = FusedConv2d(16, 32, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=True,
+                       act=act, residual=residual).requires_grad_(False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.1)
+        conv.bias.copy_(torch.randn(32, generator=g))
+    x = torch.randn(2, 16, 15, 17, generator=g)
+    r = torch.randn(2, 32, (15 - 1) // stride + 1, (17 - 1) // stride + 1, generator=g) if residual else None
+    expected = _reference(conv, x, r, act)
+    with torch.inference_mode():
+        fast = conv(x, r) if residual else conv(x)
+    assert conv._packed is not None  # the oneDNN path ran, with the reordered weight kept
+    conv.prepack = False
+    slow = conv(x, r) if residual else conv(x)
+    for got in (fast, slow):
+        assert got.shape == expected.shape
+        assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-6
+
+
+def test_fused_conv_follows_weight_changes_and_autograd():
+    from graphres.backends.runtime import FusedConv2d
+    conv = FusedConv2d(8, 8, 1, bias=True, act="relu").requires_grad_(False)
+    x = torch.randn(1, 8, 5, 5, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = conv(x)
+        conv.weight.mul_(-1)  # in place: the kept oneDNN weight is stale and re-made
+        after = conv(x)
+    assert float((after - _reference(conv, x, None, "relu")).abs().max()) <= 1e-6
+    assert not torch.allclose(before, after)
+    conv.load_state_dict({"weight": torch.ones(8, 8, 1, 1), "bias": torch.zeros(8)})
+    with torch.no_grad():
+        assert torch.allclose(conv(x), torch.relu(x.sum(1, keepdim=True)).expand(1, 8, 5, 5))
+    # an input that needs its gradient takes torch's conv (oneDNN's fused op has no backward)
+    xg = x.clone().requires_grad_(True)
+    conv(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.shape == x.shape
+    # float64 takes torch's conv as well
+    d = copy.deepcopy(conv).double()
+    assert d._packed is None and d(x.double()).dtype == torch.float64
+
+
+def test_inference_build_copies_pickles_and_scripts(tmp_path):
+    net = graphres.build("resnet18", inference=True)
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(9))
+    expected = outputs(net, x)  # the oneDNN weights now kept in every conv
+    twin = copy.deepcopy(net)
+    assert all(m._packed is None for m in twin.modules() if hasattr(m, "_packed"))
+    torch.save(net, tmp_path / "net.pt")
+    loaded = torch.load(tmp_path / "net.pt", weights_only=False)
+    scripted = torch.jit.script(net)
+    for other in (twin, loaded, scripted):
+        for a, b in zip(expected, outputs(other, x)):
+            assert float((a - b).abs().max() / a.abs().max()) <= 1e-6
+
+
+def test_contiguous_build_gives_contiguous_outputs():
+    net = graphres.build("resnet18", inference=True, memory_format="contiguous")
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(10))
+    assert all(t.is_contiguous() for t in outputs(net, x))
+    assert all(not m.prepack for m in net.modules() if hasattr(m, "prepack"))
+
+
+def test_activations_oneDNN_cannot_fuse_stay_layers():
+    folded = fold_for_inference(graphres.compile_spec("resnet18", ["act=leaky_relu"]).graph)
+    acts = [n for n in folded if folded.nodes[n][ir.OP] == "act"]
+    assert len(acts) == 17  # the stem's and two per block: none fused
+    assert folded.nodes["layer1.0.conv2"][ir.ATTRS]["fused_act"] == "none"
+    assert folded.nodes["layer1.0.conv2"][ir.ATTRS]["fused_residual"] is True  # the sum still fuses
+    _, model, net = eval_and_inference("resnet18", ["act=leaky_relu"])
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(12))
+    assert_close(outputs(model, x), outputs(net, x))

@@ -204,7 +204,8 @@ def _chains(g: nx.DiGraph, nodes: list[str], prefix: str) -> dict[str, tuple[str
         numbers = [int(g.nodes[m][ir.MODULE].rsplit(".", 1)[1]) for m in members]
         if numbers != list(range(len(members))):
             continue
-        chained = all(ir.inputs_of(g, b) == [a] and g.out_degree(a) == 1 for a, b in zip(members, members[1:]))
+        chained = len(ir.inputs_of(g, members[0])) == 1 and all(
+            ir.inputs_of(g, b) == [a] and g.out_degree(a) == 1 for a, b in zip(members, members[1:]))
         if chained:
             out[members[0]] = (container, members)
     return out

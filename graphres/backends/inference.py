@@ -7,9 +7,12 @@ real tensors, in float64, then casts to the weights' dtype:
     w' = standardize(w) * gamma / sqrt(var + eps)          (standardize only for ConvWS)
     b' = (b - mean) * gamma / sqrt(var + eps) + beta        (b = 0 for a conv without a bias)
 
-The network class is generated from the folded IR (``codegen`` reads it like any other), built on
-the meta device (nothing is initialised twice) and given the folded tensors. Then, optionally,
-the weights go to ``channels_last`` and the module is compiled with inductor's freezing.
+The network class is generated from the folded IR (``codegen`` reads it like any other; the
+convs with the activation and residual sum the pass fused into them are ``FusedConv2d``), built
+on the meta device (nothing is initialised twice) and given the folded tensors. Then the weights
+go to ``channels_last`` (the default; a ``contiguous`` build keeps torch's own conv kernels
+instead of oneDNN's fused ones, whose outputs are channels_last) and, optionally, the module is
+compiled with inductor's freezing.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from torch import nn
 
 from .. import ir
 from ..passes.fold import G_RENAMED, fold_for_inference
-from .runtime import GraphresInference
+from .runtime import FusedConv2d, GraphresInference
 from .torch_module import _network_class
 from .codegen import generate
 
@@ -110,6 +113,10 @@ def build_inference(g: nx.DiGraph, model: nn.Module, memory_format: Any = None, 
     net.memory_format = "channels_last" if fmt == torch.channels_last else "contiguous"
     if fmt == torch.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    else:  # oneDNN's fused kernels write channels_last outputs: a contiguous build keeps torch's convs
+        for m in net.modules():
+            if isinstance(m, FusedConv2d):
+                m.prepack = False
     if hasattr(model, "load_report"):
         net.load_report = model.load_report
     net.compile_seconds = None

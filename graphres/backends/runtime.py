@@ -57,6 +57,96 @@ class ConvWS2d(nn.Conv2d):
         return self._conv_forward(x, (w - mean) / (std + self.eps), self.bias)
 
 
+class FusedConv2d(nn.Conv2d):
+    """The inference build's convolution: ``act(conv(x) + residual)`` in one layer, the norm after
+    it already folded into its weight and bias. ``act`` is ``"none"``, ``"relu"``, ``"silu"``,
+    ``"hardswish"`` or ``"gelu"``; ``residual`` says whether ``forward`` takes the residual
+    operand. The state dict is an ``nn.Conv2d``'s.
+
+    On the CPU, for float32 tensors that need no gradient, it runs on oneDNN's fused kernel
+    (``torch.ops.mkldnn._convolution_pointwise``) with the weight reordered once into oneDNN's
+    blocked layout and kept (re-made when the weight changes: ``.to()``, ``load_state_dict``), the
+    sum and the activation done inside the kernel; its outputs are channels_last. Elsewhere (CUDA,
+    other dtypes, autograd, TorchScript, torch.compile and torch.export, which fuse by
+    themselves, or ``prepack = False``) it is ``conv2d``, ``+`` and the activation."""
+
+    __jit_ignored_attributes__ = ["_packed"]
+
+    def __init__(self, *args, act: str = "none", residual: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if act not in ("none", "relu", "silu", "hardswish", "gelu"):
+            raise ValueError(f"FusedConv2d: unknown act {act!r}")
+        self.act = act
+        self.residual = residual
+        self.prepack = True
+        self._packed = None
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", act={self.act!r}" + (", residual=True" if self.residual else "")
+
+    def __getstate__(self):  # the oneDNN weight is a cache: not pickled, not deep-copied
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self._onednn(x, residual):
+                return self._onednn_forward(x, residual)
+        y = self._conv_forward(x, self.weight, self.bias)
+        if residual is not None:
+            y = y + residual
+        if self.act == "relu":
+            y = torch.relu_(y)
+        elif self.act == "silu":
+            y = nn.functional.silu(y, inplace=True)
+        elif self.act == "hardswish":
+            y = nn.functional.hardswish(y, inplace=True)
+        elif self.act == "gelu":
+            y = nn.functional.gelu(y)
+        return y
+
+    @torch.jit.unused
+    def _onednn(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+        if torch.compiler.is_compiling() or not self.prepack or not isinstance(x, torch.Tensor):
+            return False
+        w = self.weight
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+                and x.dim() == 4 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
+                                                      or (residual is not None and residual.requires_grad))))
+
+    @torch.jit.unused
+    def _onednn_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
+        w = self.weight
+        key = (w.data_ptr(), w._version, tuple(w.shape))
+        if self._packed is None or self._packed[0] != key:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                w.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape))
+            self._packed = (key, packed)
+        packed = self._packed[1]
+        bias = self.bias.detach() if self.bias is not None else None
+        act = {"none": None, "relu": "relu", "silu": "swish", "hardswish": "hardswish", "gelu": "gelu"}[self.act]
+        algorithm = "none" if act == "gelu" else ""  # exact (erf) GELU, as nn.GELU()
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, packed, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
+                act or "none", [], algorithm)
+        post = act if act == "relu" else None  # oneDNN's sum takes ReLU alone after it
+        y = torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, packed, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
+            "add", None, post, [], None)
+        if act is not None and post is None:
+            if self.act == "silu":
+                y = nn.functional.silu(y, inplace=True)
+            elif self.act == "hardswish":
+                y = nn.functional.hardswish(y, inplace=True)
+            else:
+                y = nn.functional.gelu(y)
+        return y
+
+
 class FrozenBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose affine parameters do not train and whose statistics never update: it always
     normalises with the stored running statistics, in train mode too (detectron2's FrozenBN).

@@ -74,7 +74,7 @@ def _receptive_fields(g: nx.DiGraph, order: list[str]) -> None:
             jumps[n] = 1
             deformable[n] = False
         else:
-            srcs = ir.inputs_of(g, n)
+            srcs = d[ir.INPUTS]
             deformable[n] = OPS[op].data_dependent_rf or any(deformable[x] for x in srcs)
             jump = jumps[srcs[0]]
             opdef = OPS[op]
@@ -118,7 +118,7 @@ def _formulas(g: nx.DiGraph, order: list[str]) -> None:
         if op == "input":
             f = (0, 1)
         else:
-            f = g._node[ir.inputs_of(g, n)[0]][ir.META]["formula"]
+            f = g._node[d[ir.INPUTS][0]][ir.META]["formula"]
             w = OPS[op].window(a)
             if OPS[op].global_pool:
                 f = None
@@ -203,10 +203,10 @@ def _may_overwrite(g: nx.DiGraph, n: str) -> bool:
     d = g._node[n]
     if d[ir.OP] not in OPS or not OPS[d[ir.OP]].in_place(d[ir.ATTRS]):
         return False
-    first = ir.inputs_of(g, n)[0]
+    first = d[ir.INPUTS][0]
     f = g._node[first]
     return (f[ir.OP] in OPS and OPS[f[ir.OP]].overwritable and f[ir.SCOPE] == d[ir.SCOPE]
-            and g.out_degree(first) == 1)
+            and len(g._succ[first]) == 1)
 
 
 def _in_place_nodes(g: nx.DiGraph, order: list[str]) -> set[str]:
@@ -252,9 +252,12 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     pos = {n: i for i, n in enumerate(order)}
     end = len(order)
     last = {n: pos[n] for n in order}
+    nodes = g._node
     for n in order:
-        for s in ir.inputs_of(g, n):
-            last[s] = max(last[s], pos[n])
+        p = pos[n]
+        for s in nodes[n][ir.INPUTS]:
+            if last[s] < p:
+                last[s] = p
     # the caller holds a block's input until the block returns
     scope_end: dict[str, int] = {}
     stage_end: dict[int, int] = {}
@@ -262,9 +265,10 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
         scope_end[g._node[n][ir.SCOPE]] = pos[n]
         stage_end[g._node[n][ir.STAGE]] = pos[n]
     for n in order:
-        for succ in g.successors(n):
-            sc = g._node[succ][ir.SCOPE]
-            if sc != g._node[n][ir.SCOPE]:
+        own = nodes[n][ir.SCOPE]
+        for succ in g._succ[n]:
+            sc = nodes[succ][ir.SCOPE]
+            if sc != own:
                 last[n] = max(last[n], scope_end[sc])
     # and forward() holds a stage's input until the stage (an nn.Sequential of blocks) returns
     for st in g.graph.get("stages", []):
@@ -276,7 +280,7 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     # an in-place node shares its operand's storage: the storage lives as long as either
     owner = {}
     for n in order:
-        owner[n] = owner[ir.inputs_of(g, n)[0]] if g._node[n][ir.META].get("in_place") else n
+        owner[n] = owner[nodes[n][ir.INPUTS][0]] if nodes[n][ir.META].get("in_place") else n
     free_at: dict[str, int] = {}
     for n in order:
         o = owner[n]

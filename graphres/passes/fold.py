@@ -25,10 +25,11 @@ import copy
 import networkx as nx
 
 from .. import ir
-from ..ops import OPS
+from ..ops import FUSED_ACTS, OPS
 
 G_INFERENCE = "inference"  # the graph is an eval-only copy made by fold_for_inference
 G_FOLDED = "folded"  # conv module path -> the norm module path folded into it
+G_FUSED = "fused"  # the convs carry fused_act / fused_residual (codegen emits FusedConv2d)
 G_RENAMED = "renamed"  # module path in the copy -> its path in the analysed graph, where they differ
 
 
@@ -64,11 +65,13 @@ def fold_for_inference(g: nx.DiGraph) -> nx.DiGraph:
         c[ir.ATTRS] = {**c[ir.ATTRS], "bias": True}
         folded[c[ir.MODULE]] = d[ir.MODULE]
         _bypass(h, n, conv)
+    _fuse(h)
     renamed = _renumber(h)
     folded = {renamed.get(c, c): n for c, n in folded.items()}
     if ws_eps is not None:
         h.graph[ir.G_CONV] = {**conv_settings, "type": "Conv2d"}
     h.graph[G_INFERENCE] = True
+    h.graph[G_FUSED] = True
     h.graph[G_FOLDED] = folded
     h.graph[G_RENAMED] = {new: old for old, new in renamed.items()}
     h.graph[ir.G_FROZEN_MODULES] = ()
@@ -76,6 +79,42 @@ def fold_for_inference(g: nx.DiGraph) -> nx.DiGraph:
     h.graph[ir.G_NORM_EVAL] = False
     h.graph[ir.G_WITH_CP] = False
     return h
+
+
+def _fuse(h: nx.DiGraph) -> None:
+    """Fuse into each conv (a ``fuse_target`` op with a module) the two-operand residual sum it
+    alone feeds, then the activation (one of :data:`~graphres.ops.FUSED_ACTS`) that alone reads
+    the result: ``relu(bn3(conv3(y)) + identity)`` becomes one layer, ``conv3(y, identity)``. The
+    conv's attributes record it (``fused_act``: the activation or ``"none"``, ``fused_residual``);
+    the sum and the activation nodes are removed and their readers read the conv."""
+    for n in list(ir.topological_order(h)):
+        if n not in h or h.nodes[n][ir.OP] not in OPS:
+            continue
+        d = h.nodes[n]
+        if not OPS[d[ir.OP]].fuse_target or d[ir.MODULE] is None:
+            continue
+        fused = {"fused_act": "none", "fused_residual": False}
+        reader = _only_reader(h, n)
+        if reader is not None and h.nodes[reader][ir.OP] == "add" and len(h.nodes[reader][ir.INPUTS]) == 2:
+            (other,) = [x for x in h.nodes[reader][ir.INPUTS] if x != n] or [None]
+            if other is not None and other not in d[ir.INPUTS]:
+                d[ir.INPUTS] = tuple(d[ir.INPUTS]) + (other,)
+                h.add_edge(other, n, **{ir.PORT: len(d[ir.INPUTS]) - 1})
+                _bypass(h, reader, n)
+                fused["fused_residual"] = True
+                reader = _only_reader(h, n)
+        if reader is not None and h.nodes[reader][ir.OP] == "act" and h.nodes[reader][ir.ATTRS]["type"] in FUSED_ACTS:
+            fused["fused_act"] = h.nodes[reader][ir.ATTRS]["type"]
+            _bypass(h, reader, n)
+        d[ir.ATTRS] = {**d[ir.ATTRS], **fused}
+
+
+def _only_reader(h: nx.DiGraph, n: str) -> str | None:
+    """The one node that reads ``n``, or None (no reader, several, or ``n`` is also an output)."""
+    if h.out_degree(n) != 1:
+        return None
+    (reader,) = h.successors(n)
+    return reader
 
 
 def _renumber(h: nx.DiGraph) -> dict[str, str]:

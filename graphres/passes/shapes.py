@@ -24,7 +24,7 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
             meta.update(shape=(d[ir.OUT_CH],) + size, stride=1, params=0, macs=0)
             continue
         op, a = OPS[d[ir.OP]], d[ir.ATTRS]
-        srcs = ir.inputs_of(g, n)
+        srcs = d[ir.INPUTS]
         first = g._node[srcs[0]][ir.META]
         full = [tuple(g._node[s][ir.META]["shape"]) for s in srcs]
         if op.shape is not None or any(len(s) != 3 for s in full):

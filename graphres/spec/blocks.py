@@ -424,11 +424,20 @@ def _builtin_text() -> tuple[tuple[str, str], ...]:
 
 
 def builtin_blocks(sources: SourceCache | None = None) -> dict[str, BlockDef]:
-    """The block types that ship with graphres, read by the same parser as user blocks."""
+    """The block types that ship with graphres, read by the same parser as user blocks (once per
+    process: the files are part of the package; ``sources`` still gets their text, for messages)."""
+    if sources is not None:
+        for name, text in _builtin_text():
+            sources.add(name, text)
+    return dict(_parsed_builtins())
+
+
+@lru_cache(maxsize=None)
+def _parsed_builtins() -> tuple[tuple[str, BlockDef], ...]:
     out: dict[str, BlockDef] = {}
     for name, text in _builtin_text():
         diags = DiagnosticBag()
-        doc = parse_yaml(text, name, sources)
+        doc = parse_yaml(text, name)
         out.update(parse_blocks(doc, ("blocks",), diags, builtin=True))
         assert not diags.has_errors, [d.headline() for d in diags]  # shipped files are tested
-    return out
+    return tuple(out.items())
