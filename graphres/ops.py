@@ -142,6 +142,9 @@ class OpDef:
     # the inference build (passes/fold.py): the activation after it (one of FUSED_ACTS) and a
     # two-operand residual sum it feeds are computed inside its layer (attrs fused_act, fused_residual)
     fuse_target: bool = False
+    # the activation a fuse_target before it computes in its place (a name in FUSED_ACTS), or None
+    fused_act: Callable[[dict], str | None] = lambda attrs: None
+    fused_sum: bool = False  # a two-operand sum a fuse_target before it computes in its place
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -688,7 +691,8 @@ OPS: dict[str, OpDef] = {
               folds=lambda s: s["norm"]["type"] in BN_LIKE),
         OpDef("act", "activation function", {"type": "relu"}, TorchEmit(module=_act_torch),
               label=lambda a, s, compact: str(a["type"]), choices={"type": ACT_TYPES}, spec_defaults={"type": "act"},
-              in_place=lambda a: ACT_MODULES[a["type"]][1]),
+              in_place=lambda a: ACT_MODULES[a["type"]][1],
+              fused_act=lambda a: a["type"] if a["type"] in FUSED_ACTS else None),
         OpDef("maxpool", "max pooling", {"kernel": REQUIRED, "stride": None, "padding": 0, "ceil_mode": False},
               TorchEmit(module=_pool_torch("MaxPool2d"), defaults={"padding": 0, "ceil_mode": False}), label=lambda a, s, compact: _window_label("maxpool", a, compact),
               int_min={"kernel": 1, "stride": 1, "padding": 0}, normalize=_pool_normalize,
@@ -712,7 +716,7 @@ OPS: dict[str, OpDef] = {
                                                        else " + ".join(xs))),
               label=_plain("add"), has_module=False, arity=(2, 8), check_channels=_equal_channels("add"),
               check_spatial=_equal_sizes("add", broadcast=False), in_place=lambda a: True, overwritable=True,
-              symbol="+"),
+              symbol="+", fused_sum=True),
         OpDef("mul", "element-wise product; the second input may be 1x1 spatially (broadcast)", {},
               TorchEmit(call=lambda ref, xs, inplace: f"{xs[0]} * {xs[1]}"), label=_plain("mul"),
               has_module=False, arity=(2, 2), check_channels=_equal_channels("mul"),

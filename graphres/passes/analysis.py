@@ -75,9 +75,11 @@ def _receptive_fields(g: nx.DiGraph, order: list[str]) -> None:
             deformable[n] = False
         else:
             srcs = d[ir.INPUTS]
-            deformable[n] = OPS[op].data_dependent_rf or any(deformable[x] for x in srcs)
-            jump = jumps[srcs[0]]
             opdef = OPS[op]
+            first = srcs[0]
+            deformable[n] = opdef.data_dependent_rf or (deformable[first] if len(srcs) == 1
+                                                        else any(deformable[x] for x in srcs))
+            jump = jumps[first]
             w = opdef.window(a)
             if opdef.global_pool:
                 full[n] = local[n] = None
@@ -88,7 +90,9 @@ def _receptive_fields(g: nx.DiGraph, order: list[str]) -> None:
                     return None if box is None else (box[0] - p * jump, box[1] + (dil * (k - 1) - p) * jump)
                 full[n], local[n] = grow(full[srcs[0]]), grow(local[srcs[0]])
                 jump *= s
-            else:  # pointwise (norm, act) or a merge (add, mul, ...): the union over the operands
+            elif len(srcs) == 1:  # pointwise (norm, act): the operand's field
+                full[n], local[n] = full[first], local[first]
+            else:  # a merge (add, mul, ...): the union over the operands
                 full[n] = _union([full[x] for x in srcs], unbounded=True)
                 local[n] = _union([local[x] for x in srcs], unbounded=False)
             jumps[n] = jump
@@ -169,9 +173,12 @@ def _trainable(g: nx.DiGraph, order: list[str]) -> None:
     norm_grad = g.graph[ir.G_NORM].get("requires_grad", True)
     trainable = frozen = 0
     frozen_modules: list[str] = []
+    frozen_stage: dict = {}
     for n in order:
         d = g._node[n]
-        stage_is_frozen = stage_frozen(g, d[ir.STAGE])
+        stage_is_frozen = frozen_stage.get(d[ir.STAGE])
+        if stage_is_frozen is None:
+            stage_is_frozen = frozen_stage[d[ir.STAGE]] = stage_frozen(g, d[ir.STAGE])
         frozen_norm = d[ir.OP] in OPS and OPS[d[ir.OP]].uses_norm and not norm_grad
         ok = not stage_is_frozen and not frozen_norm
         d[ir.META]["trainable"] = ok
@@ -249,27 +256,25 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     weight-standardised conv's standardised weight) are held only while it runs. Parameters, buffers and the allocator's own
     overheads are not counted."""
     order = order or ir.topological_order(g)
-    pos = {n: i for i, n in enumerate(order)}
-    end = len(order)
-    last = {n: pos[n] for n in order}
     nodes = g._node
-    for n in order:
-        p = pos[n]
-        for s in nodes[n][ir.INPUTS]:
-            if last[s] < p:
-                last[s] = p
-    # the caller holds a block's input until the block returns
+    end = len(order)
+    last: dict[str, int] = {}
     scope_end: dict[str, int] = {}
     stage_end: dict[int, int] = {}
+    for i, n in enumerate(order):
+        d = nodes[n]
+        last[n] = i
+        for s in d[ir.INPUTS]:
+            last[s] = i  # readers come in order: the last one seen is the last
+        scope_end[d[ir.SCOPE]] = i
+        stage_end[d[ir.STAGE]] = i
+    # the caller holds a block's input until the block returns
     for n in order:
-        scope_end[g._node[n][ir.SCOPE]] = pos[n]
-        stage_end[g._node[n][ir.STAGE]] = pos[n]
-    for n in order:
-        own = nodes[n][ir.SCOPE]
-        for succ in g._succ[n]:
-            sc = nodes[succ][ir.SCOPE]
-            if sc != own:
-                last[n] = max(last[n], scope_end[sc])
+        d = nodes[n]
+        sc = d[ir.SCOPE]
+        for s in d[ir.INPUTS]:
+            if nodes[s][ir.SCOPE] != sc and last[s] < scope_end[sc]:
+                last[s] = scope_end[sc]
     # and forward() holds a stage's input until the stage (an nn.Sequential of blocks) returns
     for st in g.graph.get("stages", []):
         if st["index"] in stage_end and st["input"] in last:
@@ -278,21 +283,25 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     for o in g.graph.get("outputs", []):
         last[o["node"]] = end
     # an in-place node shares its operand's storage: the storage lives as long as either
-    owner = {}
-    for n in order:
-        owner[n] = owner[nodes[n][ir.INPUTS][0]] if nodes[n][ir.META].get("in_place") else n
+    owner: dict[str, str] = {}
     free_at: dict[str, int] = {}
     for n in order:
-        o = owner[n]
-        free_at[o] = max(free_at.get(o, 0), last[n])
+        d = nodes[n]
+        o = owner[n] = owner[d[ir.INPUTS][0]] if d[ir.META].get("in_place") else n
+        if free_at.get(o, 0) < last[n]:
+            free_at[o] = last[n]
     live = peak = 0
     releases: dict[int, int] = {}
     for i, n in enumerate(order):
-        live += g._node[n][ir.META]["bytes"]
-        peak = max(peak, live + g._node[n][ir.META].get("scratch", 0))  # held only while the op runs
+        meta = nodes[n][ir.META]
+        size = meta["bytes"]
+        live += size
+        held = live + meta.get("scratch", 0)  # scratch is held only while the op runs
+        if held > peak:
+            peak = held
         if owner[n] == n:
             step = free_at[n]
-            releases[step] = releases.get(step, 0) + g._node[n][ir.META]["bytes"]
+            releases[step] = releases.get(step, 0) + size
         live -= releases.pop(i, 0)
     return peak
 

@@ -25,10 +25,11 @@ import copy
 import networkx as nx
 
 from .. import ir
-from ..ops import FUSED_ACTS, OPS
+from ..ops import OPS, OpDef, TorchEmit
 
 G_INFERENCE = "inference"  # the graph is an eval-only copy made by fold_for_inference
 G_FOLDED = "folded"  # conv module path -> the norm module path folded into it
+_NO_OP = OpDef("", "", {}, TorchEmit(), label=lambda a, s, c: "")
 G_FUSED = "fused"  # the convs carry fused_act / fused_residual (codegen emits FusedConv2d)
 G_RENAMED = "renamed"  # module path in the copy -> its path in the analysed graph, where they differ
 
@@ -83,10 +84,11 @@ def fold_for_inference(g: nx.DiGraph) -> nx.DiGraph:
 
 def _fuse(h: nx.DiGraph) -> None:
     """Fuse into each conv (a ``fuse_target`` op with a module) the two-operand residual sum it
-    alone feeds, then the activation (one of :data:`~graphres.ops.FUSED_ACTS`) that alone reads
-    the result: ``relu(bn3(conv3(y)) + identity)`` becomes one layer, ``conv3(y, identity)``. The
-    conv's attributes record it (``fused_act``: the activation or ``"none"``, ``fused_residual``);
-    the sum and the activation nodes are removed and their readers read the conv."""
+    alone feeds, then the activation that alone reads the result (the op table says which ops:
+    ``fused_sum``, ``fused_act``): ``relu(bn3(conv3(y)) + identity)`` becomes one layer,
+    ``conv3(y, identity)``. The conv's attributes record it (``fused_act``: the activation or
+    ``"none"``; ``fused_residual``); the sum and activation nodes are removed and their readers
+    read the conv."""
     for n in list(ir.topological_order(h)):
         if n not in h or h.nodes[n][ir.OP] not in OPS:
             continue
@@ -95,7 +97,7 @@ def _fuse(h: nx.DiGraph) -> None:
             continue
         fused = {"fused_act": "none", "fused_residual": False}
         reader = _only_reader(h, n)
-        if reader is not None and h.nodes[reader][ir.OP] == "add" and len(h.nodes[reader][ir.INPUTS]) == 2:
+        if reader is not None and _op(h, reader).fused_sum and len(h.nodes[reader][ir.INPUTS]) == 2:
             (other,) = [x for x in h.nodes[reader][ir.INPUTS] if x != n] or [None]
             if other is not None and other not in d[ir.INPUTS]:
                 d[ir.INPUTS] = tuple(d[ir.INPUTS]) + (other,)
@@ -103,10 +105,16 @@ def _fuse(h: nx.DiGraph) -> None:
                 _bypass(h, reader, n)
                 fused["fused_residual"] = True
                 reader = _only_reader(h, n)
-        if reader is not None and h.nodes[reader][ir.OP] == "act" and h.nodes[reader][ir.ATTRS]["type"] in FUSED_ACTS:
-            fused["fused_act"] = h.nodes[reader][ir.ATTRS]["type"]
+        act = _op(h, reader).fused_act(h.nodes[reader][ir.ATTRS]) if reader is not None else None
+        if act is not None:
+            fused["fused_act"] = act
             _bypass(h, reader, n)
         d[ir.ATTRS] = {**d[ir.ATTRS], **fused}
+
+
+def _op(h: nx.DiGraph, n: str):
+    """The op table's entry for node ``n`` (a table-less node, the input, has none: a null entry)."""
+    return OPS.get(h.nodes[n][ir.OP], _NO_OP)
 
 
 def _only_reader(h: nx.DiGraph, n: str) -> str | None:
