@@ -223,8 +223,8 @@ def test_avd_pools_carry_the_stride(model):
     assert g.nodes["layer2.0.downsample.0"][ir.ATTRS] | {} == {"kernel": 2, "stride": 2, "padding": 0,
                                                                "ceil_mode": True, "count_include_pad": False}
     assert ir.inputs_of(g, "layer1.0.conv2.gap1") == ["layer1.0.conv2.x0", "layer1.0.conv2.x1"]
-    assert ir.inputs_of(g, "layer1.0.conv2.weighted") == ["layer1.0.conv2.act0", "layer1.0.conv2.attn"]
-    assert [g.nodes[f"layer3.0.conv2.{n}"][ir.META]["shape"] for n in ("attn_view", "attn_t", "attn")] == [
+    assert ir.inputs_of(g, "layer1.0.conv2.scaled") == ["layer1.0.conv2.act0", "layer1.0.conv2.attn"]
+    assert [g.nodes[f"layer3.0.conv2.{n}"][ir.META]["shape"] for n in ("rview", "rperm", "attn")] == [
         (1, 2, 256), (2, 1, 256), (512, 1, 1)]
     assert type(model.layer2[0].avd_last).__name__ == "AvgPool2d"
 
@@ -252,7 +252,7 @@ def test_parametric_split_attention(tmp_path, name):
     g = graphres.compile_spec(str(path)).graph
     assert ("layer2.0.avd_first" in g, "layer2.0.avd_last" in g) == (avd_first, not avd_first)
     assert g.nodes["layer1.0.conv2.conv"][ir.ATTRS]["groups"] == radix * cardinality
-    assert ("layer1.0.conv2.attn_soft" in g, "layer1.0.conv2.attn_gate" in g) == (radix > 1, radix == 1)
+    assert ("layer1.0.conv2.rsoft" in g, "layer1.0.conv2.rgate" in g) == (radix > 1, radix == 1)
 
 
 def test_radix_zero_is_a_plain_conv2(tmp_path):
@@ -295,12 +295,12 @@ def test_validate_info_and_render(tmp_path):
     r = run_cli("info", SPEC, "--level", "layer", "--json")
     rows = {row["name"]: row for row in json.loads(r.stdout)["rows"]}
     assert rows["layer3.0.conv2.fc1"]["params"] == 256 * 128 + 128
-    assert rows["layer3.0.conv2.attn_soft"]["type"] == "softmax(0)"
+    assert rows["layer3.0.conv2.rsoft"]["type"] == "softmax(0)"
     out = tmp_path / "resnest.dot"
     r = run_cli("render", SPEC, "--level", "layer", "-o", out)
     assert (r.returncode, r.stderr) == (0, "")
     dot = out.read_text()
-    for label in ("conv2.attn_soft: softmax(0)", "conv2.fc1: conv1x1", "avd_last: avgpool3x3 s2",
+    for label in ("conv2.rsoft: softmax(0)", "conv2.fc1: conv1x1", "avd_last: avgpool3x3 s2",
                   "conv1.6: conv3x3", "conv2.x1: slice 1/2"):
         assert label in dot, label
     # the sums of the radix splits are not drawn as identity shortcuts
