@@ -136,6 +136,9 @@ class OpDef:
     # it, for these settings; a fold_target gains a bias and absorbs it
     folds: Callable[[Mapping], bool] = lambda settings: False
     fold_target: bool = False
+    # its output is always a view of its first operand (a channel slice): it allocates nothing and
+    # keeps the operand's storage alive as long as it lives (the analysis' peak memory)
+    view: bool = False
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -727,7 +730,7 @@ OPS: dict[str, OpDef] = {
                   f"slice {a['index']}/{a['chunks']}" if a["chunks"] > 0
                   else f"slice {a['start']}:{'' if a['stop'] < 0 else a['stop']}"),
               has_module=False, int_min={"start": 0, "stop": -1, "chunks": 0, "index": 0},
-              channels=_slice_channels, check_channels=_slice_check_channels),
+              channels=_slice_channels, check_channels=_slice_check_channels, view=True),
         # -- tensor ops for attention blocks (any rank; see docs/spec-language.md#tensor-ops) --
         OpDef("flatten", "merge axes start..end into one (axes count from 0 after the batch; C x H x W -> "
                          "C x HW with start 1)", {"start": 1, "end": -1},

@@ -227,6 +227,9 @@ def test_avd_pools_carry_the_stride(model):
     assert [g.nodes[f"layer3.0.conv2.{n}"][ir.META]["shape"] for n in ("rview", "rperm", "attn")] == [
         (1, 2, 256), (2, 1, 256), (512, 1, 1)]
     assert type(model.layer2[0].avd_last).__name__ == "AvgPool2d"
+    # the radix splits are views of act0: no bytes of their own, and act0 lives while they do
+    assert [g.nodes[f"layer2.0.conv2.{n}"][ir.META]["bytes"] for n in ("act0", "x0", "x1", "gap1")] == [
+        0, 0, 0, 128 * 56 * 56 * 4]
 
 
 VARIANT_BLOCKS = {  # name -> block_args, radix, cardinality, avd_first

@@ -224,6 +224,12 @@ def _in_place_nodes(g: nx.DiGraph, order: list[str]) -> set[str]:
     return out
 
 
+def _is_view(g: nx.DiGraph, n: str) -> bool:
+    """A view of its operand (a slice): it shares the operand's storage, as an in-place node does."""
+    op = OPS.get(g._node[n][ir.OP])
+    return op is not None and op.view
+
+
 def _memory(g: nx.DiGraph, order: list[str]) -> None:
     in_place = _in_place_nodes(g, order)
     for n in order:
@@ -231,7 +237,7 @@ def _memory(g: nx.DiGraph, order: list[str]) -> None:
         meta = d[ir.META]
         full = math.prod(meta["shape"]) * BYTES_PER_ELEMENT
         meta["in_place"] = n in in_place
-        meta["bytes"] = 0 if n in in_place else full
+        meta["bytes"] = 0 if n in in_place or _is_view(g, n) else full
         meta["scratch"] = (OPS[d[ir.OP]].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, g.graph)
                            if d[ir.OP] in OPS else 0)
     g.graph[ir.G_PEAK_BYTES] = peak_activation_bytes(g, order)
@@ -245,7 +251,7 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     also lives until the block's last node, and a stage's input until the stage's last node (the
     callers still hold them), and the outputs named by
     out_indices live to the end (they are returned), as does the input image (the caller holds
-    it). In-place nodes allocate nothing; an op's scratch bytes (a max pool's int64 indices, a
+    it). In-place nodes and views (a slice) allocate nothing; an op's scratch bytes (a max pool's int64 indices, a
     weight-standardised conv's standardised weight) are held only while it runs. Parameters, buffers and the allocator's own
     overheads are not counted."""
     order = order or ir.topological_order(g)
@@ -276,7 +282,7 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     # an in-place node shares its operand's storage: the storage lives as long as either
     owner = {}
     for n in order:
-        owner[n] = owner[ir.inputs_of(g, n)[0]] if g._node[n][ir.META].get("in_place") else n
+        owner[n] = owner[ir.inputs_of(g, n)[0]] if g._node[n][ir.META].get("in_place") or _is_view(g, n) else n
     free_at: dict[str, int] = {}
     for n in order:
         o = owner[n]
