@@ -145,6 +145,9 @@ class OpDef:
     # the activation a fuse_target before it computes in its place (a name in FUSED_ACTS), or None
     fused_act: Callable[[dict], str | None] = lambda attrs: None
     fused_sum: bool = False  # a two-operand sum a fuse_target before it computes in its place
+    # its output is always a view of its first operand (a channel slice): it allocates nothing and
+    # keeps the operand's storage alive as long as it lives (the analysis' peak memory)
+    view: bool = False
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -755,7 +758,7 @@ OPS: dict[str, OpDef] = {
                   f"slice {a['index']}/{a['chunks']}" if a["chunks"] > 0
                   else f"slice {a['start']}:{'' if a['stop'] < 0 else a['stop']}"),
               has_module=False, int_min={"start": 0, "stop": -1, "chunks": 0, "index": 0},
-              channels=_slice_channels, check_channels=_slice_check_channels),
+              channels=_slice_channels, check_channels=_slice_check_channels, view=True),
         # -- tensor ops for attention blocks (any rank; see docs/spec-language.md#tensor-ops) --
         OpDef("flatten", "merge axes start..end into one (axes count from 0 after the batch; C x H x W -> "
                          "C x HW with start 1)", {"start": 1, "end": -1},

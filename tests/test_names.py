@@ -17,7 +17,7 @@ from graphres.spec.names import shipped_names
 
 from conftest import ROOT, run_cli
 
-NAMES = ["deeplabv3_r50_d8", "mmdet_faster_rcnn_r50", "mmdet_faster_rcnn_r50_dcn", "res2net50_26w_4s", "resnet101", "resnet101_v1d", "resnet152", "resnet18",
+NAMES = ["deeplabv3_r50_d8", "mmdet_faster_rcnn_r50", "mmdet_faster_rcnn_r50_dcn", "res2net50_26w_4s", "resnest50d", "resnet101", "resnet101_v1d", "resnet152", "resnet18",
          "resnet34", "resnet50", "resnet50_caffe", "resnet50_classifier", "resnet50_os8", "resnet50_v1c",
          "resnet50_v1d", "resnext101_32x8d", "resnext50_32x4d", "se_resnet18", "se_resnet50", "wide_resnet50_2"]
 HINT = ("did you mean 'resnet50'? shipped specs: " + ", ".join(NAMES) + " (graphres list)")
@@ -215,7 +215,7 @@ def test_cli_list(tmp_path):
     assert "resnet50_classifier        25,557,032   4,089,184,256     32  logits" in lines
     assert "resnet18                   11,176,512   1,813,561,344     32  64, 128, 256, 512 ch" in lines
     assert lines[1 + len(NAMES):] == [
-        "", "20 shipped specs (graphres/specs/): name one where a SPEC path goes, e.g. graphres info resnet50;",
+        "", "21 shipped specs (graphres/specs/): name one where a SPEC path goes, e.g. graphres info resnet50;",
         "a local file of that name wins. MACs: multiply-accumulates at 224x224."]
 
 

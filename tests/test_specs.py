@@ -31,6 +31,7 @@ GROUND_TRUTH_PARAMS = {
     "resnet50_classifier.yaml": 25_557_032,  # torchvision's count, with fc
     "mmdet_faster_rcnn_r50_dcn.yaml": 24_088_874,  # the reference page's ResNet-50 + DCN (stages 2-4)
     "res2net50_26w_4s.yaml": 25_699_120,  # timm's count (tools/parity/timm_res2net.py), with fc
+    "resnest50d.yaml": 27_483_240,  # timm's count (tools/parity/timm_resnest.py), with fc
 }
 # SE-ResNet-18 as declared in specs/se_resnet18.yaml: ResNet-18 plus, per block, the SE convs
 # (planes -> max(planes // r, 8) -> planes, with biases); r = 16, and r = 8 in the last stage.

@@ -245,7 +245,11 @@ def map_keys(own: dict[str, torch.Tensor], path: str | Path, prefix: str | None 
     elif raw and all(k.startswith("module.") for k in raw):
         raw = {k[len("module."):]: v for k, v in raw.items()}
     found = layout or detect_layout(list(raw))
-    raw, left_out, renamed = to_graphres(raw, found)
+    if found == "timm" and "conv1.0.weight" in own:
+        # the model is itself written with timm's deep-stem names (specs/resnest50d.yaml): none to rename
+        left_out, renamed = [], 0
+    else:
+        raw, left_out, renamed = to_graphres(raw, found)
     sd, skipped = normalise_keys(raw, keep_head="fc.weight" in own)
     ignored = skipped + sorted(set(ignored + left_out) - set(skipped))
     optional = {k for k in own if k.endswith("num_batches_tracked")}  # absent from old checkpoints

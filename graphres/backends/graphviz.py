@@ -318,12 +318,15 @@ def _edges(g: nx.DiGraph, order: list[str], plan: _Plan) -> list[_Edge]:
 
 
 def _edge_kind(g: nx.DiGraph, src: str, dst: str, port: int) -> str:
-    """A residual add's later operands are shortcuts; layers named ``downsample.*`` are the
-    projection shortcut (OpenMMLab's and torchvision's name for it)."""
+    """A residual add's later operands that enter the block (the previous block's output) are
+    identity shortcuts, not a sum inside the block (ResNeSt's radix splits, a plugin's residual);
+    layers named ``downsample.*`` are the projection shortcut (OpenMMLab's and torchvision's name
+    for it)."""
     in_downsample = _local(g, src).startswith("downsample.") and g.nodes[src][ir.SCOPE] == g.nodes[dst][ir.SCOPE]
     if _local(g, dst).startswith("downsample.") or in_downsample:
         return "downsample"
-    if port > 0 and OPS.get(g.nodes[dst][ir.OP]) is not None and OPS[g.nodes[dst][ir.OP]].symbol == "+":
+    if port > 0 and OPS.get(g.nodes[dst][ir.OP]) is not None and OPS[g.nodes[dst][ir.OP]].symbol == "+" \
+            and g.nodes[src][ir.SCOPE] != g.nodes[dst][ir.SCOPE]:
         return "shortcut"
     return "main"
 

@@ -8,6 +8,7 @@ changes meaning.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -15,12 +16,20 @@ import networkx as nx
 
 from .. import ir
 from ..ir import format_formula
-from ..ops import BYTES_PER_ELEMENT, OPS
+from ..ops import BYTES_PER_ELEMENT, OPS, OpDef
 
 LEVELS = ("stage", "block", "layer")
 SCHEMA = 1
 WIDTH = 80
 
+
+def _counted_ops(g: nx.DiGraph) -> list[str]:
+    """The ops of this graph whose multiply-accumulates the analysis counts (those with a MACs rule
+    in the op table: conv, linear, deform_conv, matmul), in the table's order."""
+    zero = next(f.default for f in dataclasses.fields(OpDef) if f.name == "macs")
+    present = {g.nodes[n][ir.OP] for n in g}
+    return [name for name, op in OPS.items()
+            if name in present and (op.macs is not zero or op.macs_shape is not None)]
 
 
 # -- rows -----------------------------------------------------------------------------------------
@@ -243,8 +252,10 @@ def format_info(g: nx.DiGraph, level: str = "stage", color: bool = False, source
     frozen_txt = f" (trainable {_commas(t['trainable_params'])}, frozen {_commas(t['frozen_params'])})" \
         if t["frozen_params"] else " (all trainable)"
     lines.append(f"parameters   {_commas(t['params'])}{frozen_txt}")
-    lines.append(f"MACs         {_commas(t['macs'])} = {t['macs'] / 1e9:.2f} G multiply-accumulates "
-                 "(conv + linear)")
+    macs = f"MACs         {_commas(t['macs'])} = {t['macs'] / 1e9:.2f} G multiply-accumulates"
+    counted = f"({' + '.join(_counted_ops(g))})"
+    # the ops counted: a second line where they do not fit the first
+    lines.extend([f"{macs} {counted}"] if len(macs) + 1 + len(counted) <= WIDTH else [macs, " " * 13 + counted])
     lines.append(f"FLOPs        {_commas(t['flops'])} = 2 x MACs")
     lines.append(f"activations  peak {_bytes(t['peak_activation_bytes'])} per image during the forward "
                  "(float32)")

@@ -231,6 +231,12 @@ def _in_place_nodes(g: nx.DiGraph, order: list[str]) -> set[str]:
     return out
 
 
+def _is_view(g: nx.DiGraph, n: str) -> bool:
+    """A view of its operand (a slice): it shares the operand's storage, as an in-place node does."""
+    op = OPS.get(g._node[n][ir.OP])
+    return op is not None and op.view
+
+
 def _memory(g: nx.DiGraph, order: list[str]) -> None:
     in_place = _in_place_nodes(g, order)
     for n in order:
@@ -238,7 +244,7 @@ def _memory(g: nx.DiGraph, order: list[str]) -> None:
         meta = d[ir.META]
         full = math.prod(meta["shape"]) * BYTES_PER_ELEMENT
         meta["in_place"] = n in in_place
-        meta["bytes"] = 0 if n in in_place else full
+        meta["bytes"] = 0 if n in in_place or _is_view(g, n) else full
         meta["scratch"] = (OPS[d[ir.OP]].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, g.graph)
                            if d[ir.OP] in OPS else 0)
     g.graph[ir.G_PEAK_BYTES] = peak_activation_bytes(g, order)
@@ -252,7 +258,7 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     also lives until the block's last node, and a stage's input until the stage's last node (the
     callers still hold them), and the outputs named by
     out_indices live to the end (they are returned), as does the input image (the caller holds
-    it). In-place nodes allocate nothing; an op's scratch bytes (a max pool's int64 indices, a
+    it). In-place nodes and views (a slice) allocate nothing; an op's scratch bytes (a max pool's int64 indices, a
     weight-standardised conv's standardised weight) are held only while it runs. Parameters, buffers and the allocator's own
     overheads are not counted."""
     order = order or ir.topological_order(g)
@@ -287,7 +293,7 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     free_at: dict[str, int] = {}
     for n in order:
         d = nodes[n]
-        o = owner[n] = owner[d[ir.INPUTS][0]] if d[ir.META].get("in_place") else n
+        o = owner[n] = owner[d[ir.INPUTS][0]] if d[ir.META].get("in_place") or _is_view(g, n) else n
         if free_at.get(o, 0) < last[n]:
             free_at[o] = last[n]
     live = peak = 0
