@@ -812,7 +812,9 @@ def _bias_check(a: dict, shapes: Sequence[tuple]):
 def _bias_call(a: dict, ref: str | None, xs: Sequence[str], inplace: bool) -> str:
     dims = ", ".join(map(str, a["dims"]))
     if a["alone"]:
-        return f"{ref}.view(1, {dims}).expand({xs[0]}.shape[0], {dims})"
+        # repeat (a copy, as mmcv's): a view of a parameter made under no_grad would be a leaf that
+        # requires grad, which module hooks (FlopCounterMode's tracker) refuse
+        return f"{ref}.view(1, {dims}).repeat({xs[0]}.shape[0], {', '.join('1' * len(a['dims']))})"
     return f"{xs[0]} + {ref}.view(1, {dims})"
 
 
@@ -875,7 +877,7 @@ def _resize_check(a: dict, shapes: Sequence[tuple]):
 
 _GA_OPS = [
     OpDef("bias", "a learned tensor of shape dims (the state-dict key is the layer's name; prod(dims) values, "
-                  "flat) added to its input, broadcasting; alone: true gives the tensor itself, expanded to the "
+                  "flat) added to its input, broadcasting; alone: true gives the tensor itself, repeated over the "
                   "input's batch; it starts uniform in +-1/sqrt(fan) (fan 0: zeros)",
           {"dims": REQUIRED, "alone": False, "fan": 0},
           TorchEmit(module=lambda a, i, o, s, inplace: f"parameter({_bias_size(a)}, 0, fan={a['fan']})",
