@@ -868,6 +868,44 @@ def _position_torch(a: dict, in_ch: int, out_ch: int, settings: Mapping, inplace
     return f"RelativePosition({', '.join(args)})"
 
 
+def _max_len_kv(a: dict) -> int:
+    return int((a["max_len"] - 1.0) / a["kv_stride"] + 1) if a["max_len"] else 0
+
+
+def _local_mask_size(a: dict) -> tuple:
+    ml, mk = a["max_len"], _max_len_kv(a)
+    return (ml, ml, mk, mk)
+
+
+def _local_mask_check(a: dict, shapes: Sequence[tuple]):
+    e, qm, kv = shapes
+    if len(e) < 2 or len(qm) != 3 or len(kv) != 3:
+        return (f"local_mask at {{node}}: needs an energy (..., rows, keys) and two C x H x W maps, got "
+                f"{', '.join(_shape_text(s) for s in shapes)}", "from: [energy, query map, key/value map]")
+    if not a["max_len"]:
+        return None  # check_run says why (E129)
+    h, w = (1, 1) if e[-2] == 1 else qm[-2:]
+    mk = _max_len_kv(a)
+    if max(h, w) > a["max_len"] or max(kv[-2:]) > mk:
+        return (f"local_mask at {{node}}: mmcv's local_constraint_map covers query maps up to {a['max_len']}x"
+                f"{a['max_len']} and key maps up to {mk}x{mk}, but they are {h}x{w} and {kv[-2]}x{kv[-1]} here "
+                f"(mmcv's view fails)", "use a smaller input size, or spatial_range -1")
+    if e[-2] != h * w or e[-1] != kv[-2] * kv[-1]:
+        return (f"local_mask at {{node}}: its {_shape_text(e)} energy does not pair {h}x{w} queries with "
+                f"{kv[-2]}x{kv[-1]} keys", "the energy is (heads, H*W or 1, H_kv*W_kv)")
+    return None
+
+
+def _local_mask_run(a: dict, in_ch: int, in_shape: tuple, settings: Mapping):
+    if not a["max_len"]:
+        return ("E129", f"GeneralizedAttention {{node}} has spatial_range = {a['spatial_range']} and "
+                        f"{a['channels']} input channels: mmcv builds its local_constraint_map only for 256 or 512 "
+                        f"(max_len 84 or 42) and fails on others (max_len is undefined)",
+                "use spatial_range -1, or put the plugin where it has 256 or 512 channels (after conv2 in layer3 "
+                "or layer4 of ResNet-50)")
+    return None
+
+
 def _resize_check(a: dict, shapes: Sequence[tuple]):
     if len(shapes[0]) != 3 or len(shapes[1]) != 3:
         return (f"resize at {{node}}: needs two C x H x W maps, got {_shape_text(shapes[0])} and "
@@ -900,6 +938,20 @@ _GA_OPS = [
           macs_shape=_position_macs, params=lambda a, i, o, s: a["heads"] * a["dim"] * (a["feat"] // 2),
           unique_name=True, global_pool=True,
           tensors=lambda a, i, o, s: {"weight": (a["heads"] * a["dim"], a["feat"] // 2)}),
+    OpDef("local_mask", "mmcv GeneralizedAttention's spatial_range: a uint8 parameter local_constraint_map "
+                        "(max_len x max_len x max_len_kv x max_len_kv, max_len_kv = int((max_len - 1) / kv_stride "
+                        "+ 1); the state-dict key is the layer's name; no gradient) marks the keys farther than "
+                        "spatial_range from each query; those energies become -inf. Inputs: the energy (heads x "
+                        "(H*W or 1) x H_kv*W_kv), the query map and the key/value map",
+          {"max_len": REQUIRED, "kv_stride": 1, "spatial_range": 0, "channels": 0},
+          TorchEmit(module=lambda a, i, o, s, inplace: f"local_constraint_map({a['max_len']}, {a['kv_stride']}, "
+                                                       f"{a['spatial_range']})",
+                    call=lambda ref, xs, inplace: f"local_masked({', '.join([xs[0], str(ref)] + list(xs[1:]))})",
+                    needs=lambda s: ("local_constraint_map", "local_masked")),
+          label=lambda a, s, c: f"local mask {a['spatial_range']}", arity=(3, 3),
+          int_min={"kv_stride": 1}, shape=lambda a, shapes: tuple(shapes[0]), check_shape=_local_mask_check,
+          check_run=_local_mask_run, params=lambda a, i, o, s: math.prod(_local_mask_size(a)), unique_name=True,
+          tensors=lambda a, i, o, s: {"": _local_mask_size(a)} if a["max_len"] else {}),
     OpDef("resize", "bilinear resize of the first input to the second input's H x W (align_corners false; "
                     "mmcv's upsampling after a strided query)", {},
           TorchEmit(call=lambda ref, xs, inplace: f"torch.nn.functional.interpolate({xs[0]}, size={xs[1]}.shape[-2:], "

@@ -54,7 +54,19 @@ def sine_features(n_q, n_kv, q_stride, kv_stride, magnitude, feat, weight):
     return (emb @ weight.double().t() / math.sqrt(2)).float()
 
 
-def gen_attention(m, x, bits, heads, q_stride=1, kv_stride=2, feat=None, magnitude=1):
+def constraint_map(max_len, kv_stride, spatial_range):
+    """mmcv's local_constraint_map, element by element: 0 for the keys within spatial_range."""
+    max_kv = int((max_len - 1.0) / kv_stride + 1)
+    out = torch.ones(max_len, max_len, max_kv, max_kv, dtype=torch.uint8)
+    for iy in range(max_len):
+        y0, y1 = max((iy - spatial_range) // kv_stride, 0), min((iy + spatial_range + 1) // kv_stride + 1, max_len)
+        for ix in range(max_len):
+            x0, x1 = max((ix - spatial_range) // kv_stride, 0), min((ix + spatial_range + 1) // kv_stride + 1, max_len)
+            out[iy, ix, y0:y1, x0:x1] = 0
+    return out
+
+
+def gen_attention(m, x, bits, heads, q_stride=1, kv_stride=2, feat=None, magnitude=1, spatial_range=-1):
     t0, t1, t2, t3 = (c == "1" for c in bits)
     xq, xkv = x[:, :, ::q_stride, ::q_stride], x[:, :, ::kv_stride, ::kv_stride]
     n, c, h, w = xq.shape
@@ -81,6 +93,11 @@ def gen_attention(m, x, bits, heads, q_stride=1, kv_stride=2, feat=None, magnitu
             gb = m.geom_bias.reshape(heads, d)
             energy = energy + torch.einsum("ed,jled->ejl", gb, px)[None, :, None, :, None, :] \
                 + torch.einsum("ed,iked->eik", gb, py)[None, :, :, None, :, None]
+    if spatial_range >= 0:
+        full = constraint_map(84 if c == 256 else 42, kv_stride, spatial_range)
+        one_row = bits == "0010"  # mmcv's single query row takes the mask of query (0, 0)
+        mask = full[:1, :1, :hk, :wk].expand(h, w, -1, -1) if one_row else full[:h, :w, :hk, :wk]
+        energy = energy.masked_fill(mask.bool(), float("-inf"))
     att = energy.reshape(n, heads, h, w, hk * wk).softmax(-1).reshape(energy.shape)
     v = m.value_conv(xkv).reshape(n, heads, d, hk, wk)
     out = m.proj_conv(torch.einsum("neijkl,nedkl->nedij", att, v).reshape(n, heads * d, h, w))
@@ -104,6 +121,8 @@ def randomise(model, seed=0):
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if not p.is_floating_point():  # local_constraint_map
+                continue
             scale = 0.05 if "conv" in name or "fc" in name else 0.3
             p.copy_(torch.randn_like(p) * scale + (1 if "bn" in name and name.endswith("weight") else 0))
     return model.eval()
@@ -135,6 +154,45 @@ CASES = {  # name: (cfg, position, input size, reference keyword arguments)
                                {"feat": 8, "kv_stride": 1}),
     "1010 kv_stride 3": (ga("1010", kv_stride=3), "after_conv2", (48, 64), {"kv_stride": 3}),
 }
+
+
+@pytest.mark.parametrize("t, kv_stride, q_stride, spatial_range", [("1111", 2, 1, 2), ("0010", 1, 2, 1),
+                                                                     ("0101", 2, 1, 0), ("1000", 3, 1, 3)])
+def test_spatial_range_local_constraint_map(t, kv_stride, q_stride, spatial_range):
+    cfg = ga(t, kv_stride=kv_stride, q_stride=q_stride, spatial_range=spatial_range, position_embedding_dim=16)
+    plugins = [{"cfg": cfg, "position": "after_conv2", "stages": [False, False, True]}]
+    compiled = graphres.compile_spec(spec(plugins, size=128, num_stages=3, out_indices=[2]))
+    model = randomise(graphres.build(compiled))
+    key = "layer3.0.gen_attention_block.local_constraint_map"
+    sd = model.state_dict()
+    mask = sd[key]
+    assert mask.dtype == torch.uint8 and not dict(model.named_parameters())[key].requires_grad
+    assert torch.equal(mask, constraint_map(84, kv_stride, spatial_range))
+    keys = [k for k in sd if k.startswith("layer3.0.gen_attention_block.")]
+    own = [k for k in keys if k.count(".") == 3]  # appr_bias, geom_bias, gamma, then the map (mmcv's order)
+    assert own[-2:] == ["layer3.0.gen_attention_block.gamma", key]
+    assert list(state_dict_shapes(compiled.graph)) == list(sd)
+    x = torch.randn(1, 3, 128, 128)
+    for index in (0, 1):
+        block, bx, by = block_io(model, "layer3", index, x)
+        with torch.no_grad():
+            expected = bottleneck(block, bx, "after_conv2", lambda u: gen_attention(
+                block.gen_attention_block, u, t, 8, q_stride=q_stride, kv_stride=kv_stride, feat=16,
+                spatial_range=spatial_range))
+        assert torch.allclose(by, expected, atol=1e-5, rtol=1e-4), (index, float((by - expected).abs().max()))
+
+
+def test_spatial_range_errors():
+    found = errors(spec([{"cfg": ga("1111", spatial_range=1), "position": "after_conv2",
+                          "stages": [False, True, False, False]}]))
+    assert found[0] == (
+        "E129", "GeneralizedAttention layer2.0.gen_attention_block.local_constraint_map has spatial_range = 1 and 128 "
+                "input channels: mmcv builds its local_constraint_map only for 256 or 512 (max_len 84 or 42) and fails "
+                "on others (max_len is undefined)")
+    found = errors(spec([{"cfg": ga("1111", spatial_range=1), "position": "after_conv2",
+                          "stages": [False, False, False, True]}], size=1600))
+    assert found[0][0] == "E120" and "covers query maps up to 42x42 and key maps up to 21x21, but they are 50x50" \
+        in found[0][1]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -278,10 +336,6 @@ def test_shorthand_errors():
     assert one(position_embedding_dim=6) == [
         ("E128", "GeneralizedAttention position_embedding_dim = 6 is not a multiple of 4: mmcv's sine embedding has "
                  "4 values but its appr_geom_fc Linear takes 3 (a shape error in forward)")]
-    assert one(spatial_range=0) == [
-        ("E129", "GeneralizedAttention spatial_range = 0 is not supported by graphres: mmcv builds its "
-                 "local_constraint_map only for 256 or 512 input channels (others fail with an undefined max_len) "
-                 "and for maps up to 84 (or 42) positions a side")]
     assert one(heads=8) == [("E010", "unknown key 'heads' in a GeneralizedAttention cfg")]
     # position_embedding_dim does not matter without a position term (mmcv builds no Linear then)
     graphres.compile_spec(spec([{"cfg": ga("1010", position_embedding_dim=6), "position": "after_conv2"}]))

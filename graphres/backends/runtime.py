@@ -295,6 +295,28 @@ def parameter(size: int, value: float, fan: int = 0) -> nn.Parameter:
     return nn.Parameter(torch.full((size,), float(value)))
 
 
+def local_constraint_map(max_len: int, kv_stride: int, spatial_range: int) -> nn.Parameter:
+    """mmcv GeneralizedAttention's local_constraint_map: 1 where key (y, x) is outside query
+    (iy, ix)'s range (rows max((iy - r) // s, 0) to (iy + r + 1) // s, the same for columns), a
+    uint8 parameter without gradient, as mmcv registers it."""
+    max_len_kv = int((max_len - 1.0) / kv_stride + 1)
+    idx, kv = torch.arange(max_len)[:, None], torch.arange(max_len_kv)[None, :]
+    lo = torch.clamp(torch.div(idx - spatial_range, kv_stride, rounding_mode="floor"), min=0)
+    hi = torch.clamp(torch.div(idx + spatial_range + 1, kv_stride, rounding_mode="floor") + 1, max=max_len)
+    near = (kv >= lo) & (kv < hi)  # max_len x max_len_kv
+    inside = near[:, None, :, None] & near[None, :, None, :]
+    return nn.Parameter((~inside).to(torch.uint8), requires_grad=False)
+
+
+def local_masked(energy: torch.Tensor, mask: torch.Tensor, q_map: torch.Tensor, kv_map: torch.Tensor) -> torch.Tensor:
+    """The energy with -inf where ``mask`` (local_constraint_map) is set, for this query and key size
+    (one query row: mmcv's 1x1)."""
+    h, w = (1, 1) if energy.shape[-2] == 1 else (q_map.shape[-2], q_map.shape[-1])
+    h_kv, w_kv = kv_map.shape[-2], kv_map.shape[-1]
+    m = mask[:h, :w, :h_kv, :w_kv].contiguous().view(1, 1, h * w, h_kv * w_kv)
+    return energy.masked_fill(m.bool(), float("-inf"))
+
+
 class RelativePosition(nn.Linear):
     """mmcv GeneralizedAttention's relative position term of one axis (the ``position_energy`` op).
 

@@ -275,14 +275,7 @@ def _gen_attention(r: Reader, cfg: dict, cpath: Path, out: dict, spans: dict, pt
                             f"{pos_dim // 2} (a shape error in forward)", r.span(cpath + ("position_embedding_dim",)),
                     "mmdetection's configs use position_embedding_dim: -1 (in_channels) or a multiple of 4")
         return False
-    if ints.get("spatial_range", -1) >= 0:
-        r.diags.add("E129", f"GeneralizedAttention spatial_range = {ints['spatial_range']} is not supported by "
-                            "graphres: mmcv builds its local_constraint_map only for 256 or 512 input channels "
-                            "(others fail with an undefined max_len) and for maps up to 84 (or 42) positions a side",
-                    r.span(cpath + ("spatial_range",)), "use spatial_range=-1 (no local constraint), as every "
-                                                         "mmdetection config does")
-        return False
-    for key in ("num_heads", "position_embedding_dim", "position_magnitude", "kv_stride", "q_stride"):
+    for key in ("spatial_range", "num_heads", "position_embedding_dim", "position_magnitude", "kv_stride", "q_stride"):
         if key in ints:
             out[key], spans[key] = ints[key], cpath + (key,)
     if "num_heads" not in ints:

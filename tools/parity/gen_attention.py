@@ -5,7 +5,7 @@ against mmdetection 3.3's real ResNet with mmcv 2.1's GeneralizedAttention. Priv
     PYTHONPATH=$PWD /work/venvs/mm/bin/python tools/parity/gen_attention.py 2>/dev/null | grep '^[|#it]' > benchmarks/results/gen_attention_parity.txt
 
 Per configuration: state-dict keys, order and shapes; the initialisation after init_weights()
-(constants equal, the std of random tensors); then mmdetection's weights loaded into graphres
+(constants equal, local_constraint_map bit for bit, the std of random tensors); then mmdetection's weights loaded into graphres
 strictly (gamma set to 0.5 in both so the attention branch shows in the outputs; mmcv starts it at
 zero) and eval outputs, train-mode outputs, float64 input and parameter gradients compared.
 DCN runs on mmcv-lite's DeformConv2dPack with torchvision's kernel (tools/parity/mm_loader.py).
@@ -59,6 +59,15 @@ CONFIGS = {
     "0101 + 1011 postfix, one position": dict(plugins=[
         dict(cfg=ga("0101", position_embedding_dim=16), position="after_conv2", stages=S),
         dict(cfg=ga("1011", position_embedding_dim=16, postfix=1), position="after_conv2", stages=S)]),
+    "1111 spatial_range 3, c4-c5 (256/512 channels)": dict(plugins=[dict(cfg=dict(ga("1111"), spatial_range=3),
+                                                                         position="after_conv2",
+                                                                         stages=(False, False, True, True))]),
+    "0010 spatial_range 1 kv_stride 1 q_stride 2, c4-c5": dict(plugins=[dict(
+        cfg=dict(ga("0010", q_stride=2), kv_stride=1, spatial_range=1), position="after_conv2",
+        stages=(False, False, True, True))]),
+    "0101 spatial_range 0 + dcn, c4": dict(dcn=DCN, stage_with_dcn=(False, False, True, False), plugins=[dict(
+        cfg=dict(ga("0101", position_embedding_dim=16), spatial_range=0), position="after_conv2",
+        stages=(False, False, True, False))]),
     "nonlocal sub_sample (no init_weights)": dict(plugins=[dict(cfg=dict(type="NonLocal2d", sub_sample=True),
                                                                 position="after_conv2",
                                                                 stages=(False, True, True, False))]),
@@ -109,6 +118,10 @@ def main():
         order = "same" if list(a) == list(b) else "differs"
         shapes = "same" if keys == "same" and all(a[k].shape == b[k].shape for k in a) else "DIFF"
         constants_equal, worst = compare_init(a, b) if keys == "same" else (False, (float("nan"), "-"))
+        masks = [k for k in a if k.endswith("local_constraint_map")]
+        if keys == "same" and masks:  # uint8: compare_init skips them; they must be equal bit for bit
+            constants_equal &= all(torch.equal(a[k], b[k]) for k in masks)
+            name += f" ({len(masks)} local_constraint_maps equal)" if constants_equal else " (MASKS DIFFER)"
         if keys != "same":
             print(f"| {name} | {keys} | {order} | {shapes} | - | - | - | - | - |", flush=True)
             continue
