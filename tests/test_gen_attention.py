@@ -185,10 +185,17 @@ def test_spatial_range_local_constraint_map(t, kv_stride, q_stride, spatial_rang
 def test_spatial_range_errors():
     found = errors(spec([{"cfg": ga("1111", spatial_range=1), "position": "after_conv2",
                           "stages": [False, True, False, False]}]))
-    assert found[0] == (
-        "E129", "GeneralizedAttention layer2.0.gen_attention_block.local_constraint_map has spatial_range = 1 and 128 "
+    assert found == [(
+        "E129", "GeneralizedAttention spatial_range = 1 in layer2 after_conv2, where it has 128 input channels: mmcv "
+                "builds its local_constraint_map only for 256 or 512 (max_len 84 or 42) and fails on others (max_len "
+                "is undefined)")]
+    # the explicit form: the op's own check (E129 at the plugin's node)
+    found = errors({"graphres": 1, "stages": [{"block": "bottleneck", "blocks": 1, "planes": 32, "plugins": [
+        {"position": "after_conv2", "block": "gen_attention_block", "spatial_range": 0, "num_heads": 8}]}]})
+    assert found == [(
+        "E129", "GeneralizedAttention layer1.0.gen_attention_block.local_constraint_map has spatial_range = 0 and 32 "
                 "input channels: mmcv builds its local_constraint_map only for 256 or 512 (max_len 84 or 42) and fails "
-                "on others (max_len is undefined)")
+                "on others (max_len is undefined)")]
     found = errors(spec([{"cfg": ga("1111", spatial_range=1), "position": "after_conv2",
                           "stages": [False, False, False, True]}], size=1600))
     assert found[0][0] == "E120" and "covers query maps up to 42x42 and key maps up to 21x21, but they are 50x50" \

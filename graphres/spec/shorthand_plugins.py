@@ -82,6 +82,9 @@ def expand_plugins(r: Reader, at: Callable[[str], Path], block: str, num_stages:
             continue
         plugin, name_path = made
         sources = plugin.pop("_spans")
+        if plugin.get("spatial_range", -1) >= 0 and not _mask_widths_ok(r, at, stages, mask, position, plugin,
+                                                                       sources["spatial_range"]):
+            continue
         clash = next((i for i in range(num_stages) if mask[i] and plugin["name"] in names[i]), None)
         if clash is not None:
             r.diags.add("E124", f"two plugins of layer{clash + 1} are named '{plugin['name']}' (plugins[{j}] and an "
@@ -102,6 +105,31 @@ def expand_plugins(r: Reader, at: Callable[[str], Path], block: str, num_stages:
             if mmseg:
                 stages[i]["plugin_mode"] = "last"
                 mark(("stages", i, "plugin_mode"), ppath)
+
+
+def _mask_widths_ok(r: Reader, at: Callable[[str], Path], stages: list[dict], mask: list[bool], position: str,
+                    plugin: dict, spath: Path) -> bool:
+    """mmcv's GeneralizedAttention builds its local_constraint_map only for 256 or 512 input
+    channels (max_len 84 or 42; any other width fails with an undefined max_len): E129 at spatial_range."""
+    groups, base_width = r.get(at("groups"), 1), r.get(at("base_width"), 4)
+    base = r.get(at("base_channels"), 64)
+    for i, on in enumerate(mask):
+        if not on:
+            continue
+        planes = stages[i].get("planes")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (planes, groups, base_width, base)) \
+                or not base:
+            return True  # reported elsewhere; the op rechecks
+        width = planes if groups == 1 else planes * base_width // base * groups
+        in_ch = planes * 4 if position == "after_conv3" else width
+        if in_ch not in (256, 512):
+            r.diags.add("E129", f"GeneralizedAttention spatial_range = {plugin['spatial_range']} in layer{i + 1} "
+                                f"{position}, where it has {in_ch} input channels: mmcv builds its local_constraint_map "
+                                f"only for 256 or 512 (max_len 84 or 42) and fails on others (max_len is undefined)",
+                        r.span(spath), "use spatial_range=-1, or stages where the plugin has 256 or 512 channels "
+                                       "(after_conv2 in layer3 and layer4 of ResNet-50)")
+            return False
+    return True
 
 
 def _stages_mask(r: Reader, entry: dict, epath: Path, j: int, num_stages: int) -> list[bool] | None:
