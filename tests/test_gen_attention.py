@@ -378,3 +378,26 @@ def test_explicit_form_round_trip():
     blocks = {p["name"]: p["block"] for p in explicit["stages"][3]["plugins"]}
     assert blocks == {"gen_attention_block": "gen_attention_block",
                       "gen_attention_block_p": "gen_attention_position_block"}
+
+
+def test_torchscript_export_and_standalone_source(tmp_path):
+    plugins = [{"cfg": ga("1111", spatial_range=2, q_stride=2), "position": "after_conv2",
+                "stages": [False, False, True]},
+               {"cfg": ga("0010", postfix=1), "position": "after_conv3", "stages": [False, True, False]}]
+    compiled = graphres.compile_spec(spec(plugins, size=64, num_stages=3, out_indices=[2]))
+    model = randomise(graphres.build(compiled))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = model(x)[0]
+        assert torch.equal(torch.jit.script(model)(x)[0], y)
+        assert torch.equal(torch.export.export(model, (x,)).module()(x)[0], y)
+    source = tmp_path / "m.py"
+    source.write_text(graphres.backends.codegen.generate(compiled.graph, standalone=True).source)
+    import importlib.util
+    spec_ = importlib.util.spec_from_file_location("ga_standalone", source)
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    standalone = mod.build_model()
+    standalone.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(standalone.eval()(x)[0], y)

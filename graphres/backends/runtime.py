@@ -314,7 +314,7 @@ def local_masked(energy: torch.Tensor, mask: torch.Tensor, q_map: torch.Tensor, 
     h, w = (1, 1) if energy.shape[-2] == 1 else (q_map.shape[-2], q_map.shape[-1])
     h_kv, w_kv = kv_map.shape[-2], kv_map.shape[-1]
     m = mask[:h, :w, :h_kv, :w_kv].contiguous().view(1, 1, h * w, h_kv * w_kv)
-    return energy.masked_fill(m.bool(), float("-inf"))
+    return energy.masked_fill(m.to(torch.bool), float("-inf"))
 
 
 class RelativePosition(nn.Linear):
