@@ -82,9 +82,15 @@ def expand_plugins(r: Reader, at: Callable[[str], Path], block: str, num_stages:
             continue
         plugin, name_path = made
         sources = plugin.pop("_spans")
-        if plugin.get("spatial_range", -1) >= 0 and not _mask_widths_ok(r, at, stages, mask, position, plugin,
-                                                                       sources["spatial_range"]):
-            continue
+        if plugin.get("spatial_range", -1) >= 0:
+            if not _mask_widths_ok(r, at, stages, mask, position, plugin, sources["spatial_range"]):
+                continue
+            r.diags.add("W124", f"GeneralizedAttention spatial_range = {plugin['spatial_range']} builds in "
+                                "mmdetection, but its init_weights() fails on the uint8 local_constraint_map "
+                                "parameter (mmengine takes the mean of every parameter: 'mean(): could not infer "
+                                "output dtype ... Byte')", r.span(sources["spatial_range"]),
+                        "graphres builds and initialises it (the map as mmcv computes it); mmdetection can only "
+                        "load a checkpoint")
         clash = next((i for i in range(num_stages) if mask[i] and plugin["name"] in names[i]), None)
         if clash is not None:
             r.diags.add("E124", f"two plugins of layer{clash + 1} are named '{plugin['name']}' (plugins[{j}] and an "
@@ -310,6 +316,7 @@ def _gen_attention(r: Reader, cfg: dict, cpath: Path, out: dict, spans: dict, pt
         out["num_heads"], spans["num_heads"] = 9, cpath  # mmcv's default (the block's too)
     if not (bits[0] or bits[2]):
         out["block"] = "gen_attention_position_block"
+
     if bits[1] and not bits[3]:
         r.diags.add("W123", f"GeneralizedAttention attention_type {atype!r}: without its fourth bit, mmcv's "
                             "query-position term reads the query with height and width swapped in its y part, and "

@@ -9,8 +9,10 @@ Per configuration: state-dict keys, order and shapes; the initialisation after i
 strictly (gamma set to 0.5 in both so the attention branch shows in the outputs; mmcv starts it at
 zero) and eval outputs, train-mode outputs, float64 input and parameter gradients compared.
 DCN runs on mmcv-lite's DeformConv2dPack with torchvision's kernel (tools/parity/mm_loader.py).
-NonLocal2d sub_sample=True cannot run mmdetection's init_weights() (mmcv's own bug, W120): its row
-compares after mmcv's constructor init only.
+NonLocal2d sub_sample=True (W120) and GeneralizedAttention spatial_range >= 0 (W124: mmengine's
+init_weights() takes the mean of the uint8 local_constraint_map) cannot run mmdetection's
+init_weights(): those rows compare after mmcv's constructor init only ("no init_weights": the
+backbone's convs keep torch's default init there, so their std differs from graphres' Kaiming).
 """
 import copy
 import sys
@@ -59,13 +61,13 @@ CONFIGS = {
     "0101 + 1011 postfix, one position": dict(plugins=[
         dict(cfg=ga("0101", position_embedding_dim=16), position="after_conv2", stages=S),
         dict(cfg=ga("1011", position_embedding_dim=16, postfix=1), position="after_conv2", stages=S)]),
-    "1111 spatial_range 3, c4-c5 (256/512 channels)": dict(plugins=[dict(cfg=dict(ga("1111"), spatial_range=3),
+    "1111 spatial_range 3, c4-c5 (no init_weights)": dict(plugins=[dict(cfg=dict(ga("1111"), spatial_range=3),
                                                                          position="after_conv2",
                                                                          stages=(False, False, True, True))]),
-    "0010 spatial_range 1 kv_stride 1 q_stride 2, c4-c5": dict(plugins=[dict(
+    "0010 spatial_range 1 kv_stride 1 q_stride 2, c4-c5 (no init_weights)": dict(plugins=[dict(
         cfg=dict(ga("0010", q_stride=2), kv_stride=1, spatial_range=1), position="after_conv2",
         stages=(False, False, True, True))]),
-    "0101 spatial_range 0 + dcn, c4": dict(dcn=DCN, stage_with_dcn=(False, False, True, False), plugins=[dict(
+    "0101 spatial_range 0 + dcn, c4 (no init_weights)": dict(dcn=DCN, stage_with_dcn=(False, False, True, False), plugins=[dict(
         cfg=dict(ga("0101", position_embedding_dim=16), spatial_range=0), position="after_conv2",
         stages=(False, False, True, False))]),
     "nonlocal sub_sample (no init_weights)": dict(plugins=[dict(cfg=dict(type="NonLocal2d", sub_sample=True),
