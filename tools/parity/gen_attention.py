@@ -2,7 +2,7 @@
 against mmdetection 3.3's real ResNet with mmcv 2.1's GeneralizedAttention. Private: run in
 /work/venvs/mm,
 
-    PYTHONPATH=$PWD /work/venvs/mm/bin/python tools/parity/gen_attention.py 2>/dev/null | grep '^[|#it]' > benchmarks/results/gen_attention_parity.txt
+    PYTHONPATH=$PWD /work/venvs/mm/bin/python tools/parity/gen_attention.py 2>/dev/null | grep '^[|#]\|^init\|^(t' > benchmarks/results/gen_attention_parity.txt
 
 Per configuration: state-dict keys, order and shapes; the initialisation after init_weights()
 (constants equal, local_constraint_map bit for bit, the std of random tensors); then mmdetection's weights loaded into graphres
