@@ -90,6 +90,11 @@ CODES: dict[str, str] = {
     "W120": "NonLocal2d sub_sample breaks mmdetection's init_weights",
     "W121": "NonLocal2d concatenation cannot train in mmcv",
     "W122": "plugin postfix outside cfg is ignored",
+    "E127": "GeneralizedAttention attention_type is not four 0/1 bits",
+    "E128": "GeneralizedAttention argument out of range",
+    "E129": "GeneralizedAttention spatial_range on a width mmcv has no mask for",
+    "W123": "GeneralizedAttention query-position term without geom_bias (mmcv: square maps only)",
+    "W124": "GeneralizedAttention spatial_range breaks mmdetection's init_weights",
 }
 
 # How much of a run the text printer shows: the first MAX_PRINTED diagnostics (then "... and N

@@ -817,3 +817,178 @@ OPS: dict[str, OpDef] = {
               check_shape=_broadcast_check("expand")),
     ]
 }
+
+
+# -- GeneralizedAttention (mmcv): a learned bias, the relative position term, a resize -------------
+# (one contiguous block: ops added for issue 10's GeneralizedAttention plugin)
+
+def _bias_size(a: dict) -> int:
+    return math.prod(a["dims"])
+
+
+def _bias_shape(a: dict, shapes: Sequence[tuple]) -> tuple:
+    dims = tuple(a["dims"])
+    return dims if a["alone"] else (_broadcast(shapes[0], dims) or tuple(shapes[0]))
+
+
+def _bias_check(a: dict, shapes: Sequence[tuple]):
+    if any(d < 1 for d in a["dims"]):
+        return (f"bias at {{node}}: dims {list(a['dims'])} must be positive sizes", "the learned tensor's shape")
+    if not a["alone"] and _broadcast(shapes[0], tuple(a["dims"])) is None:
+        return (f"bias at {{node}}: its {_shape_text(a['dims'])} tensor does not broadcast onto its "
+                f"{_shape_text(shapes[0])} input", "sizes must match or be 1, axis by axis from the end")
+    return None
+
+
+def _bias_call(a: dict, ref: str | None, xs: Sequence[str], inplace: bool) -> str:
+    dims = ", ".join(map(str, a["dims"]))
+    if a["alone"]:
+        # repeat (a copy, as mmcv's): a view of a parameter made under no_grad would be a leaf that
+        # requires grad, which module hooks (FlopCounterMode's tracker) refuse
+        return f"{ref}.view(1, {dims}).repeat({xs[0]}.shape[0], {', '.join('1' * len(a['dims']))})"
+    return f"{xs[0]} + {ref}.view(1, {dims})"
+
+
+def _position_sizes(shapes: Sequence[tuple]) -> tuple[int, int, int, int, int]:
+    """(rows of the query, h, w, h_kv, w_kv) from the operands (query, query map, key/value map)."""
+    q, qm, kv = shapes
+    return q[-2], qm[-2], qm[-1], kv[-2], kv[-1]
+
+
+def _position_shape(a: dict, shapes: Sequence[tuple]) -> tuple:
+    rows, h, w, hkv, wkv = _position_sizes(shapes)
+    one = rows == 1 and h * w != 1  # a learned bias instead of a per-position query
+    if not a["vertical"]:
+        return (a["heads"], 1 if one else h, w, 1, wkv)
+    return (a["heads"], h, 1 if one else w, hkv, 1)
+
+
+def _position_check(a: dict, shapes: Sequence[tuple]):
+    q, qm, kv = shapes
+    if len(q) != 3 or len(qm) != 3 or len(kv) != 3:
+        return (f"position_energy at {{node}}: needs a heads x rows x dim query and two C x H x W maps, got "
+                f"{', '.join(_shape_text(s) for s in shapes)}", "from: [query, query map, key/value map]")
+    rows, h, w, hkv, wkv = _position_sizes(shapes)
+    if q[0] != a["heads"] or q[2] != a["dim"] or rows not in (1, h * w):
+        return (f"position_energy at {{node}}: its query is {_shape_text(q)}, but heads = {a['heads']}, dim = "
+                f"{a['dim']} and the query map has {h}x{w} positions", "the query is heads x (H*W or 1) x dim")
+    if a["feat"] % 4:
+        return (f"position_energy at {{node}}: feat = {a['feat']} is not a multiple of 4 (the sine embedding has "
+                f"2 * ceil(feat / 4) values, the Linear feat // 2 inputs)", "use a multiple of 4")
+    if a["transposed"] and h != w and rows != 1:
+        return (f"position_energy at {{node}}: transposed: true (mmcv's query-and-position term without geom_bias) "
+                f"needs a square map, but the query map is {h}x{w}: mmcv fails there too",
+                "use a square input size, or attention_type with its fourth bit set ('0101', '1111')")
+    return None
+
+
+def _position_macs(a: dict, shapes: Sequence[tuple], out: tuple) -> int:
+    """The Linear on the sine embedding (once per forward, as mmcv computes it) and the product of
+    the query with it, as FlopCounterMode counts them (FLOPs / 2)."""
+    rows, h, w, hkv, wkv = _position_sizes(shapes)
+    pairs = h * hkv if a["vertical"] else w * wkv
+    return pairs * (a["feat"] // 2) * a["heads"] * a["dim"] + math.prod(out) * a["dim"]
+
+
+def _position_torch(a: dict, in_ch: int, out_ch: int, settings: Mapping, inplace: bool) -> str:
+    args = [str(a["feat"]), str(a["heads"]), str(a["dim"])]
+    for key, default in (("vertical", False), ("magnitude", 1), ("q_stride", 1), ("kv_stride", 1), ("wave_length", 1000),
+                         ("transposed", False)):
+        if a[key] != default:
+            args.append(f"{key}={a[key]!r}")
+    return f"RelativePosition({', '.join(args)})"
+
+
+def _max_len_kv(a: dict) -> int:
+    return int((a["max_len"] - 1.0) / a["kv_stride"] + 1) if a["max_len"] else 0
+
+
+def _local_mask_size(a: dict) -> tuple:
+    ml, mk = a["max_len"], _max_len_kv(a)
+    return (ml, ml, mk, mk)
+
+
+def _local_mask_check(a: dict, shapes: Sequence[tuple]):
+    e, qm, kv = shapes
+    if len(e) < 2 or len(qm) != 3 or len(kv) != 3:
+        return (f"local_mask at {{node}}: needs an energy (..., rows, keys) and two C x H x W maps, got "
+                f"{', '.join(_shape_text(s) for s in shapes)}", "from: [energy, query map, key/value map]")
+    if not a["max_len"]:
+        return None  # check_run says why (E129)
+    h, w = (1, 1) if e[-2] == 1 else qm[-2:]
+    mk = _max_len_kv(a)
+    if max(h, w) > a["max_len"] or max(kv[-2:]) > mk:
+        return (f"local_mask at {{node}}: mmcv's local_constraint_map covers query maps up to {a['max_len']}x"
+                f"{a['max_len']} and key maps up to {mk}x{mk}, but they are {h}x{w} and {kv[-2]}x{kv[-1]} here "
+                f"(mmcv's view fails)", "use a smaller input size, or spatial_range -1")
+    if e[-2] != h * w or e[-1] != kv[-2] * kv[-1]:
+        return (f"local_mask at {{node}}: its {_shape_text(e)} energy does not pair {h}x{w} queries with "
+                f"{kv[-2]}x{kv[-1]} keys", "the energy is (heads, H*W or 1, H_kv*W_kv)")
+    return None
+
+
+def _local_mask_run(a: dict, in_ch: int, in_shape: tuple, settings: Mapping):
+    if not a["max_len"]:
+        return ("E129", f"GeneralizedAttention {{node}} has spatial_range = {a['spatial_range']} and "
+                        f"{a['channels']} input channels: mmcv builds its local_constraint_map only for 256 or 512 "
+                        f"(max_len 84 or 42) and fails on others (max_len is undefined)",
+                "use spatial_range -1, or put the plugin where it has 256 or 512 channels (after conv2 in layer3 "
+                "or layer4 of ResNet-50)")
+    return None
+
+
+def _resize_check(a: dict, shapes: Sequence[tuple]):
+    if len(shapes[0]) != 3 or len(shapes[1]) != 3:
+        return (f"resize at {{node}}: needs two C x H x W maps, got {_shape_text(shapes[0])} and "
+                f"{_shape_text(shapes[1])}", "the second input gives the size")
+    return None
+
+
+_GA_OPS = [
+    OpDef("bias", "a learned tensor of shape dims (the state-dict key is the layer's name; prod(dims) values, "
+                  "flat) added to its input, broadcasting; alone: true gives the tensor itself, repeated over the "
+                  "input's batch; it starts uniform in +-1/sqrt(fan) (fan 0: zeros)",
+          {"dims": REQUIRED, "alone": False, "fan": 0},
+          TorchEmit(module=lambda a, i, o, s, inplace: f"parameter({_bias_size(a)}, 0, fan={a['fan']})",
+                    call_attrs=_bias_call, needs=lambda s: ("parameter",)),
+          label=lambda a, s, c: "bias" if a["alone"] else "+ bias", list_attrs=("dims",), int_min={"fan": 0},
+          channels=lambda a, chs: a["dims"][0] if a["alone"] else chs[0],
+          shape=_bias_shape, check_shape=_bias_check, params=lambda a, i, o, s: _bias_size(a), unique_name=True,
+          tensors=lambda a, i, o, s: {"": (_bias_size(a),)}),
+    OpDef("position_energy", "relative position energy of one axis (mmcv GeneralizedAttention): the sine embedding "
+                             "(wave_length) of the coordinate differences (query index * q_stride - key index * "
+                             "kv_stride) * magnitude, through a bias-free Linear(feat // 2, heads * dim), divided by "
+                             "sqrt(2), times the query (heads x (H*W or 1) x dim); the x (width) term gives heads x H x "
+                             "W x 1 x W_kv, vertical: true the y term, heads x H x W x H_kv x 1 (broadcast_add them)",
+          {"vertical": False, "heads": REQUIRED, "dim": REQUIRED, "feat": REQUIRED, "magnitude": 1, "q_stride": 1,
+           "kv_stride": 1, "wave_length": 1000, "transposed": False},
+          TorchEmit(module=_position_torch, needs=lambda s: ("RelativePosition",)),
+          label=lambda a, s, c: f"position {'y' if a['vertical'] else 'x'}", arity=(3, 3),
+          int_min={"heads": 1, "dim": 1, "feat": 2, "q_stride": 1, "kv_stride": 1, "wave_length": 1},
+          channels=lambda a, chs: a["heads"], shape=_position_shape, check_shape=_position_check,
+          macs_shape=_position_macs, params=lambda a, i, o, s: a["heads"] * a["dim"] * (a["feat"] // 2),
+          unique_name=True, global_pool=True,
+          tensors=lambda a, i, o, s: {"weight": (a["heads"] * a["dim"], a["feat"] // 2)}),
+    OpDef("local_mask", "mmcv GeneralizedAttention's spatial_range: a uint8 parameter local_constraint_map "
+                        "(max_len x max_len x max_len_kv x max_len_kv, max_len_kv = int((max_len - 1) / kv_stride "
+                        "+ 1); the state-dict key is the layer's name; no gradient) marks the keys farther than "
+                        "spatial_range from each query; those energies become -inf. Inputs: the energy (heads x "
+                        "(H*W or 1) x H_kv*W_kv), the query map and the key/value map",
+          {"max_len": REQUIRED, "kv_stride": 1, "spatial_range": 0, "channels": 0},
+          TorchEmit(module=lambda a, i, o, s, inplace: f"local_constraint_map({a['max_len']}, {a['kv_stride']}, "
+                                                       f"{a['spatial_range']})",
+                    call=lambda ref, xs, inplace: f"local_masked({', '.join([xs[0], str(ref)] + list(xs[1:]))})",
+                    needs=lambda s: ("local_constraint_map", "local_masked")),
+          label=lambda a, s, c: f"local mask {a['spatial_range']}", arity=(3, 3),
+          int_min={"kv_stride": 1}, shape=lambda a, shapes: tuple(shapes[0]), check_shape=_local_mask_check,
+          check_run=_local_mask_run, params=lambda a, i, o, s: math.prod(_local_mask_size(a)), unique_name=True,
+          tensors=lambda a, i, o, s: {"": _local_mask_size(a)} if a["max_len"] else {}),
+    OpDef("resize", "bilinear resize of the first input to the second input's H x W (align_corners false; "
+                    "mmcv's upsampling after a strided query)", {},
+          TorchEmit(call=lambda ref, xs, inplace: f"torch.nn.functional.interpolate({xs[0]}, size={xs[1]}.shape[-2:], "
+                                                  f"mode='bilinear', align_corners=False)"),
+          label=_plain("resize"), has_module=False, arity=(2, 2),
+          spatial=lambda a, shapes: tuple(shapes[1]), shape=lambda a, shapes: (shapes[0][0],) + tuple(shapes[1][-2:]),
+          check_shape=_resize_check),
+]
+OPS.update((op.name, op) for op in _GA_OPS)

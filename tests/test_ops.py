@@ -9,7 +9,9 @@ from graphres.ops import OPS, REQUIRED, OpDef, TorchEmit, Window
 SETTINGS = {"norm": {"type": "BN"}, "conv": {"type": "Conv2d"}}
 SAMPLE = {"conv": {"out": 8, "kernel": 3}, "linear": {"out": 10}, "maxpool": {"kernel": 3, "stride": 2},
           "avgpool": {"kernel": 2}, "act": {"type": "relu"}, "deform_conv": {"out": 8, "kernel": 3},
-          "reshape": {"dims": (8, -1)}, "permute": {"dims": (0, 2, 1)}, "layernorm": {"dims": (8, 1, 1)}}
+          "reshape": {"dims": (8, -1)}, "permute": {"dims": (0, 2, 1)}, "layernorm": {"dims": (8, 1, 1)},
+          "bias": {"dims": (8, 1, 4)}, "position_energy": {"heads": 8, "dim": 4, "feat": 16},
+          "local_mask": {"max_len": 42, "kv_stride": 2, "spatial_range": 3}}
 
 
 def attrs_of(name):
@@ -55,7 +57,7 @@ def test_every_op_defines_every_rule(name):
     if op.has_module:
         text = op.torch.module(a, 8, out_ch, SETTINGS, False)
         assert text.startswith(("nn.", "ConvWS2d(", "FrozenBatchNorm2d(", "SyncBatchNorm2d(", "DeformConv2dPack(",
-                                "ModulatedDeformConv2dPack(", "parameter(")), text
+                                "ModulatedDeformConv2dPack(", "parameter(", "RelativePosition(", "local_constraint_map(")), text
     call = op.torch.call("self.m" if op.has_module else None, ["a", "b"][:max(op.arity[0], 1)], False)
     assert isinstance(call, str) and call
 

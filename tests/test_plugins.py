@@ -225,8 +225,8 @@ def test_shorthand_errors():
     assert errors(spec([{"cfg": {"type": "ContextBlock", "ratio": 0.25, "fusion_types": []},
                          "position": "after_conv2"}])) == [
         ("E126", "ContextBlock fusion_types is empty: mmcv asserts 'at least one fusion should be used'")]
-    assert errors(spec([{"cfg": {"type": "GeneralizedAttention"}, "position": "after_conv2"}])) == [
-        ("E016", "plugin type 'GeneralizedAttention' is not supported yet")]
+    assert errors(spec([{"cfg": {"type": "GeneralizedAttention", "attention_type": "11"}, "position": "after_conv2"}])) == [
+        ("E127", "GeneralizedAttention attention_type '11' is not a string of four 0/1 bits")]
     assert errors(spec([{"cfg": GCB, "position": "after_conv3"}, {"cfg": GCB, "position": "after_conv1",
                                                                  "stages": [False, False, True, False]}])) == [
         ("E124", "two plugins of layer3 are named 'context_block' (plugins[1] and an earlier one): mmdetection "
@@ -285,3 +285,62 @@ def test_warnings():
     model = graphres.build(compiled)  # sub_sample builds and initialises here (mmdetection cannot)
     block, bx, by = block_io(randomise(model), "layer3", 1, torch.randn(1, 3, 64, 64))
     assert by.shape == (1, 1024, 4, 4)
+
+
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "gaussian", "dot_product", "concatenation"])
+def test_sub_sample_keys_are_mmcvs_and_load_strictly(mode):
+    """mmcv wraps g and phi as nn.Sequential(conv module, max pool) (gaussian: phi is the pool): the
+    keys are g.0.conv, phi.0.conv; without sub_sample they stay g.conv, phi.conv."""
+    cfg = {"type": "NonLocal2d", "mode": mode, "sub_sample": True, "reduction": 4}
+    model = graphres.build(spec([{"cfg": cfg, "position": "after_conv2", "stages": [False, True]}], size=48,
+                                num_stages=2, out_indices=[1]))
+    keys = [k[len("layer2.0.nonlocal_block."):] for k in model.state_dict() if k.startswith("layer2.0.nonlocal_block.")]
+    expected = ["g.0.conv.weight", "g.0.conv.bias", "conv_out.conv.weight", "conv_out.conv.bias"]
+    if mode != "gaussian":
+        expected += ["theta.conv.weight", "theta.conv.bias", "phi.0.conv.weight", "phi.0.conv.bias"]
+    if mode == "concatenation":
+        expected += ["concat_project.conv.weight"]
+    assert keys == expected
+    block = model.layer2[0].nonlocal_block
+    assert isinstance(block.g, torch.nn.Sequential) and isinstance(block.g[1], torch.nn.MaxPool2d)
+    if mode == "gaussian":
+        assert isinstance(block.phi, torch.nn.MaxPool2d)
+    compiled = graphres.compile_spec(spec([{"cfg": cfg, "position": "after_conv2", "stages": [False, True]}],
+                                          size=48, num_stages=2, out_indices=[1]))
+    assert list(state_dict_shapes(compiled.graph)) == list(model.state_dict())
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, strict=True)
+    # the numbers: mmcv's forward with the pooled g and phi
+    randomise(model)
+    x = torch.randn(1, 3, 48, 48)
+    b, bx, by = block_io(model, "layer2", 1, x)
+
+    def ref(blk, t):
+        m = blk.nonlocal_block
+        n, c, h, w = t.shape
+        g = m.g[1](m.g[0].conv(t)).flatten(2).transpose(1, 2)
+        if mode == "gaussian":
+            theta, phi = t.flatten(2).transpose(1, 2), m.phi(t).flatten(2)
+        else:
+            theta, phi = m.theta.conv(t).flatten(2).transpose(1, 2), m.phi[1](m.phi[0].conv(t)).flatten(2)
+        if mode == "concatenation":
+            big_n, big_m = theta.shape[1], phi.shape[-1]
+            pairs = torch.cat([theta.transpose(1, 2)[..., None].expand(-1, -1, -1, big_m),
+                               phi[:, :, None, :].expand(-1, -1, big_n, -1)], 1)
+            weights = F.relu(m.concat_project.conv(pairs))[:, 0] / big_m
+        else:
+            weights = theta @ phi
+            if mode == "embedded_gaussian":
+                weights = weights / theta.shape[-1] ** 0.5
+            weights = weights.softmax(-1) if mode != "dot_product" else weights / weights.shape[-1]
+        y = (weights @ g).transpose(1, 2).reshape(n, -1, h, w)
+        return t + m.conv_out.conv(y)
+    with torch.no_grad():
+        expected_y = bottleneck(b, bx, {"after_conv2": [ref]})
+    assert torch.allclose(by, expected_y, atol=1e-5, rtol=1e-4)
+
+
+def test_without_sub_sample_the_keys_stay():
+    model = graphres.build(spec([{"cfg": {"type": "NonLocal2d"}, "position": "after_conv2", "stages": [False, True]}],
+                                size=48, num_stages=2, out_indices=[1]))
+    assert "layer2.0.nonlocal_block.g.conv.weight" in model.state_dict()
+    assert "layer2.0.nonlocal_block.phi.conv.weight" in model.state_dict()

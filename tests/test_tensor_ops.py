@@ -14,7 +14,7 @@ from graphres.ops import OPS
 from graphres.spec.expr import ExprError, evaluate
 
 TENSOR_OPS = ("flatten", "unflatten", "reshape", "permute", "softmax", "matmul", "layernorm", "scale", "div_size",
-              "broadcast_add", "expand")
+              "broadcast_add", "expand", "bias", "position_energy", "local_mask", "resize")
 
 
 def shape(op, attrs, *shapes):
@@ -89,7 +89,7 @@ def test_params_and_macs():
     # matmul: one multiply-add per output element and reduced index (FlopCounterMode counts 2 FLOPs each)
     assert OPS["matmul"].macs_shape({}, [(3, 49, 16), (3, 16, 25)], (3, 49, 25)) == 3 * 49 * 25 * 16
     for name in TENSOR_OPS:
-        if name not in ("layernorm", "scale"):
+        if name not in ("layernorm", "scale", "bias", "position_energy", "local_mask"):
             assert OPS[name].params(OPS[name].attrs, 8, 8, {}) == 0, name
 
 

@@ -424,9 +424,27 @@ def _module_lines(modules: list[tuple[str, _Ctor]], exprs_of, indent: str) -> li
         if not path or path in made:
             return
         container(path.rpartition(".")[0])
+        if path in made:  # an nn.Module item of the parent's Sequential
+            return
         made.add(path)
         children = tree.get(path, [])
         names = [modules[mi][0].rpartition(".")[2] for mi in children]
+        # numbered children that are containers themselves (mmcv's nn.Sequential(ConvModule, pool):
+        # ``g.0.conv``, ``g.1``): the Sequential holds an nn.Module there, filled in below
+        inner = sorted({p[len(path) + 1:].split(".", 1)[0] for p, _ in modules
+                        if p.startswith(path + ".") and p.count(".") > path.count(".") + 1} - set(names),
+                       key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+        if inner and all(s.isdigit() for s in inner + names) and \
+                sorted(int(s) for s in inner + names) == list(range(len(inner) + len(names))):
+            by_name = dict(zip(names, children))
+            items = [modules[by_name[str(i)]][1].text(exprs_of(by_name[str(i)], len(modules[by_name[str(i)]][1].values())))
+                     if str(i) in by_name else "nn.Module()" for i in range(len(inner) + len(names))]
+            lines.append(f"{indent}{_attr_ref(path)} = nn.Sequential(")
+            lines.extend(f"{indent}    {item}," for item in items)
+            lines.append(f"{indent})")
+            made.update(modules[mi][0] for mi in children)
+            made.update(f"{path}.{s}" for s in inner)
+            return
         if children and names == [str(i) for i in range(len(names))]:
             items = [modules[mi][1].text(exprs_of(mi, len(modules[mi][1].values()))) for mi in children]
             if len(items) == 1:
@@ -473,7 +491,7 @@ def generate(g: nx.DiGraph, standalone: bool = False) -> Generated:
             by_scope.setdefault(g.nodes[n][ir.SCOPE], []).append(n)
     class_names = Namespace(BASE_RUNTIME + ("FrozenBatchNorm2d", "SyncBatchNorm2d", "SyncBNError", "ConvWS2d",
                                             "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack",
-                                            INFERENCE_BASE, "InferenceBuildError"))
+                                            "RelativePosition", INFERENCE_BASE, "InferenceBuildError"))
     net_name = class_names.make(camel(g.graph[ir.G_NAME]))
     instances: list[tuple[str, _Instance]] = []
     for st in g.graph[ir.G_STAGES]:

@@ -81,6 +81,31 @@ def state_dict_shapes(g: nx.DiGraph) -> dict[str, tuple[int, ...]]:
         d = g.nodes[n]
         for key, shape in module_tensors(d[ir.OP], d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], g.graph["norm"]).items():
             out[f"{module}.{key}" if key else module] = shape  # "": the module is a bare parameter (a gamma)
+    return _torch_order(out)
+
+
+def _torch_order(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The keys in nn.Module.state_dict's order: each module's own tensors (a bare parameter such as
+    GeneralizedAttention's appr_bias, geom_bias, gamma included) before its children's, the children
+    in the order they first appear."""
+    own: dict[str, list[str]] = {}
+    children: dict[str, list[str]] = {}
+    for key in shapes:
+        owner = key.rpartition(".")[0]
+        own.setdefault(owner, []).append(key)
+        parts = owner.split(".") if owner else []
+        for i in range(len(parts)):
+            parent, child = ".".join(parts[:i]), ".".join(parts[:i + 1])
+            listed = children.setdefault(parent, [])
+            if child not in listed:
+                listed.append(child)
+    out: dict[str, tuple[int, ...]] = {}
+    stack = [""]
+    while stack:
+        path = stack.pop()
+        for key in own.get(path, []):
+            out[key] = shapes[key]
+        stack.extend(reversed(children.get(path, [])))
     return out
 
 

@@ -376,9 +376,80 @@ class ModulatedDeformConv2dPack(DeformConv2d):
         offset, mask = torch.cat((o1, o2), dim=1), torch.sigmoid(mask)
         del out, o1, o2  # the offset conv's output is not needed once split
         return self.deform_conv2d(x, offset, mask)
-def parameter(size: int, value: float) -> nn.Parameter:
-    """A learned tensor of ``size`` values starting at ``value`` (an attention block's gamma)."""
+def parameter(size: int, value: float, fan: int = 0) -> nn.Parameter:
+    """A learned tensor of ``size`` values starting at ``value`` (an attention block's gamma), or,
+    with ``fan`` > 0, uniform in +-1/sqrt(fan) (mmcv GeneralizedAttention's appr_bias, geom_bias)."""
+    if fan > 0:
+        bound = 1.0 / math.sqrt(fan)
+        return nn.Parameter(torch.empty(size).uniform_(-bound, bound))
     return nn.Parameter(torch.full((size,), float(value)))
+
+
+def local_constraint_map(max_len: int, kv_stride: int, spatial_range: int) -> nn.Parameter:
+    """mmcv GeneralizedAttention's local_constraint_map: 1 where key (y, x) is outside query
+    (iy, ix)'s range (rows max((iy - r) // s, 0) to (iy + r + 1) // s, the same for columns), a
+    uint8 parameter without gradient, as mmcv registers it."""
+    max_len_kv = int((max_len - 1.0) / kv_stride + 1)
+    idx, kv = torch.arange(max_len)[:, None], torch.arange(max_len_kv)[None, :]
+    lo = torch.clamp(torch.div(idx - spatial_range, kv_stride, rounding_mode="floor"), min=0)
+    hi = torch.clamp(torch.div(idx + spatial_range + 1, kv_stride, rounding_mode="floor") + 1, max=max_len)
+    near = (kv >= lo) & (kv < hi)  # max_len x max_len_kv
+    inside = near[:, None, :, None] & near[None, :, None, :]
+    return nn.Parameter((~inside).to(torch.uint8), requires_grad=False)
+
+
+def local_masked(energy: torch.Tensor, mask: torch.Tensor, q_map: torch.Tensor, kv_map: torch.Tensor) -> torch.Tensor:
+    """The energy with -inf where ``mask`` (local_constraint_map) is set, for this query and key size
+    (one query row: mmcv's 1x1)."""
+    h, w = (1, 1) if energy.shape[-2] == 1 else (q_map.shape[-2], q_map.shape[-1])
+    h_kv, w_kv = kv_map.shape[-2], kv_map.shape[-1]
+    m = mask[:h, :w, :h_kv, :w_kv].contiguous().view(1, 1, h * w, h_kv * w_kv)
+    return energy.masked_fill(m.to(torch.bool), float("-inf"))
+
+
+class RelativePosition(nn.Linear):
+    """mmcv GeneralizedAttention's relative position term of one axis (the ``position_energy`` op).
+
+    The weight is mmcv's ``appr_geom_fc_x`` (or ``_y``): a bias-free ``Linear(feat // 2, heads * dim)``
+    applied to the sine embedding (``wave_length`` ** (4 k / feat), sin then cos) of the coordinate
+    differences ``(i * q_stride - j * kv_stride) * magnitude`` along the axis, divided by sqrt(2), then
+    multiplied with the query (``n x heads x rows x dim``, rows = H*W of the query map, or 1 for a
+    learned bias alone). The x (width) term is ``n x heads x H x W x 1 x W_kv``, ``vertical`` the y term
+    ``n x heads x H x W x H_kv x 1`` (a 1 in place of H or W for a one-row query). ``transposed``
+    reproduces mmcv's y term without geom_bias, which reads the query with H and W swapped (square
+    maps only)."""
+
+    def __init__(self, feat: int, heads: int, dim: int, vertical: bool = False, magnitude: int = 1, q_stride: int = 1,
+                 kv_stride: int = 1, wave_length: int = 1000, transposed: bool = False):
+        super().__init__(feat // 2, heads * dim, bias=False)
+        self.feat, self.heads, self.dim, self.vertical = feat, heads, dim, vertical
+        self.magnitude, self.q_stride, self.kv_stride = magnitude, q_stride, kv_stride
+        self.wave_length, self.transposed = wave_length, transposed
+
+    def forward(self, query: torch.Tensor, q_map: torch.Tensor, kv_map: torch.Tensor) -> torch.Tensor:
+        n = query.shape[0]
+        h, w = q_map.shape[-2], q_map.shape[-1]
+        h_kv, w_kv = kv_map.shape[-2], kv_map.shape[-1]
+        size, size_kv = (h, h_kv) if self.vertical else (w, w_kv)
+        dtype, device = q_map.dtype, q_map.device
+        idx = torch.linspace(0, size - 1, size).to(device=device, dtype=dtype).view(size, 1) * self.q_stride
+        idx_kv = torch.linspace(0, size_kv - 1, size_kv).to(device=device, dtype=dtype).view(size_kv, 1) \
+            * self.kv_stride
+        diff = (idx.unsqueeze(1) - idx_kv.unsqueeze(0)) * self.magnitude  # size x size_kv x 1
+        feat_range = torch.arange(0, self.feat / 4).to(device=device, dtype=dtype)
+        dim_mat = torch.tensor([float(self.wave_length)]).to(device=device, dtype=dtype)
+        dim_mat = (dim_mat ** ((4.0 / self.feat) * feat_range)).view(1, 1, -1)
+        embedding = torch.cat(((diff / dim_mat).sin(), (diff / dim_mat).cos()), dim=2)
+        feat = nn.functional.linear(embedding, self.weight).view(size, size_kv, self.heads, self.dim)
+        feat = feat.permute(2, 0, 1, 3) / math.sqrt(2)  # heads x size x size_kv x dim
+        one = query.shape[-2] != h * w or h * w == 1
+        q = query.reshape(n, self.heads, 1 if one else h, 1 if one else w, self.dim)
+        if not self.vertical:
+            out = torch.matmul(q.transpose(2, 3), feat.transpose(-1, -2))  # n x heads x W x H x W_kv
+            return out.transpose(2, 3).unsqueeze(4)
+        if self.transposed:
+            q = q.transpose(2, 3)
+        return torch.matmul(q, feat.transpose(-1, -2)).unsqueeze(5)  # n x heads x H x W x H_kv x 1
 
 
 def init_module(m: nn.Module, kind: str) -> None:

@@ -23,8 +23,13 @@ PLUGIN_KEYS = ("cfg", "position", "stages", "postfix")
 PLUGIN_TYPES = {
     "ContextBlock": ("context_block", "context_block", ("ratio", "pooling_type", "fusion_types")),
     "NonLocal2d": ("nonlocal_block", "nonlocal_block", ("reduction", "use_scale", "mode", "sub_sample")),
+    "GeneralizedAttention": ("gen_attention_block", "gen_attention_block",
+                             ("spatial_range", "num_heads", "position_embedding_dim", "position_magnitude",
+                              "kv_stride", "q_stride", "attention_type")),
 }
-UNSUPPORTED_TYPES = {"GeneralizedAttention": "gen_attention_block"}
+UNSUPPORTED_TYPES: dict[str, str] = {}
+# attention_type's four bits -> the block parameters (mmcv's attention_type[0..3])
+GA_BITS = ("appr_appr", "appr_position", "bias_appr", "bias_position")
 NONLOCAL_MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 FUSION_TYPES = ("channel_add", "channel_mul")
 
@@ -77,6 +82,15 @@ def expand_plugins(r: Reader, at: Callable[[str], Path], block: str, num_stages:
             continue
         plugin, name_path = made
         sources = plugin.pop("_spans")
+        if plugin.get("spatial_range", -1) >= 0:
+            if not _mask_widths_ok(r, at, stages, mask, position, plugin, sources["spatial_range"]):
+                continue
+            r.diags.add("W124", f"GeneralizedAttention spatial_range = {plugin['spatial_range']} builds in "
+                                "mmdetection, but its init_weights() fails on the uint8 local_constraint_map "
+                                "parameter (mmengine takes the mean of every parameter: 'mean(): could not infer "
+                                "output dtype ... Byte')", r.span(sources["spatial_range"]),
+                        "graphres builds and initialises it (the map as mmcv computes it); mmdetection can only "
+                        "load a checkpoint")
         clash = next((i for i in range(num_stages) if mask[i] and plugin["name"] in names[i]), None)
         if clash is not None:
             r.diags.add("E124", f"two plugins of layer{clash + 1} are named '{plugin['name']}' (plugins[{j}] and an "
@@ -97,6 +111,31 @@ def expand_plugins(r: Reader, at: Callable[[str], Path], block: str, num_stages:
             if mmseg:
                 stages[i]["plugin_mode"] = "last"
                 mark(("stages", i, "plugin_mode"), ppath)
+
+
+def _mask_widths_ok(r: Reader, at: Callable[[str], Path], stages: list[dict], mask: list[bool], position: str,
+                    plugin: dict, spath: Path) -> bool:
+    """mmcv's GeneralizedAttention builds its local_constraint_map only for 256 or 512 input
+    channels (max_len 84 or 42; any other width fails with an undefined max_len): E129 at spatial_range."""
+    groups, base_width = r.get(at("groups"), 1), r.get(at("base_width"), 4)
+    base = r.get(at("base_channels"), 64)
+    for i, on in enumerate(mask):
+        if not on:
+            continue
+        planes = stages[i].get("planes")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (planes, groups, base_width, base)) \
+                or not base:
+            return True  # reported elsewhere; the op rechecks
+        width = planes if groups == 1 else planes * base_width // base * groups
+        in_ch = planes * 4 if position == "after_conv3" else width
+        if in_ch not in (256, 512):
+            r.diags.add("E129", f"GeneralizedAttention spatial_range = {plugin['spatial_range']} in layer{i + 1} "
+                                f"{position}, where it has {in_ch} input channels: mmcv builds its local_constraint_map "
+                                f"only for 256 or 512 (max_len 84 or 42) and fails on others (max_len is undefined)",
+                        r.span(spath), "use spatial_range=-1, or stages where the plugin has 256 or 512 channels "
+                                       "(after_conv2 in layer3 and layer4 of ResNet-50)")
+            return False
+    return True
 
 
 def _stages_mask(r: Reader, entry: dict, epath: Path, j: int, num_stages: int) -> list[bool] | None:
@@ -126,7 +165,7 @@ def _plugin_entry(r: Reader, cfg: Any, cpath: Path, j: int, position: str) -> tu
         return None
     if isinstance(ptype, str) and ptype in UNSUPPORTED_TYPES:
         r.diags.add("E016", f"plugin type {ptype!r} is not supported yet", r.span(cpath + ("type",)),
-                    "ContextBlock and NonLocal2d are; remove this plugin")
+                    "remove this plugin")
         return None
     if not isinstance(ptype, str) or ptype not in PLUGIN_TYPES:
         known = list(PLUGIN_TYPES) + list(UNSUPPORTED_TYPES)
@@ -148,7 +187,8 @@ def _plugin_entry(r: Reader, cfg: Any, cpath: Path, j: int, position: str) -> tu
     out: dict[str, Any] = {"position": position, "block": block, "name": name}
     spans: dict[str, Path] = {"position": cpath[:-1] + ("position",), "block": cpath + ("type",),
                               "name": cpath + ("postfix",) if "postfix" in cfg else cpath + ("type",)}
-    ok = (_context_block if ptype == "ContextBlock" else _nonlocal)(r, cfg, cpath, out, spans, ptype)
+    parse = {"ContextBlock": _context_block, "NonLocal2d": _nonlocal, "GeneralizedAttention": _gen_attention}[ptype]
+    ok = parse(r, cfg, cpath, out, spans, ptype)
     if not ok:
         return None
     out["_spans"] = spans
@@ -225,4 +265,62 @@ def _nonlocal(r: Reader, cfg: dict, cpath: Path, out: dict, spans: dict, ptype: 
         r.diags.add("W120", "NonLocal2d sub_sample=True builds in mmdetection, but its init_weights() fails "
                             "(AttributeError: 'Sequential' object has no attribute 'conv')",
                     r.span(cpath + ("sub_sample",)), "graphres builds and initialises it; mmdetection cannot")
+    return True
+
+
+def _gen_attention(r: Reader, cfg: dict, cpath: Path, out: dict, spans: dict, ptype: str) -> bool:
+    """mmcv's GeneralizedAttention arguments: its failures are located errors (E127, E128, E129)."""
+    atype = cfg.get("attention_type", "1111")
+    apath = cpath + ("attention_type",)
+    if not isinstance(atype, str) or len(atype) != 4 or set(atype) - {"0", "1"}:
+        r.diags.add("E127", f"GeneralizedAttention attention_type {atype!r} is not a string of four 0/1 bits",
+                    r.span(apath if "attention_type" in cfg else cpath),
+                    "bit 1: query-key content, 2: query-position, 3: key content (appr_bias), 4: position "
+                    "(geom_bias); mmdetection's configs use '1111' and '0010'")
+        return False
+    if atype == "0000":
+        r.diags.add("E127", "GeneralizedAttention attention_type '0000' uses no term: mmcv attends uniformly (the "
+                            "mean of the values at every position), which graphres does not build",
+                    r.span(apath), "set at least one bit ('0010': key content only)")
+        return False
+    bits = [c == "1" for c in atype]
+    for name, bit in zip(GA_BITS, bits):
+        out[name] = bit
+        spans[name] = apath if "attention_type" in cfg else cpath
+    ints = {}
+    for key, low in (("num_heads", 1), ("kv_stride", 1), ("q_stride", 1), ("position_embedding_dim", None),
+                     ("position_magnitude", None), ("spatial_range", None)):
+        if key not in cfg:
+            continue
+        value = r.value(cpath + (key,), int, what=f"GeneralizedAttention {key}")
+        if value is None:
+            return False
+        if low is not None and value < low:
+            r.diags.add("E128", f"GeneralizedAttention {key} = {value} must be >= {low}", r.span(cpath + (key,)),
+                        {"num_heads": "mmcv splits the channels into num_heads heads of in_channels // num_heads",
+                         "kv_stride": "mmcv subsamples keys and values by kv_stride (1: none)",
+                         "q_stride": "mmcv subsamples the queries by q_stride (1: none)"}[key])
+            return False
+        ints[key] = value
+    pos_dim = ints.get("position_embedding_dim", -1)
+    if (bits[1] or bits[3]) and pos_dim > 0 and pos_dim % 4:
+        r.diags.add("E128", f"GeneralizedAttention position_embedding_dim = {pos_dim} is not a multiple of 4: mmcv's "
+                            f"sine embedding has {2 * -(-pos_dim // 4)} values but its appr_geom_fc Linear takes "
+                            f"{pos_dim // 2} (a shape error in forward)", r.span(cpath + ("position_embedding_dim",)),
+                    "mmdetection's configs use position_embedding_dim: -1 (in_channels) or a multiple of 4")
+        return False
+    for key in ("spatial_range", "num_heads", "position_embedding_dim", "position_magnitude", "kv_stride", "q_stride"):
+        if key in ints:
+            out[key], spans[key] = ints[key], cpath + (key,)
+    if "num_heads" not in ints:
+        out["num_heads"], spans["num_heads"] = 9, cpath  # mmcv's default (the block's too)
+    if not (bits[0] or bits[2]):
+        out["block"] = "gen_attention_position_block"
+
+    if bits[1] and not bits[3]:
+        r.diags.add("W123", f"GeneralizedAttention attention_type {atype!r}: without its fourth bit, mmcv's "
+                            "query-position term reads the query with height and width swapped in its y part, and "
+                            "fails on maps that are not square", r.span(apath),
+                    "graphres computes it as mmcv does (square maps only, E120 otherwise); '1111' or '0101' "
+                    "add geom_bias and take the regular branch")
     return True
