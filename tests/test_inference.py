@@ -372,3 +372,24 @@ def test_activations_oneDNN_cannot_fuse_stay_layers():
     _, model, net = eval_and_inference("resnet18", ["act=leaky_relu"])
     x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(12))
     assert_close(outputs(model, x), outputs(net, x))
+
+
+def test_fused_conv_remakes_its_onednn_weight_for_another_thread_count():
+    """oneDNN chooses the blocked layout for the thread count (one made for 1 thread ran ~3x slower
+    on 2): the kept weight is re-made when torch's thread count changes, and the outputs agree."""
+    from graphres.backends.runtime import FusedConv2d
+    conv = FusedConv2d(8, 16, 3, padding=1, bias=True, act="relu").requires_grad_(False)
+    x = torch.randn(1, 8, 9, 9, generator=torch.Generator().manual_seed(13))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            one = conv(x)
+        key_one = conv._packed[0]
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            two = conv(x)
+        assert conv._packed[0] != key_one and conv._packed[0][-1] == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert float((one - two).abs().max()) <= 1e-6
