@@ -375,8 +375,8 @@ def test_activations_oneDNN_cannot_fuse_stay_layers():
 
 
 def test_fused_conv_remakes_its_onednn_weight_for_another_thread_count():
-    """oneDNN chooses the blocked layout for the thread count (one made for 1 thread ran ~3x slower
-    on 2): the kept weight is re-made when torch's thread count changes, and the outputs agree."""
+    """oneDNN chooses the blocked layout for the thread count and the batch (one made for 1 thread
+    ran ~3x slower on 2): a layout is kept per (threads, batch), the outputs agree."""
     from graphres.backends.runtime import FusedConv2d
     conv = FusedConv2d(8, 16, 3, padding=1, bias=True, act="relu").requires_grad_(False)
     x = torch.randn(1, 8, 9, 9, generator=torch.Generator().manual_seed(13))
@@ -385,11 +385,20 @@ def test_fused_conv_remakes_its_onednn_weight_for_another_thread_count():
         torch.set_num_threads(1)
         with torch.no_grad():
             one = conv(x)
-        key_one = conv._packed[0]
         torch.set_num_threads(2)
         with torch.no_grad():
             two = conv(x)
-        assert conv._packed[0] != key_one and conv._packed[0][-1] == 2
+            conv(torch.cat([x] * 3))
+        # one layout per (threads, batch) for the current weight
+        assert [k[3:] for k in conv._packed] == [(1, 1), (2, 1), (2, 3)]
+        with torch.no_grad():
+            conv.weight.mul_(2)  # a new weight: the old layouts go
+            conv(x)
+        assert [k[3:] for k in conv._packed] == [(2, 1)]
+        with torch.no_grad():
+            for batch in range(2, 8):
+                conv(torch.cat([x] * batch))
+        assert [k[3:] for k in conv._packed] == [(2, 4), (2, 5), (2, 6), (2, 7)]  # the last four made
     finally:
         torch.set_num_threads(threads)
     assert float((one - two).abs().max()) <= 1e-6

@@ -65,7 +65,8 @@ class FusedConv2d(nn.Conv2d):
 
     On the CPU, for float32 tensors that need no gradient, it runs on oneDNN's fused kernel
     (``torch.ops.mkldnn._convolution_pointwise``) with the weight reordered once into oneDNN's
-    blocked layout and kept (re-made when the weight or torch's thread count changes), the
+    blocked layout and kept (one per thread count and batch size, the last four made; re-made when
+    the weight changes), the
     sum and the activation done inside the kernel; its outputs are channels_last. Elsewhere (CUDA,
     other dtypes, autograd, TorchScript, torch.compile and torch.export, which fuse by
     themselves, or ``prepack = False``) it is ``conv2d``, ``+`` and the activation."""
@@ -120,14 +121,19 @@ class FusedConv2d(nn.Conv2d):
     @torch.jit.unused
     def _onednn_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
         w = self.weight
-        # oneDNN picks the blocked layout for the thread count: one made for 1 thread runs ~3x
-        # slower on 2 (ResNet-50, batch 1), so the layout is re-made when the count changes
-        key = (w.data_ptr(), w._version, tuple(w.shape), torch.get_num_threads())
-        if self._packed is None or self._packed[0] != key:
+        # oneDNN picks the blocked layout for the thread count and the batch: on 2 threads a layout
+        # made for batch 1 ran batch 8 1.3x slower, and one made for batch 8 ran batch 1 3x slower.
+        # So a layout is kept per (threads, batch), the last four made, for the current weight. The
+        # dict is replaced, never changed, so concurrent callers see a whole one.
+        weight = (w.data_ptr(), w._version, tuple(w.shape))
+        key = weight + (torch.get_num_threads(), x.shape[0])
+        cache = self._packed or {}
+        packed = cache.get(key)
+        if packed is None:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 w.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape))
-            self._packed = (key, packed)
-        packed = self._packed[1]
+            kept = [(k, v) for k, v in cache.items() if k[:3] == weight][-3:]
+            self._packed = dict(kept + [(key, packed)])
         bias = self.bias.detach() if self.bias is not None else None
         act = {"none": None, "relu": "relu", "silu": "swish", "hardswish": "hardswish", "gelu": "gelu"}[self.act]
         algorithm = "none" if act == "gelu" else ""  # exact (erf) GELU, as nn.GELU()
