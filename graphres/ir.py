@@ -63,6 +63,9 @@ ORDER = "order"  # insertion index, for deterministic topological order
 META = "meta"  # open dict where passes put their results (shape, params, macs, ...)
 DECL = "decl"  # sort key of the module's declaration (plugins after the block's own modules; see lowering)
 PLUGIN = "plugin"  # the plugin (module name, ``context_block``) a node belongs to, for diagrams
+# the evaluated arguments of that plugin (in_channels and its block's parameters), on each of its
+# nodes: mmcv's plugin modules carry them as attributes (``block.context_block.in_channels``)
+PLUGIN_ARGS = "plugin_args"
 DISCARDED = "discarded"  # computed and dropped: an mmsegmentation plugin before the last of its position
 INIT = "init"  # the module's own initialisation after the network's ("default", "zeros", ...)
 # edge attribute keys

@@ -379,17 +379,22 @@ def _lower_slot(ctx: _Ctx, inst: _Instance, slot: str, x: tuple[str, int]) -> tu
                      decl=inst.decl + (1, inst.plugin_count[0]))
         if out is not x and inst.plugin_mode == "last":
             ctx.g.nodes[out[0]][ir.DISCARDED] = True  # mmsegmentation computes it and keeps the next one
-        start = ctx.g.number_of_nodes()
-        out = _lower_use(ctx, at, p.layer, p.layer.name, [out if inst.plugin_mode == "chain" else x])
-        for n in list(ctx.g.nodes)[start:]:
+        start = len(ctx.added)
+        env: dict[str, Any] = {}
+        out = _lower_use(ctx, at, p.layer, p.layer.name, [out if inst.plugin_mode == "chain" else x], env)
+        params = ctx.spec.blocks[p.layer.block].params
+        args = {k: v for k, v in env.items() if k == "in_channels" or k in params}
+        for n in ctx.added[start:]:
             ctx.g.nodes[n][ir.PLUGIN] = p.layer.name
+            ctx.g.nodes[n][ir.PLUGIN_ARGS] = args
     return out
 
 
-def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[tuple[str, int]]
-               ) -> tuple[str, int]:
+def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: list[tuple[str, int]],
+               env_out: dict | None = None) -> tuple[str, int]:
     """Instantiate the block type a layer uses; its modules nest under the layer's name
-    (``layer1.0.se.fc1``) and stay part of the enclosing block instance."""
+    (``layer1.0.se.fc1``) and stay part of the enclosing block instance. ``env_out`` receives
+    the used block's evaluated parameters (and in_channels)."""
     block = ctx.spec.blocks[layer.block]
     if len(inputs) != 1:
         _error(ctx, inst, "E023", f"a layer using block '{block.name}' takes 1 input, got {len(inputs)}",
@@ -426,6 +431,8 @@ def _lower_use(ctx: _Ctx, inst: _Instance, layer: LayerDef, local: str, inputs: 
         env[name] = _eval(ctx, inner, expr, path, f"let '{name}'")
     out_ch = _eval(ctx, inner, block.out_channels, block.path + ("out_channels",), "out_channels", kind=int)
     env["out_channels"] = out_ch
+    if env_out is not None:
+        env_out.update(env)
     node, ch = _lower_layers(ctx, inner, block.layers, {"input": (x, in_ch)}, (x, in_ch), seq=None)
     if ch != out_ch:
         _error(ctx, inner, "E030", f"block '{block.name}' declares out_channels = {out_ch} but its last layer "

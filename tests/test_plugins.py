@@ -344,3 +344,26 @@ def test_without_sub_sample_the_keys_stay():
                                 size=48, num_stages=2, out_indices=[1]))
     assert "layer2.0.nonlocal_block.g.conv.weight" in model.state_dict()
     assert "layer2.0.nonlocal_block.phi.conv.weight" in model.state_dict()
+
+
+def test_plugin_modules_carry_mmcv_arguments():
+    """mmdetection's own test_resnet_bottleneck reads the plugins' arguments off their modules
+    (block.context_block.in_channels); the same case on ResNet-50's layer1 (planes 64)."""
+    model = graphres.build(spec([
+        {"cfg": {"type": "GeneralizedAttention", "spatial_range": -1, "num_heads": 8, "attention_type": "0010",
+                 "kv_stride": 2}, "position": "after_conv2"},
+        {"cfg": {"type": "NonLocal2d"}, "position": "after_conv2"},
+        {"cfg": {**GCB, "postfix": 1}, "position": "after_conv2"},
+        {"cfg": {**GCB, "postfix": 2}, "position": "after_conv3"},
+        {"cfg": {**GCB, "postfix": 3}, "position": "after_conv3"}]))
+    block = model.layer1[0]
+    assert block.gen_attention_block.in_channels == 64 and block.gen_attention_block.num_heads == 8
+    assert block.gen_attention_block.kv_stride == 2 and block.gen_attention_block.spatial_range == -1
+    assert block.nonlocal_block.in_channels == 64 and block.nonlocal_block.mode == "embedded_gaussian"
+    assert block.nonlocal_block.reduction == 2
+    assert block.context_block1.in_channels == 64
+    assert block.context_block2.in_channels == 256 and block.context_block3.in_channels == 256
+    assert block.context_block2.ratio == 1 / 16 and block.context_block2.pooling_type == "att"
+    assert model.layer4[2].context_block3.in_channels == 2048
+    # attributes, not tensors: the state dict is unchanged
+    assert not any(k.endswith("in_channels") for k in model.state_dict())

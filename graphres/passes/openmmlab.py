@@ -44,6 +44,10 @@ def describe_openmmlab(g: nx.DiGraph, style: str | None = None) -> None:
         for b in range(st["blocks"]):
             scope = f"{st['name']}.{b}"
             blocks[scope] = _block_attrs(g, scope, by_scope.get(scope, []), params.get(scope, {}))
+    for n in g:  # mmcv's plugin modules carry their arguments: block.context_block.in_channels
+        d = g.nodes[n]
+        if d.get(ir.PLUGIN_ARGS) is not None:
+            blocks.setdefault(f"{d[ir.SCOPE]}.{d[ir.PLUGIN]}", dict(d[ir.PLUGIN_ARGS]))
     stem_nodes = by_scope.get(ir.STEM_SCOPE, [])
     stem_params = params.get(ir.STEM_SCOPE, {})
     first = [blocks.get(f"{st['name']}.0", {}) for st in stages]
