@@ -17,6 +17,8 @@ from graphres.backends.diff import state_dict_shapes
 from graphres.diagnostics import SpecError
 from graphres.ops import OPS
 
+from conftest import block_io, randomise
+
 DATA = Path(__file__).parent / "data"
 RECORDED = [  # tools/parity/record_gen_attention_keys.py PLUGINS
     {"cfg": {"type": "GeneralizedAttention", "spatial_range": -1, "num_heads": 8, "attention_type": "1111",
@@ -117,25 +119,8 @@ def bottleneck(block, x, position, f):
     return block.relu(out + identity)
 
 
-def randomise(model, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not p.is_floating_point():  # local_constraint_map
-                continue
-            scale = 0.05 if "conv" in name or "fc" in name else 0.3
-            p.copy_(torch.randn_like(p) * scale + (1 if "bn" in name and name.endswith("weight") else 0))
-    return model.eval()
 
 
-def block_io(model, layer, index, x):
-    seen = {}
-    block = getattr(model, layer)[index]
-    handle = block.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0], y=out))
-    with torch.no_grad():
-        model(x)
-    handle.remove()
-    return block, seen["x"], seen["y"]
 
 
 CASES = {  # name: (cfg, position, input size, reference keyword arguments)

@@ -14,6 +14,8 @@ import graphres
 from graphres.backends.diff import state_dict_shapes
 from graphres.diagnostics import SpecError
 
+from conftest import block_io, randomise
+
 DATA = Path(__file__).parent / "data"
 GCB = {"type": "ContextBlock", "ratio": 1 / 16}
 RECORDED = [  # tools/parity/record_plugin_keys.py PLUGINS
@@ -82,23 +84,8 @@ def bottleneck(block, x, plugins):
     return block.relu(out + identity)
 
 
-def randomise(model, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.05 if "conv" in name or "fc" in name else 0.3) + (1 if "bn" in name and
-                    name.endswith("weight") else 0))
-    return model.eval()
 
 
-def block_io(model, layer, index, x):
-    seen = {}
-    block = getattr(model, layer)[index]
-    handle = block.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0], y=out))
-    with torch.no_grad():
-        model(x)
-    handle.remove()
-    return block, seen["x"], seen["y"]
 
 
 CASES = {

@@ -97,14 +97,17 @@ class FusedConv2d(nn.Conv2d):
         y = self._conv_forward(x, self.weight, self.bias)
         if residual is not None:
             y = y + residual
+        return self._activate(y)
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
         if self.act == "relu":
-            y = torch.relu_(y)
-        elif self.act == "silu":
-            y = nn.functional.silu(y, inplace=True)
-        elif self.act == "hardswish":
-            y = nn.functional.hardswish(y, inplace=True)
-        elif self.act == "gelu":
-            y = nn.functional.gelu(y)
+            return torch.relu_(y)
+        if self.act == "silu":
+            return nn.functional.silu(y, inplace=True)
+        if self.act == "hardswish":
+            return nn.functional.hardswish(y, inplace=True)
+        if self.act == "gelu":
+            return nn.functional.gelu(y)
         return y
 
     @torch.jit.unused
@@ -145,14 +148,7 @@ class FusedConv2d(nn.Conv2d):
         y = torch.ops.mkldnn._convolution_pointwise.binary(
             x, residual, packed, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
             "add", None, post, [], None)
-        if act is not None and post is None:
-            if self.act == "silu":
-                y = nn.functional.silu(y, inplace=True)
-            elif self.act == "hardswish":
-                y = nn.functional.hardswish(y, inplace=True)
-            else:
-                y = nn.functional.gelu(y)
-        return y
+        return self._activate(y) if post is None else y
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):

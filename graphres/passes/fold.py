@@ -25,11 +25,10 @@ import copy
 import networkx as nx
 
 from .. import ir
-from ..ops import OPS, OpDef, TorchEmit
+from ..ops import OPS
 
 G_INFERENCE = "inference"  # the graph is an eval-only copy made by fold_for_inference
 G_FOLDED = "folded"  # conv module path -> the norm module path folded into it
-_NO_OP = OpDef("", "", {}, TorchEmit(), label=lambda a, s, c: "")
 G_FUSED = "fused"  # the convs carry fused_act / fused_residual (codegen emits FusedConv2d)
 G_RENAMED = "renamed"  # module path in the copy -> its path in the analysed graph, where they differ
 
@@ -113,8 +112,8 @@ def _fuse(h: nx.DiGraph) -> None:
 
 
 def _op(h: nx.DiGraph, n: str):
-    """The op table's entry for node ``n`` (a table-less node, the input, has none: a null entry)."""
-    return OPS.get(h.nodes[n][ir.OP], _NO_OP)
+    """The op table's entry for node ``n`` (a reader: every node but the input has one)."""
+    return OPS[h.nodes[n][ir.OP]]
 
 
 def _only_reader(h: nx.DiGraph, n: str) -> str | None:
