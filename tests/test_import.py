@@ -412,6 +412,20 @@ def test_values_nested_too_deeply_are_an_error_not_a_crash(tmp_path, monkeypatch
     assert _diags("deep.py") == ["deep.py: error[E080]: config 'deep.py' nests values too deeply to read"]
 
 
+def test_nesting_bound_does_not_depend_on_the_recursion_limit(tmp_path, monkeypatch):
+    """torch.compile raises the interpreter's recursion limit; the bound on a config's nesting is
+    graphres' own (100 syntax levels), so the answer stays the same."""
+    import sys
+    monkeypatch.chdir(tmp_path)
+    limit = sys.getrecursionlimit()
+    try:
+        sys.setrecursionlimit(100_000)
+        _write(tmp_path, "deep.py", "x = " + "[" * 150 + "]" * 150 + "\n")
+        assert _diags("deep.py") == ["deep.py: error[E080]: config 'deep.py' nests values too deeply to read"]
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 SNIPPETS = ["f'x{1}'", "int('3')", "[i for i in range(3)]", "norm_cfg", "{{_base_.depth}}", "_base_.model",
             "None", "dict(**norm_cfg)", "{**norm_cfg, 'x': 1}", "-1", "(1, 2)", "[]", "{}", "'ResNeXt'", "True",
             "10 ** 9", "lambda: 0", "_base_['x']", "norm_cfg['type']", "{1: 2}", "'{{_base_.x}}'", "1.5", "b'x'",

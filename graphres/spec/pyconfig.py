@@ -32,6 +32,10 @@ from .shorthand import COMMON_KEYS, MMSEG_KEYS
 from .source import Located, Path
 
 MAX_BASE_DEPTH = 16
+# syntax-tree levels a config may nest (OpenMMLab's deepest configs use about 20); checked before
+# anything walks the tree, so the result never depends on the interpreter's recursion limit (which
+# torch.compile raises)
+MAX_SYNTAX_DEPTH = 100
 MAX_BYTES = 1 << 20
 MAX_VALUES = 1 << 18  # names that refer to names can double a value per line: a guard, as YAML's alias limit
 # init_cfg / pretrained checkpoints that name a model zoo rather than a file: left out of the spec
@@ -424,12 +428,27 @@ def _parse(path: FsPath, display: str, sources: SourceCache, span: Span) -> ast.
         raise _error("E080", f"config '{display}' is not UTF-8 text (byte {e.start})", span, sources) from None
     sources.add(display, text)
     try:
-        return ast.parse(text, filename=display)
+        tree = ast.parse(text, filename=display)
     except SyntaxError as e:
         where = Span(display, e.lineno or 1, e.offset or 1)
         raise _error("E080", f"Python syntax error: {e.msg}", where, sources) from None
     except (ValueError, RecursionError, MemoryError) as e:
         raise _error("E080", f"config '{display}' cannot be parsed: {e}", span, sources) from None
+    if _deeper_than(tree, MAX_SYNTAX_DEPTH):  # a bound of its own, not the interpreter's recursion limit
+        raise SpecError([Diagnostic("E080", f"config '{display}' nests values too deeply to read", Span(display))],
+                        sources)
+    return tree
+
+
+def _deeper_than(tree: ast.AST, limit: int) -> bool:
+    """Whether the syntax tree nests more than ``limit`` levels (walked without recursion)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return False
 
 
 def _refuse_new_style(tree: ast.Module, display: str, sources: SourceCache) -> None:
