@@ -68,6 +68,11 @@ PLUGIN = "plugin"  # the plugin (module name, ``context_block``) a node belongs 
 PLUGIN_ARGS = "plugin_args"
 DISCARDED = "discarded"  # computed and dropped: an mmsegmentation plugin before the last of its position
 INIT = "init"  # the module's own initialisation after the network's ("default", "zeros", ...)
+# a repeated block's node copied from the first instance of its stage with the same lowering
+# (lowering's templates): the id of that instance's node, also on the node itself; absent
+# elsewhere. Twins have the same op, attributes and channels, so a pass may compute an op rule
+# once per twin and input shape (a 5,000-block spec has a few dozen distinct nodes)
+TWIN = "twin"
 # edge attribute keys
 PORT = "port"
 
@@ -117,17 +122,24 @@ def new_graph(name: str, **attrs: Any) -> nx.DiGraph:
 
 
 def add_node(g: nx.DiGraph, node_id: str, op: str, inputs: Iterable[str] = (), **attrs: Any) -> str:
-    """Add a node and its operand edges (port = position in ``inputs``).
-
-    Lowering adds every node of the IR here, so a plain ``nx.DiGraph`` is filled through its
-    dicts directly (what ``add_node`` and ``add_edge`` do, less their per-call overhead, a third
-    of lowering a 5,000-block spec); any other graph class goes through networkx's methods."""
-    nodes = g._node
-    assert node_id not in nodes, f"duplicate node {node_id}"
+    """Add a node and its operand edges (port = position in ``inputs``)."""
     inputs = tuple(inputs)
     attrs.setdefault(ATTRS, {})
     attrs.setdefault(META, {})
-    data = {OP: op, ORDER: len(nodes), INPUTS: inputs, **attrs}
+    return add_node_data(g, node_id, {OP: op, ORDER: len(g._node), INPUTS: inputs, **attrs})
+
+
+def add_node_data(g: nx.DiGraph, node_id: str, data: dict) -> str:
+    """Add a node whose attribute dict ``data`` is complete (:data:`OP`, :data:`ORDER` = the
+    number of nodes before it, :data:`INPUTS` as a tuple, :data:`ATTRS`, :data:`META`, ...), and its
+    operand edges; ``data`` becomes the node's own dict.
+
+    Lowering adds every node of the IR through here, so a plain ``nx.DiGraph`` is filled through
+    its dicts directly (what ``add_node`` and ``add_edge`` do, less their per-call overhead, a third
+    of lowering a 5,000-block spec); any other graph class goes through networkx's methods."""
+    nodes = g._node
+    assert node_id not in nodes, f"duplicate node {node_id}"
+    inputs = data[INPUTS]
     if type(g) is not nx.DiGraph:
         g.add_node(node_id, **data)
         for port, src in enumerate(inputs):
@@ -135,17 +147,17 @@ def add_node(g: nx.DiGraph, node_id: str, op: str, inputs: Iterable[str] = (), *
             g.add_edge(src, node_id, **{PORT: port})
         return node_id
     nodes[node_id] = data
-    succ, pred = g._succ, g._pred
+    succ = g._succ
     succ[node_id] = {}
-    into = pred[node_id] = {}
+    into = g._pred[node_id] = {}
     for port, src in enumerate(inputs):
-        assert src in nodes, f"unknown input {src} of {node_id}"
         edge = into.get(src)
         if edge is None:
-            edge = into[src] = succ[src][node_id] = {}
+            edge = into[src] = succ[src][node_id] = {}  # KeyError: an unknown operand
         edge[PORT] = port
-    if getattr(g, "__networkx_cache__", None):
-        g.__networkx_cache__.clear()
+    cache = getattr(g, "__networkx_cache__", None)
+    if cache:
+        cache.clear()
     return node_id
 
 
@@ -160,12 +172,24 @@ def topological_order(g: nx.DiGraph) -> list[str]:
     :func:`add_node` only adds edges from nodes that already exist, so insertion order is itself a
     topological order, and the lexicographic one by :data:`ORDER`: sorting is linear in practice,
     where networkx's lexicographic sort costs a heap operation and a view per node. A graph with an
-    edge against insertion order (added by hand) takes networkx's sort."""
+    edge against insertion order (added by hand) takes networkx's sort.
+
+    The order is kept in the graph's ``__networkx_cache__``, which networkx (and :func:`add_node`)
+    clear on every change of nodes or edges, so the passes of one compile sort once."""
+    cache = getattr(g, "__networkx_cache__", None)
+    if cache is not None:
+        kept = cache.get("graphres_topological_order")
+        if kept is not None and len(kept) == len(g._node):
+            return list(kept)
     nodes = g._node
     order = {n: d[ORDER] for n, d in nodes.items()}
     if all(order[u] < order[v] for v, preds in g._pred.items() for u in preds):
-        return sorted(order, key=order.__getitem__)
-    return list(nx.lexicographical_topological_sort(g, key=order.__getitem__))
+        out = sorted(order, key=order.__getitem__)
+    else:
+        out = list(nx.lexicographical_topological_sort(g, key=order.__getitem__))
+    if cache is not None:
+        cache["graphres_topological_order"] = out
+    return list(out)
 
 
 def dump(g: nx.DiGraph) -> str:

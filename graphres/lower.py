@@ -181,18 +181,28 @@ class _Template:
                     return None
                 ins.append(None if i == x else i[len(prefix):])
             fixed = {k: v for k, v in d.items() if k not in cls.PER_INSTANCE}
+            fixed[ir.TWIN] = n
             nodes.append((n[len(prefix):], d[ir.OP], fixed, dict(d[ir.ATTRS]),
                           None if module is None else module[len(prefix):], tuple(ins)))
         if not out.startswith(prefix):
             return None
+        for n in added:
+            ctx.g._node[n][ir.TWIN] = n
         return cls(nodes, dict(ctx.g.graph[ir.G_BLOCK_PARAMS][scope]), out[len(prefix):], out_ch)
 
     def stamp(self, ctx: _Ctx, scope: str, x: str) -> tuple[str, int]:
         g, prefix = ctx.g, scope + "."
+        nodes = g._node
         for rel, op, fixed, attrs, module, ins in self.nodes:
-            ir.add_node(g, prefix + rel, op, [x if i is None else prefix + i for i in ins], **fixed,
-                        **{ir.ATTRS: dict(attrs), ir.SCOPE: scope,
-                           ir.MODULE: None if module is None else prefix + module})
+            data = fixed.copy()
+            data[ir.OP] = op
+            data[ir.ORDER] = len(nodes)
+            data[ir.INPUTS] = tuple([x if i is None else prefix + i for i in ins])
+            data[ir.ATTRS] = attrs.copy()
+            data[ir.META] = {}
+            data[ir.SCOPE] = scope
+            data[ir.MODULE] = None if module is None else prefix + module
+            ir.add_node_data(g, prefix + rel, data)
         g.graph[ir.G_BLOCK_PARAMS][scope] = dict(self.params)
         return prefix + self.out, self.out_ch
 

@@ -9,7 +9,9 @@ from graphres import ir, lower
 
 
 def snapshot(g):
-    nodes = [(n, dict(d)) for n, d in g.nodes(data=True)]
+    """Everything but ir.TWIN, which only copies have: the passes' results (meta) included, so the
+    passes' per-twin reuse of op rules is checked against computing them for every node."""
+    nodes = [(n, {k: v for k, v in d.items() if k != ir.TWIN}) for n, d in g.nodes(data=True)]
     edges = sorted((u, v, d[ir.PORT]) for u, v, d in g.edges(data=True))
     return nodes, edges, repr(sorted(g.graph.items(), key=lambda kv: kv[0]))
 
@@ -47,6 +49,20 @@ def test_copied_instances_equal_lowered_ones(spec, overrides, monkeypatch):
         m.setattr(lower, "_template_key", lambda *a, **k: None)
         fresh = graphres.compile_spec(spec, overrides).graph
     assert snapshot(copied) == snapshot(fresh)
+
+
+def test_twins_name_the_first_instance_node_they_copy():
+    g = graphres.compile_spec("resnet50").graph
+    twins = {n: d[ir.TWIN] for n, d in g.nodes(data=True) if ir.TWIN in d}
+    assert twins["layer1.2.conv2"] == "layer1.1.conv2" and twins["layer1.1.conv2"] == "layer1.1.conv2"
+    assert twins["layer3.5.relu:2"] == "layer3.1.relu:2"
+    assert twins["layer2.0.downsample.0"] == "layer2.0.downsample.0"  # recorded, never copied (stride 2)
+    assert "conv1" not in twins and "maxpool" not in twins  # the stem is no stage block
+    assert len(twins) == 4 * 12 + 12 * 10  # every block: 4 first ones of 12 nodes, 12 others of 10
+    for n, t in twins.items():
+        a, b = g.nodes[n], g.nodes[t]
+        assert (a[ir.OP], a[ir.ATTRS], a[ir.IN_CH], a[ir.OUT_CH]) == (b[ir.OP], b[ir.ATTRS], b[ir.IN_CH], b[ir.OUT_CH])
+        assert n.split(".", 2)[2] == t.split(".", 2)[2] and n.split(".")[0] == t.split(".")[0]
 
 
 def test_repeated_blocks_are_copied_not_lowered_again(monkeypatch):

@@ -37,6 +37,7 @@ live activations during one forward, see :func:`peak_activation_bytes`), and per
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import networkx as nx
 
@@ -48,59 +49,77 @@ from ..ops import BYTES_PER_ELEMENT, OPS
 
 def analyse(g: nx.DiGraph) -> None:
     order = ir.topological_order(g)
-    _receptive_fields(g, order)
-    _formulas(g, order)
-    _dilations(g, order)
+    windows = _windows(g, order)
+    _receptive_fields(g, order, windows)
+    _formulas(g, order, windows)
+    _dilations(g, order, windows)
     _trainable(g, order)
     _memory(g, order)
     _summaries(g, order)
 
 
+def _windows(g: nx.DiGraph, order: list[str]) -> dict[str, Any]:
+    """Each node's sliding window (None for a pointwise op and the input), the op table's rule
+    applied once per twin (ir.TWIN): twins have the same attributes."""
+    nodes = g._node
+    out: dict[str, Any] = {}
+    by_twin: dict[str, Any] = {}
+    for n in order:
+        d = nodes[n]
+        twin = d.get(ir.TWIN)
+        if twin is not None and twin in by_twin:
+            out[n] = by_twin[twin]
+            continue
+        w = out[n] = None if d[ir.OP] == "input" else OPS[d[ir.OP]].window(d[ir.ATTRS])
+        if twin is not None:
+            by_twin[twin] = w
+    return out
+
+
 # -- receptive field ----------------------------------------------------------------------------
 
-def _receptive_fields(g: nx.DiGraph, order: list[str]) -> None:
-    # A field is (lo, hi, jump): the input coordinates output pixel 0 can see. ``full`` is None
-    # (unbounded) downstream of a global pool; ``local`` ignores the paths through global pools
-    # (for an SE block: the field of its convolutions), and is None on a global pool itself.
-    full: dict[str, tuple | None] = {}
-    local: dict[str, tuple | None] = {}
-    jumps: dict[str, int] = {}
-    deformable: dict[str, bool] = {}  # a data-dependent field (a deformable conv) on some path to it
+def _receptive_fields(g: nx.DiGraph, order: list[str], windows: dict[str, Any]) -> None:
+    # A field is (lo, hi): the input coordinates output pixel 0 can see, ``jump`` apart. ``full``
+    # is None (unbounded) downstream of a global pool; ``local`` ignores the paths through global
+    # pools (for an SE block: the field of its convolutions), and is None on a global pool itself;
+    # ``deformable``: a data-dependent field (a deformable conv) on some path to it.
+    nodes = g._node
+    state: dict[str, tuple] = {}  # node -> (full, local, jump, deformable)
     for n in order:
-        d = g._node[n]
-        op, a = d[ir.OP], d[ir.ATTRS]
+        d = nodes[n]
+        op = d[ir.OP]
         if op == "input":
-            full[n] = local[n] = (0, 0)
-            jumps[n] = 1
-            deformable[n] = False
+            f = loc = (0, 0)
+            jump = 1
+            dfm = False
         else:
             srcs = d[ir.INPUTS]
             opdef = OPS[op]
-            first = srcs[0]
-            deformable[n] = opdef.data_dependent_rf or (deformable[first] if len(srcs) == 1
-                                                        else any(deformable[x] for x in srcs))
-            jump = jumps[first]
-            w = opdef.window(a)
+            f, loc, jump, dfm = state[srcs[0]]
+            if len(srcs) > 1:
+                operands = [state[x] for x in srcs]
+                dfm = dfm or any([o[3] for o in operands])
+            if opdef.data_dependent_rf:
+                dfm = True
+            w = windows[n]
             if opdef.global_pool:
-                full[n] = local[n] = None
+                f = loc = None
             elif w is not None:
-                k, s, p, dil = w.kernel, w.stride, w.padding, w.dilation
-
-                def grow(box):
-                    return None if box is None else (box[0] - p * jump, box[1] + (dil * (k - 1) - p) * jump)
-                full[n], local[n] = grow(full[srcs[0]]), grow(local[srcs[0]])
-                jump *= s
-            elif len(srcs) == 1:  # pointwise (norm, act): the operand's field
-                full[n], local[n] = full[first], local[first]
-            else:  # a merge (add, mul, ...): the union over the operands
-                full[n] = _union([full[x] for x in srcs], unbounded=True)
-                local[n] = _union([local[x] for x in srcs], unbounded=False)
-            jumps[n] = jump
-        f, loc = full[n], local[n]
-        d[ir.META]["rf"] = {"size": None if f is None else f[1] - f[0] + 1, "jump": jumps[n],
+                lo, hi = w.padding * jump, (w.dilation * (w.kernel - 1) - w.padding) * jump
+                if f is not None:
+                    f = (f[0] - lo, f[1] + hi)
+                if loc is not None:
+                    loc = (loc[0] - lo, loc[1] + hi)
+                jump *= w.stride
+            elif len(srcs) > 1:  # a merge (add, mul, ...): the union over the operands
+                f = _union([o[0] for o in operands], unbounded=True)
+                loc = _union([o[1] for o in operands], unbounded=False)
+            # else pointwise (norm, act): the operand's field
+        state[n] = (f, loc, jump, dfm)
+        d[ir.META]["rf"] = {"size": None if f is None else f[1] - f[0] + 1, "jump": jump,
                             "center": None if f is None else (f[0] + f[1]) / 2,
                             "local_size": None if loc is None else loc[1] - loc[0] + 1,
-                            "deformable": deformable[n]}
+                            "deformable": dfm}
 
 
 def _union(boxes: list, unbounded: bool) -> tuple | None:
@@ -115,15 +134,16 @@ def _union(boxes: list, unbounded: bool) -> tuple | None:
 
 # -- size formula ---------------------------------------------------------------------------------
 
-def _formulas(g: nx.DiGraph, order: list[str]) -> None:
+def _formulas(g: nx.DiGraph, order: list[str], windows: dict[str, Any]) -> None:
+    nodes = g._node
     for n in order:
-        d = g._node[n]
-        op, a = d[ir.OP], d[ir.ATTRS]
+        d = nodes[n]
+        op = d[ir.OP]
         if op == "input":
             f = (0, 1)
         else:
-            f = g._node[d[ir.INPUTS][0]][ir.META]["formula"]
-            w = OPS[op].window(a)
+            f = nodes[d[ir.INPUTS][0]][ir.META]["formula"]
+            w = windows[n]
             if OPS[op].global_pool:
                 f = None
             elif f is not None and w is not None:
@@ -140,18 +160,19 @@ def _formulas(g: nx.DiGraph, order: list[str]) -> None:
 
 # -- dilation -------------------------------------------------------------------------------------
 
-def _dilations(g: nx.DiGraph, order: list[str]) -> None:
+def _dilations(g: nx.DiGraph, order: list[str], windows: dict[str, Any]) -> None:
     """The dilation of a node that has one (a conv); for the others, the largest dilation of a window
     wider than one pixel in the same block instance (what the block runs at)."""
-    windows = {n: OPS[g._node[n][ir.OP]].window(g._node[n][ir.ATTRS]) for n in order if n != ir.INPUT}
+    nodes = g._node
     by_scope: dict[str, int] = {}
     for n, w in windows.items():
         if w is not None and w.kernel > 1:
-            scope = g._node[n][ir.SCOPE]
-            by_scope[scope] = max(by_scope.get(scope, 1), w.dilation)
+            scope = nodes[n][ir.SCOPE]
+            if w.dilation > by_scope.get(scope, 1):
+                by_scope[scope] = w.dilation
     for n in order:
-        d = g._node[n]
-        w = windows.get(n)
+        d = nodes[n]
+        w = windows[n]
         own = w is not None and "dilation" in d[ir.ATTRS]
         d[ir.META]["dilation"] = w.dilation if own else by_scope.get(d[ir.SCOPE], 1)
 
@@ -170,83 +191,109 @@ def stage_frozen(g: nx.DiGraph, index: int | None) -> bool:
 def _trainable(g: nx.DiGraph, order: list[str]) -> None:
     """Trainable flags and counts, and the decision the torch backend applies: which top-level
     modules frozen_stages / frozen: true freeze (the stem's modules, then whole stages)."""
+    nodes = g._node
     norm_grad = g.graph[ir.G_NORM].get("requires_grad", True)
     trainable = frozen = 0
-    frozen_modules: list[str] = []
+    frozen_modules: dict[str, None] = {}
     frozen_stage: dict = {}
+    zero_init: list[str] = []
+    inits: list[tuple] = []
     for n in order:
-        d = g._node[n]
-        stage_is_frozen = frozen_stage.get(d[ir.STAGE])
+        d = nodes[n]
+        meta = d[ir.META]
+        stage = d[ir.STAGE]
+        stage_is_frozen = frozen_stage.get(stage)
         if stage_is_frozen is None:
-            stage_is_frozen = frozen_stage[d[ir.STAGE]] = stage_frozen(g, d[ir.STAGE])
-        frozen_norm = d[ir.OP] in OPS and OPS[d[ir.OP]].uses_norm and not norm_grad
-        ok = not stage_is_frozen and not frozen_norm
-        d[ir.META]["trainable"] = ok
+            stage_is_frozen = frozen_stage[stage] = stage_frozen(g, stage)
+        ok = not stage_is_frozen and (norm_grad or not (d[ir.OP] in OPS and OPS[d[ir.OP]].uses_norm))
+        meta["trainable"] = ok
         if ok:
-            trainable += d[ir.META].get("params", 0)
+            trainable += meta.get("params", 0)
         else:
-            frozen += d[ir.META].get("params", 0)
-        if stage_is_frozen and d[ir.MODULE]:
-            top = d[ir.MODULE].split(".")[0]
-            if top not in frozen_modules:
-                frozen_modules.append(top)
+            frozen += meta.get("params", 0)
+        module = d[ir.MODULE]
+        if module:
+            if stage_is_frozen:
+                frozen_modules[module.split(".", 1)[0]] = None
+            if d[ir.ATTRS].get("zero_init"):
+                zero_init.append(module)
+            if d.get(ir.INIT, "default") != "default":
+                inits.append((module, d[ir.INIT]))
     g.graph[ir.G_FROZEN_SCOPES] = {i: stage_frozen(g, i) for i in [-1] + [st["index"] for st in g.graph[ir.G_STAGES]]}
     for st in g.graph[ir.G_STAGES]:
         st["frozen"] = stage_frozen(g, st["index"])
     g.graph[ir.G_TRAINABLE_PARAMS] = trainable
     g.graph[ir.G_FROZEN_PARAMS] = frozen
-    g.graph[ir.G_FROZEN_MODULES] = frozen_modules
-    g.graph[ir.G_ZERO_INIT_MODULES] = [g._node[n][ir.MODULE] for n in order
-                                       if g._node[n][ir.ATTRS].get("zero_init") and g._node[n][ir.MODULE]]
-    g.graph[ir.G_MODULE_INITS] = [(g._node[n][ir.MODULE], g._node[n][ir.INIT]) for n in order
-                                  if g._node[n].get(ir.INIT, "default") != "default" and g._node[n][ir.MODULE]]
+    g.graph[ir.G_FROZEN_MODULES] = list(frozen_modules)
+    g.graph[ir.G_ZERO_INIT_MODULES] = zero_init
+    g.graph[ir.G_MODULE_INITS] = inits
 
 
 # -- in place and activation memory ---------------------------------------------------------------
 
-def _may_overwrite(g: nx.DiGraph, n: str) -> bool:
-    """Whether node ``n`` may overwrite its first operand: its op can, and the operand is made in
-    the same block by an op whose backward does not need its output, and nothing else reads it."""
-    d = g._node[n]
-    if d[ir.OP] not in OPS or not OPS[d[ir.OP]].in_place(d[ir.ATTRS]):
-        return False
-    first = d[ir.INPUTS][0]
-    f = g._node[first]
-    return (f[ir.OP] in OPS and OPS[f[ir.OP]].overwritable and f[ir.SCOPE] == d[ir.SCOPE]
-            and len(g._succ[first]) == 1)
+_VIEWS = frozenset(name for name, op in OPS.items() if op.view)  # ops whose output is a view of their operand
+
+
+_OVERWRITABLE = frozenset(name for name, op in OPS.items() if op.overwritable)
 
 
 def _in_place_nodes(g: nx.DiGraph, order: list[str]) -> set[str]:
     """The nodes computed in place (the torch backend reads this decision): those that may
-    overwrite their operand; a module called several times (a block's shared ReLU) runs in place
-    only when every call may."""
-    calls: dict[str | None, list[str]] = {}
+    overwrite their first operand, because their op can, and the operand is made in the same block
+    by an op whose backward does not need its output, and nothing else reads it; a module called
+    several times (a block's shared ReLU) runs in place only when every call may."""
+    nodes, succ = g._node, g._succ
+    able: dict[str, bool] = {}  # twin -> whether its op may run in place (the op table's rule)
+    calls: dict[str, list[str] | None] = {}  # module -> its calls, None once one call may not
     for n in order:
-        if n != ir.INPUT:
-            calls.setdefault(g._node[n][ir.MODULE] or n, []).append(n)
+        if n == ir.INPUT:
+            continue
+        d = nodes[n]
+        twin = d.get(ir.TWIN)
+        ok = able.get(twin) if twin is not None else None
+        if ok is None:
+            ok = d[ir.OP] in OPS and OPS[d[ir.OP]].in_place(d[ir.ATTRS])
+            if twin is not None:
+                able[twin] = ok
+        if ok:
+            first = d[ir.INPUTS][0]
+            f = nodes[first]
+            ok = f[ir.OP] in _OVERWRITABLE and f[ir.SCOPE] == d[ir.SCOPE] and len(succ[first]) == 1
+        key = d[ir.MODULE] or n
+        if not ok:
+            calls[key] = None
+            continue
+        same = calls.get(key, ())
+        if same is None:
+            continue
+        if not same:
+            same = calls[key] = []
+        same.append(n)
     out: set[str] = set()
-    for nodes in calls.values():
-        if all(_may_overwrite(g, n) for n in nodes):
-            out.update(nodes)
+    for same in calls.values():
+        if same:
+            out.update(same)
     return out
 
 
-def _is_view(g: nx.DiGraph, n: str) -> bool:
-    """A view of its operand (a slice): it shares the operand's storage, as an in-place node does."""
-    op = OPS.get(g._node[n][ir.OP])
-    return op is not None and op.view
-
-
 def _memory(g: nx.DiGraph, order: list[str]) -> None:
+    nodes, settings = g._node, g.graph
     in_place = _in_place_nodes(g, order)
+    scratch: dict[tuple, int] = {}  # (twin, output bytes) -> the op table's scratch bytes
     for n in order:
-        d = g._node[n]
+        d = nodes[n]
         meta = d[ir.META]
         full = math.prod(meta["shape"]) * BYTES_PER_ELEMENT
-        meta["in_place"] = n in in_place
-        meta["bytes"] = 0 if n in in_place or _is_view(g, n) else full
-        meta["scratch"] = (OPS[d[ir.OP]].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, g.graph)
-                           if d[ir.OP] in OPS else 0)
+        inp = meta["in_place"] = n in in_place
+        meta["bytes"] = 0 if inp or d[ir.OP] in _VIEWS else full
+        twin = d.get(ir.TWIN)
+        held = scratch.get((twin, full)) if twin is not None else None
+        if held is None:
+            held = OPS[d[ir.OP]].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, settings) \
+                if d[ir.OP] in OPS else 0
+            if twin is not None:
+                scratch[(twin, full)] = held
+        meta["scratch"] = held
     g.graph[ir.G_PEAK_BYTES] = peak_activation_bytes(g, order)
 
 
@@ -265,22 +312,27 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     nodes = g._node
     end = len(order)
     last: dict[str, int] = {}
+    scope_of: dict[str, str] = {}
     scope_end: dict[str, int] = {}
     stage_end: dict[int, int] = {}
+    crossing: list[tuple[str, str]] = []  # (operand, reader's scope) for operands made in another block
+    shared: list[str] = []  # in-place nodes and views, in order: they share their operand's storage
     for i, n in enumerate(order):
         d = nodes[n]
         last[n] = i
+        sc = scope_of[n] = d[ir.SCOPE]
         for s in d[ir.INPUTS]:
             last[s] = i  # readers come in order: the last one seen is the last
-        scope_end[d[ir.SCOPE]] = i
+            if scope_of[s] != sc:
+                crossing.append((s, sc))
+        scope_end[sc] = i
         stage_end[d[ir.STAGE]] = i
+        if d[ir.META].get("in_place") or d[ir.OP] in _VIEWS:
+            shared.append(n)
     # the caller holds a block's input until the block returns
-    for n in order:
-        d = nodes[n]
-        sc = d[ir.SCOPE]
-        for s in d[ir.INPUTS]:
-            if nodes[s][ir.SCOPE] != sc and last[s] < scope_end[sc]:
-                last[s] = scope_end[sc]
+    for s, sc in crossing:
+        if last[s] < scope_end[sc]:
+            last[s] = scope_end[sc]
     # and forward() holds a stage's input until the stage (an nn.Sequential of blocks) returns
     for st in g.graph.get("stages", []):
         if st["index"] in stage_end and st["input"] in last:
@@ -290,11 +342,11 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
         last[o["node"]] = end
     # an in-place node shares its operand's storage: the storage lives as long as either
     owner: dict[str, str] = {}
-    free_at: dict[str, int] = {}
-    for n in order:
-        d = nodes[n]
-        o = owner[n] = owner[d[ir.INPUTS][0]] if d[ir.META].get("in_place") or _is_view(g, n) else n
-        if free_at.get(o, 0) < last[n]:
+    free_at = dict(last)
+    for n in shared:
+        src = nodes[n][ir.INPUTS][0]
+        o = owner[n] = owner.get(src, src)
+        if free_at[o] < last[n]:
             free_at[o] = last[n]
     live = peak = 0
     releases: dict[int, int] = {}
@@ -305,7 +357,7 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
         held = live + meta.get("scratch", 0)  # scratch is held only while the op runs
         if held > peak:
             peak = held
-        if owner[n] == n:
+        if n not in owner:
             step = free_at[n]
             releases[step] = releases.get(step, 0) + size
         live -= releases.pop(i, 0)
@@ -315,28 +367,42 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
 # -- summaries ------------------------------------------------------------------------------------
 
 def _summaries(g: nx.DiGraph, order: list[str]) -> None:
-    groups: dict[int, list[str]] = {}
+    nodes = g._node
+    groups: dict[int, list] = {}  # stage -> [params, trainable params, macs, dilation, last node]
     for n in order:
-        st = g._node[n][ir.STAGE]
-        if st is not None:
-            groups.setdefault(st, []).append(n)
+        d = nodes[n]
+        st = d[ir.STAGE]
+        if st is None:
+            continue
+        meta = d[ir.META]
+        acc = groups.get(st)
+        if acc is None:
+            acc = groups[st] = [0, 0, 0, 1, n]
+        params = meta["params"]
+        acc[0] += params
+        if meta["trainable"]:
+            acc[1] += params
+        acc[2] += meta["macs"]
+        if meta["dilation"] > acc[3]:
+            acc[3] = meta["dilation"]
+        acc[4] = n
     entries = [(-1, g.graph["stem"])] + [(st["index"], st) for st in g.graph["stages"]]
     for index, entry in entries:
-        nodes = groups.get(index, [])
-        if not nodes:
+        acc = groups.get(index)
+        if acc is None:
             continue
-        out = g._node[nodes[-1]][ir.META]
-        entry["params"] = sum(g._node[n][ir.META]["params"] for n in nodes)
-        entry["trainable_params"] = sum(g._node[n][ir.META]["params"] for n in nodes
-                                        if g._node[n][ir.META]["trainable"])
-        entry["macs"] = sum(g._node[n][ir.META]["macs"] for n in nodes)
+        params, trainable, macs, dilation, last = acc
+        out = nodes[last][ir.META]
+        entry["params"] = params
+        entry["trainable_params"] = trainable
+        entry["macs"] = macs
         entry["rf"] = dict(out["rf"])
         entry["formula"] = out["formula"]
         entry["out_bytes"] = math.prod(out["shape"]) * BYTES_PER_ELEMENT
         entry["shape"] = tuple(out["shape"])
         entry["stride"] = out["stride"]
-        entry["output"] = nodes[-1]
-        entry["dilation"] = max(g._node[n][ir.META]["dilation"] for n in nodes)
+        entry["output"] = last
+        entry["dilation"] = dilation
     for o in g.graph.get("outputs", []):
-        meta = g._node[o["node"]][ir.META]
+        meta = nodes[o["node"]][ir.META]
         o.update(stride=meta["stride"], shape=tuple(meta["shape"]), rf=dict(meta["rf"]))

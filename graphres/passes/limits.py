@@ -34,19 +34,28 @@ class LimitError(GraphresError, ValueError):
 
 def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
     warned: set[str] = set()
+    nodes, succ, settings = g._node, g._succ, g.graph
     ends = {st.get("output") for st in g.graph.get("stages", [])} | {(g.graph.get("head") or {}).get("output")}
+    fine: set[tuple] = set()  # (twin, operand shape) whose op rule found nothing (ir.TWIN)
     for n in ir.topological_order(g):
-        if g.out_degree(n) == 0 and n not in ends and n != ir.INPUT and not g.nodes[n].get(ir.DISCARDED):
+        d = nodes[n]
+        if not succ[n] and n not in ends and n != ir.INPUT and not d.get(ir.DISCARDED):
             # the torch backend cannot plan a dead end (except a plugin result mmsegmentation drops)
             diags.add("E016", f"the output of {n} is never used, which graphres does not support yet",
-                      _span_of(g._node[n]), "remove the layer, or feed it into the block's result")
-        d = g._node[n]
+                      _span_of(d), "remove the layer, or feed it into the block's result")
         op = OPS.get(d[ir.OP])
         if op is None:
             continue
-        srcs = ir.inputs_of(g, n)
-        in_shape = g._node[srcs[0]][ir.META].get("shape") if srcs else None
-        problem = op.check_run(d[ir.ATTRS], d[ir.IN_CH], in_shape, g.graph)
+        srcs = d[ir.INPUTS]
+        in_shape = nodes[srcs[0]][ir.META].get("shape") if srcs else None
+        twin = d.get(ir.TWIN)
+        if twin is not None:
+            key = (twin, in_shape)
+            if key in fine:
+                continue
+        problem = op.check_run(d[ir.ATTRS], d[ir.IN_CH], in_shape, settings)
+        if problem is None and twin is not None:
+            fine.add(key)
         if problem is not None and problem[0].startswith("W") and problem[0] in warned:
             problem = None  # a warning of the op table: at its first node only
         if problem is not None:
@@ -75,11 +84,20 @@ def state_bytes(g: nx.DiGraph) -> int:
     """Bytes of the built module's state: float32 parameters, and a BN's running mean and variance."""
     seen: set = set()
     elements = 0
-    for _, d in g.nodes(data=True):
-        if d[ir.OP] in OPS and d[ir.MODULE] and d[ir.MODULE] not in seen:
-            seen.add(d[ir.MODULE])
-            for shape in OPS[d[ir.OP]].tensors(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], g.graph).values():
-                elements += math.prod(shape) if shape else 0  # () is a BN's int64 step counter
+    by_twin: dict[str, int] = {}  # twins (ir.TWIN) have the same tensors
+    for d in g._node.values():
+        module = d[ir.MODULE]
+        if not module or module in seen or d[ir.OP] not in OPS:
+            continue
+        seen.add(module)
+        twin = d.get(ir.TWIN)
+        count = by_twin.get(twin) if twin is not None else None
+        if count is None:
+            count = sum(math.prod(shape) if shape else 0  # () is a BN's int64 step counter
+                        for shape in OPS[d[ir.OP]].tensors(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], g.graph).values())
+            if twin is not None:
+                by_twin[twin] = count
+        elements += count
     return _FLOAT * elements
 
 

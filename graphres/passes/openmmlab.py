@@ -28,6 +28,7 @@ INIT_TYPE_NAMES = {"kaiming": "Kaiming", "constant": "Constant", "normal": "Norm
                    "uniform": "Uniform", "pretrained": "Pretrained"}
 _NORM_NAME = re.compile(r"^(bn|gn|in)(\d+)$")
 _SKIP_PARAMS = {"in_channels", "out_channels"}
+_NORMS = frozenset(name for name, op in OPS.items() if op.uses_norm)
 
 
 def describe_openmmlab(g: nx.DiGraph, style: str | None = None) -> None:
@@ -35,19 +36,27 @@ def describe_openmmlab(g: nx.DiGraph, style: str | None = None) -> None:
     style, for the checkpoint loader's style check)."""
     params = g.graph.get(ir.G_BLOCK_PARAMS, {})
     stages = g.graph[ir.G_STAGES]
+    nodes = g._node
     by_scope: dict[str, list[str]] = {}
+    plugin_nodes = []
     for n in ir.topological_order(g):
         if n != ir.INPUT:
-            by_scope.setdefault(g.nodes[n][ir.SCOPE], []).append(n)
+            d = nodes[n]
+            scope = d[ir.SCOPE]
+            same = by_scope.get(scope)
+            if same is None:
+                by_scope[scope] = [n]
+            else:
+                same.append(n)
+            if d.get(ir.PLUGIN_ARGS) is not None:
+                plugin_nodes.append(d)
     blocks: dict[str, dict[str, Any]] = {}
     for st in stages:
         for b in range(st["blocks"]):
             scope = f"{st['name']}.{b}"
             blocks[scope] = _block_attrs(g, scope, by_scope.get(scope, []), params.get(scope, {}))
-    for n in g:  # mmcv's plugin modules carry their arguments: block.context_block.in_channels
-        d = g.nodes[n]
-        if d.get(ir.PLUGIN_ARGS) is not None:
-            blocks.setdefault(f"{d[ir.SCOPE]}.{d[ir.PLUGIN]}", dict(d[ir.PLUGIN_ARGS]))
+    for d in plugin_nodes:  # mmcv's plugin modules carry their arguments: block.context_block.in_channels
+        blocks.setdefault(f"{d[ir.SCOPE]}.{d[ir.PLUGIN]}", dict(d[ir.PLUGIN_ARGS]))
     stem_nodes = by_scope.get(ir.STEM_SCOPE, [])
     stem_params = params.get(ir.STEM_SCOPE, {})
     first = [blocks.get(f"{st['name']}.0", {}) for st in stages]
@@ -109,20 +118,28 @@ def init_plan(init: dict[str, Any] | None) -> tuple[list[dict[str, Any]], bool]:
     return out, False
 
 
-def _block_attrs(g: nx.DiGraph, scope: str, nodes: list[str], params: dict[str, Any]) -> dict[str, Any]:
-    prefix = scope + "."
-    children = {g.nodes[n][ir.MODULE][len(prefix):].split(".")[0] for n in nodes if g.nodes[n][ir.MODULE]}
+def _block_attrs(g: nx.DiGraph, scope: str, scope_nodes: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    nodes = g._node
+    cut = len(scope) + 1
+    children = set()
+    norm_names = []
+    for n in scope_nodes:
+        d = nodes[n]
+        module = d[ir.MODULE]
+        if module:
+            rel = module[cut:]
+            children.add(rel.split(".", 1)[0])
+            if d[ir.OP] in _NORMS:
+                m = _NORM_NAME.match(rel)
+                if m:
+                    norm_names.append(m)
     attrs: dict[str, Any] = {k: v for k, v in params.items() if k not in _SKIP_PARAMS and k not in children}
     if "in_channels" in params:
         attrs["inplanes"] = params["in_channels"]
     if "planes" in params and params["planes"] and "out_channels" in params:
         attrs.setdefault("expansion", params["out_channels"] // params["planes"])
-    for n in nodes:
-        module = g.nodes[n][ir.MODULE]
-        if module and OPS[g.nodes[n][ir.OP]].uses_norm:
-            m = _NORM_NAME.match(module[len(prefix):])
-            if m:
-                attrs[f"norm{m.group(2)}_name"] = m.group(0)
+    for m in norm_names:
+        attrs[f"norm{m.group(2)}_name"] = m.group(0)
     if "downsample" not in children:
         attrs["downsample"] = None
     return attrs

@@ -17,20 +17,31 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
     size = tuple(input_size or g.graph[ir.G_INPUT_SIZE])
     g.graph[ir.G_ANALYSED_SIZE] = size
     reported = False
+    nodes, settings = g._node, g.graph
+    # (twin, operand shapes) -> (shape, the window's stride, params, macs): a repeated block's
+    # nodes take the rules' results of their twin's (ir.TWIN) for the same operand shapes
+    done: dict[tuple, tuple] = {}
     for n in ir.topological_order(g):
-        d = g._node[n]
+        d = nodes[n]
         meta = d[ir.META]
         if d[ir.OP] == "input":
             meta.update(shape=(d[ir.OUT_CH],) + size, stride=1, params=0, macs=0)
             continue
-        op, a = OPS[d[ir.OP]], d[ir.ATTRS]
         srcs = d[ir.INPUTS]
-        first = g._node[srcs[0]][ir.META]
-        full = [tuple(g._node[s][ir.META]["shape"]) for s in srcs]
+        first = nodes[srcs[0]][ir.META]
+        full = tuple([nodes[s][ir.META]["shape"] for s in srcs])
+        twin = d.get(ir.TWIN)
+        if twin is not None:
+            hit = done.get((twin, full))
+            if hit is not None:
+                shape, wstride, params, macs = hit
+                meta.update(shape=shape, stride=first["stride"] * wstride, params=params, macs=macs)
+                continue
+        op, a = OPS[d[ir.OP]], d[ir.ATTRS]
         if op.shape is not None or any(len(s) != 3 for s in full):
-            reported = _tensor_shape(g, n, op, full, diags, reported)
+            reported = _tensor_shape(g, n, op, list(full), diags, reported)
             continue
-        shapes = [tuple(g._node[s][ir.META]["shape"][1:]) for s in srcs]
+        shapes = [s[1:] for s in full]
         hw = op.spatial(a, shapes)
         problem = op.check_spatial(a, shapes)
         if problem is not None and not reported:
@@ -39,14 +50,14 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
                       hint)
             reported = True
         window = op.window(a)
-        stride = first["stride"] * (window.stride if window is not None else 1)
+        wstride = window.stride if window is not None else 1
         out_ch = d[ir.OUT_CH]
-        meta.update(
-            shape=(out_ch,) + tuple(hw),
-            stride=stride,
-            params=op.params(a, d[ir.IN_CH], out_ch, g.graph),
-            macs=op.macs(a, d[ir.IN_CH], out_ch, hw),
-        )
+        shape = (out_ch,) + tuple(hw)
+        params = op.params(a, d[ir.IN_CH], out_ch, settings)
+        macs = op.macs(a, d[ir.IN_CH], out_ch, hw)
+        meta.update(shape=shape, stride=first["stride"] * wstride, params=params, macs=macs)
+        if twin is not None and problem is None and min(hw) > 0:
+            done[(twin, full)] = (shape, wstride, params, macs)
         if min(hw) <= 0 and not reported and window is not None and window.dilation > 1:
             reported = True
             w = window
@@ -70,8 +81,9 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
         meta = g._node[st["output"]][ir.META]
         st["shape"] = meta.get("shape")
         st["stride"] = meta.get("stride")
-    g.graph[ir.G_PARAMS] = sum(g._node[n][ir.META].get("params", 0) for n in g)
-    g.graph[ir.G_MACS] = sum(g._node[n][ir.META].get("macs", 0) for n in g)
+    metas = [d[ir.META] for d in nodes.values()]
+    g.graph[ir.G_PARAMS] = sum([m.get("params", 0) for m in metas])
+    g.graph[ir.G_MACS] = sum([m.get("macs", 0) for m in metas])
 
 
 def _tensor_shape(g: nx.DiGraph, n: str, op, full: list[tuple], diags: DiagnosticBag, reported: bool) -> bool:
