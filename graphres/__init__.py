@@ -121,10 +121,10 @@ def _construct(g, device: Any) -> "GraphresBackbone":
     from .backends.torch_module import build_module
     layers = sum(1 for _, d in g.nodes(data=True) if d["meta"].get("params"))
     if layers and g.graph["params"] / layers >= META_MIN_PARAMS_PER_LAYER:
-        return build_module(g, init=False, device="meta")
+        return build_module(g, init=False, device="meta", copies=True)
     target = torch.device(device or "cpu")
     with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
-        return build_module(g, init=False, device=device)
+        return build_module(g, init=False, device=device, copies=True)
 
 
 def materialise(model: "GraphresBackbone", device: Any = "cpu") -> "GraphresBackbone":

@@ -297,3 +297,77 @@ def test_small_layers_are_constructed_for_real_with_the_same_tensors():
     with WriteCounter() as counter:
         graphres.build(c)
     assert counter.calls  # constructed for real: the default writes happened (on the copied random state)
+
+
+# -- copies of repeated blocks --------------------------------------------------------------------
+
+def _init_calls(monkeypatch, cls) -> list:
+    calls = []
+    real = cls.__init__
+
+    def spy(self, *a, **k):
+        calls.append(type(self).__name__)
+        real(self, *a, **k)
+    monkeypatch.setattr(cls, "__init__", spy)
+    return calls
+
+
+def test_repeated_blocks_are_copied_in_a_build_and_constructed_elsewhere(monkeypatch):
+    from graphres.backends.runtime import GraphresBlock
+    g = graphres.compile_spec("resnet50").graph
+    cls = build_module(g, init=False).layer1[1].__class__  # the generated Bottleneck class
+    calls = _init_calls(monkeypatch, cls)
+    graphres.build("resnet50")
+    assert calls == ["Bottleneck"] * 4  # one per stage: blocks 2.. of a stage are copies of block 1
+    calls.clear()
+    build_module(g, init=False)
+    assert calls == ["Bottleneck"] * 12  # constructed: every block that is not a stage's first
+    assert issubclass(cls, GraphresBlock)
+
+
+def test_copied_blocks_equal_constructed_ones_and_are_independent(monkeypatch):
+    from graphres.backends import runtime
+    torch.manual_seed(3)
+    copied = graphres.build("resnet50")
+    with monkeypatch.context() as m:
+        m.setattr(runtime.RepeatedBlocks, "copies", classmethod(lambda mcs: __import__("contextlib").nullcontext()))
+        torch.manual_seed(3)
+        constructed = graphres.build("resnet50")
+    a, b = copied.state_dict(), constructed.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    for (na, ma), (nb, mb) in zip(copied.named_modules(), constructed.named_modules()):
+        assert na == nb and type(ma) is type(mb)
+        plain = {k: v for k, v in vars(ma).items() if k not in ("_parameters", "_buffers", "_modules")}
+        assert plain == {k: v for k, v in vars(mb).items() if k not in ("_parameters", "_buffers", "_modules")}, na
+    one, other = copied.layer3[2], copied.layer3[3]
+    assert one.conv1.weight.data_ptr() != other.conv1.weight.data_ptr()
+    assert one.bn1.running_mean.data_ptr() != other.bn1.running_mean.data_ptr()
+    assert one.conv1._forward_hooks is not other.conv1._forward_hooks
+    assert one.bn1._non_persistent_buffers_set is not other.bn1._non_persistent_buffers_set
+    torch.jit.script(copied)
+    seen = []
+    one.conv1.register_forward_hook(lambda mod, i, o: seen.append(mod))
+    one.inplanes = 7
+    with torch.no_grad():
+        copied.eval()(torch.randn(1, 3, 32, 32))
+    assert seen == [one.conv1] and other.inplanes == 1024
+
+
+def test_a_block_holding_anything_but_plain_values_is_constructed_each_time(monkeypatch):
+    from graphres.backends.runtime import RepeatedBlocks
+    g = graphres.compile_spec("resnet18").graph
+    cls = build_module(g, init=False).layer1[1].__class__  # Basic(64), Basic(64), ..., Basic(128), ...
+    assert RepeatedBlocks._copyable(cls(64))
+    calls = _init_calls(monkeypatch, cls)
+    graphres.build("resnet18")
+    assert len(calls) == 4  # layer1.1 is a copy of layer1.0: the same class and arguments
+    real = cls.__init__
+
+    def with_a_list_of_tensors(self, *a, **k):
+        real(self, *a, **k)
+        self.__dict__["cache"] = [torch.zeros(1)]  # not a plain value: a copy would share it
+    monkeypatch.setattr(cls, "__init__", with_a_list_of_tensors)
+    assert not RepeatedBlocks._copyable(cls(64))
+    calls.clear()
+    model = graphres.build("resnet18")
+    assert len(calls) == 5 and model.layer1[0].cache is not model.layer1[1].cache

@@ -489,7 +489,7 @@ def generate(g: nx.DiGraph, standalone: bool = False) -> Generated:
     for n in order:
         if n != ir.INPUT:
             by_scope.setdefault(g.nodes[n][ir.SCOPE], []).append(n)
-    class_names = Namespace(BASE_RUNTIME + ("FrozenBatchNorm2d", "SyncBatchNorm2d", "SyncBNError", "ConvWS2d",
+    class_names = Namespace(BASE_RUNTIME + ("RepeatedBlocks", "FrozenBatchNorm2d", "SyncBatchNorm2d", "SyncBNError", "ConvWS2d",
                                             "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack",
                                             "RelativePosition", INFERENCE_BASE, "InferenceBuildError"))
     net_name = class_names.make(camel(g.graph[ir.G_NAME]))
@@ -511,7 +511,9 @@ def generate(g: nx.DiGraph, standalone: bool = False) -> Generated:
                       "",
                       "Do not edit: change the spec and compile again. State-dict keys are graphres' (OpenMMLab's",
                       'and torchvision\'s ResNet layout)."""']
-    out += ["import dataclasses" if standalone else None, "import importlib" if standalone else None,
+    out += ["import collections" if standalone else None, "import contextlib" if standalone else None,
+            "import contextvars" if standalone else None,
+            "import dataclasses" if standalone else None, "import importlib" if standalone else None,
             "import math" if standalone else None, "from typing import List, Optional, Tuple", "",
             "import torch"]
     if standalone:
@@ -521,7 +523,9 @@ def generate(g: nx.DiGraph, standalone: bool = False) -> Generated:
         if with_cp:
             out += ["import torch.utils.checkpoint"]
         out += ["", ""]
-        out += [_runtime_source(name) for name in runtime]
+        # GraphresBlock's metaclass (graphres.build's copies of repeated blocks) comes with it
+        out += [_runtime_source(name) for name in runtime for name in
+                (("RepeatedBlocks", name) if name == "GraphresBlock" else (name,))]
     else:
         out += ["from torch import Tensor, nn"]
         if with_cp:

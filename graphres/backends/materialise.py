@@ -61,25 +61,34 @@ def materialise(model: nn.Module, device: str | torch.device = "cpu",
         olds: list[torch.Tensor] = []  # the meta tensors, alive while their ids are compared
         keys: dict[int, str] = {}
         for prefix, m in modules:
-            for kind, name, t in list(_own_tensors(m)):
-                new = made.get(id(t))
-                if new is None:  # a tensor shared by two modules stays shared
-                    empty = torch.empty(t.shape, dtype=t.dtype, device=device) if t.is_meta else t
-                    new = nn.Parameter(empty, requires_grad=t.requires_grad) if kind == "_parameters" and \
-                        t.is_meta else empty
-                    made[id(t)] = new
-                    olds.append(t)
-                    keys[id(new)] = (prefix + "." if prefix else "") + name
-                getattr(m, kind)[name] = new
-        params_provided = all(keys[id(p)] in state for p in model.parameters())
-        if not (state and params_provided):
+            dot = prefix + "." if prefix else ""
+            for kind in ("_parameters", "_buffers"):
+                own = m.__dict__[kind]
+                for name, t in list(own.items()):
+                    if t is None:
+                        continue
+                    new = made.get(id(t))
+                    if new is None:  # a tensor shared by two modules stays shared
+                        if t.is_meta:
+                            new = torch.empty(t.shape, dtype=t.dtype, device=device)
+                            if kind == "_parameters":
+                                new = nn.Parameter(new, requires_grad=t.requires_grad)
+                        else:
+                            new = t
+                        made[id(t)] = new
+                        olds.append(t)
+                        keys[id(new)] = dot + name
+                    own[name] = new
+        params_provided = bool(state) and all(keys[id(p)] in state for p in model.parameters())
+        if not params_provided:
             before = {id(t): t._version for t in made.values()}
             model.init_weights()
             for _, m in modules:
-                own = [t for _, _, t in _own_tensors(m)]
-                if all(t._version != before[id(t)] for t in own):
+                params = [p for p in m._parameters.values() if p is not None]
+                buffers = [b for b in m._buffers.values() if b is not None]
+                params_done = all(p._version != before[id(p)] for p in params)
+                if params_done and all(b._version != before[id(b)] for b in buffers):
                     continue
-                params_done = all(p._version != before[id(p)] for p in m._parameters.values() if p is not None)
                 if isinstance(m, _NormBase) and params_done:
                     m.reset_running_stats()
                 elif hasattr(m, "reset_parameters"):

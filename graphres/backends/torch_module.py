@@ -10,6 +10,7 @@ while generating.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import linecache
 import sys
@@ -18,8 +19,8 @@ import types
 import networkx as nx
 
 from .codegen import Generated, generate
-from .runtime import (ConvWS2d, FeatureInfo, FeatureInfoList, FrozenBatchNorm2d, GraphresBackbone, SyncBatchNorm2d,
-                      SyncBNError)
+from .runtime import (ConvWS2d, FeatureInfo, FeatureInfoList, FrozenBatchNorm2d, GraphresBackbone, RepeatedBlocks,
+                      SyncBatchNorm2d, SyncBNError)
 
 __all__ = ["build_module", "network_class", "generated_source", "GraphresBackbone", "FeatureInfo", "FeatureInfoList", "ConvWS2d",
            "FrozenBatchNorm2d", "SyncBatchNorm2d", "SyncBNError"]
@@ -57,13 +58,19 @@ def network_class(g: nx.DiGraph) -> type:
     return _network_class(generate(g))
 
 
-def build_module(g: nx.DiGraph, init: bool = True, device=None) -> GraphresBackbone:
+def build_module(g: nx.DiGraph, init: bool = True, device=None, copies: bool = False) -> GraphresBackbone:
     """An instance of the network generated for ``g``, initialised (``init``) and frozen as the
-    spec says; constructed under ``torch.device(device)`` when given (``"meta"``: no memory)."""
-    cls = _network_class(generate(g))
-    if device is None:
-        return cls(init=init)
-    import torch
-    with torch.device(device):
-        return cls(init=init)
+    spec says; constructed under ``torch.device(device)`` when given (``"meta"``: no memory).
 
+    ``copies`` (with ``init=False``): repeated blocks are copies of the first, with uninitialised
+    tensors (:class:`~graphres.backends.runtime.RepeatedBlocks`): for a caller that writes every
+    tensor next (``graphres.build``, through ``materialise``)."""
+    cls = _network_class(generate(g))
+    if copies and init:
+        raise ValueError("copies are uninitialised: build them with init=False and initialise after")
+    with RepeatedBlocks.copies() if copies else contextlib.nullcontext():
+        if device is None:
+            return cls(init=init)
+        import torch
+        with torch.device(device):
+            return cls(init=init)

@@ -2,6 +2,9 @@
 
 Do not edit: change the spec and compile again. State-dict keys are graphres' (OpenMMLab's
 and torchvision's ResNet layout)."""
+import collections
+import contextlib
+import contextvars
 import dataclasses
 import importlib
 import math
@@ -35,7 +38,110 @@ class FeatureInfoList(list):
         return [f.module for f in self]
 
 
-class GraphresBlock(nn.Module):
+class RepeatedBlocks(type):
+    """The metaclass of generated blocks: inside :meth:`copies` (``graphres.build``), a block
+    class called again with the same arguments returns a copy of the first instance made in that
+    context instead of running ``__init__`` again: an object of the same class with the same
+    attributes and submodules (copied the same way), and new, uninitialised tensors of the same
+    shapes, dtypes, devices and ``requires_grad``. The caller must write every tensor afterwards
+    (``graphres.build`` does: ``init_weights`` and the layers' own defaults, or a checkpoint).
+
+    Only a block whose module tree holds nothing but parameters, buffers, submodules and plain
+    values (numbers, strings, tuples of them, and lists, sets and dicts of them, such as a conv's
+    padding list and the empty hook dicts) is copied; any other is constructed each time. Outside
+    :meth:`copies` the class is called as any class is. Constructing a block costs about a hundred
+    microseconds per layer in ``nn.Module.__init__`` and the layers' default initialisation; a
+    copy about twenty."""
+
+    _prototypes: contextvars.ContextVar = contextvars.ContextVar("graphres_block_prototypes", default=None)
+
+    @classmethod
+    @contextlib.contextmanager
+    def copies(mcs):
+        """Within this context, repeated blocks are copied (see the class)."""
+        token = mcs._prototypes.set({})
+        try:
+            yield
+        finally:
+            mcs._prototypes.reset(token)
+
+    def __call__(cls, *args, **kwargs):
+        prototypes = RepeatedBlocks._prototypes.get()
+        if prototypes is None:
+            return super().__call__(*args, **kwargs)
+        try:
+            key = (cls, args, tuple(kwargs.items()))
+            recipe = prototypes.get(key)
+        except TypeError:  # an argument that cannot be a key
+            return super().__call__(*args, **kwargs)
+        if recipe is None:
+            block = super().__call__(*args, **kwargs)
+            prototypes[key] = RepeatedBlocks._recipe(block) if RepeatedBlocks._copyable(block) else False
+            return block
+        if recipe is False:
+            return super().__call__(*args, **kwargs)
+        return RepeatedBlocks._copy(recipe)
+
+    @staticmethod
+    def _plain(value) -> bool:
+        if value is None or type(value) in (bool, int, float, str, torch.dtype, torch.device):
+            return True
+        if type(value) is tuple:
+            return all(RepeatedBlocks._plain(v) for v in value)
+        return False
+
+    @staticmethod
+    def _copyable(block: nn.Module) -> bool:
+        tensors = set()
+        for m in block.modules():
+            if type(m).__new__ is not object.__new__:
+                return False
+            for key, value in m.__dict__.items():
+                if key in ("_parameters", "_buffers", "_modules"):
+                    continue
+                kind = type(value)
+                if kind in (dict, collections.OrderedDict):
+                    if not all(RepeatedBlocks._plain(k) and RepeatedBlocks._plain(v) for k, v in value.items()):
+                        return False
+                elif kind in (list, set):
+                    if not all(RepeatedBlocks._plain(v) for v in value):
+                        return False
+                elif not RepeatedBlocks._plain(value):
+                    return False
+            for kind, own in ((nn.Parameter, m._parameters), (torch.Tensor, m._buffers)):
+                for t in own.values():
+                    if t is None:
+                        continue
+                    if type(t) is not kind or id(t) in tensors:  # a tied tensor stays tied: constructed
+                        return False
+                    tensors.add(id(t))
+        return True
+
+    @staticmethod
+    def _recipe(m: nn.Module) -> tuple:
+        """What a copy of ``m`` is made from: its class, its other attributes (the containers among
+        them named, to be copied), its tensors and its children's recipes."""
+        state = {k: v for k, v in m.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")}
+        containers = tuple(k for k, v in state.items() if type(v) in (dict, collections.OrderedDict, list, set))
+        return (type(m), state, containers, tuple(m._parameters.items()), tuple(m._buffers.items()),
+                tuple((k, None if c is None else RepeatedBlocks._recipe(c)) for k, c in m._modules.items()))
+
+    @staticmethod
+    def _copy(recipe: tuple) -> nn.Module:
+        kind, state, containers, params, buffers, children = recipe
+        new = object.__new__(kind)
+        own = state.copy()
+        for k in containers:
+            own[k] = own[k].copy()
+        empty = torch.empty_like
+        own["_parameters"] = {k: None if p is None else nn.Parameter(empty(p), p.requires_grad) for k, p in params}
+        own["_buffers"] = {k: None if b is None else empty(b) for k, b in buffers}
+        own["_modules"] = {k: None if c is None else RepeatedBlocks._copy(c) for k, c in children}
+        new.__dict__.update(own)
+        return new
+
+
+class GraphresBlock(nn.Module, metaclass=RepeatedBlocks):
     """The base of every generated block class: mmdetection's block properties.
 
     ``norm1``/``norm2``/``norm3`` are the norms named by ``norm1_name`` ... (``bn1``, ``gn1``), as
@@ -103,8 +209,13 @@ class GraphresBackbone(nn.Module):
         self.res_layers = list(self.stage_names)
         for path, attrs in self.block_attrs.items():
             block = self.get_submodule(path)
+            own = block.__dict__
             for key, value in attrs.items():
-                setattr(block, key, value)
+                if (isinstance(value, (torch.Tensor, nn.Module)) or key in block._parameters or key in block._buffers
+                        or key in block._modules):
+                    setattr(block, key, value)
+                else:  # a plain value: what nn.Module.__setattr__ does with it, without its checks
+                    own[key] = value
         if not self.requires_grad_norms:
             for m in self.modules():
                 if isinstance(m, (_BatchNorm, nn.GroupNorm, nn.InstanceNorm2d)):
@@ -143,62 +254,92 @@ class GraphresBackbone(nn.Module):
         (``Conv2d``, ``_BatchNorm``, ``GroupNorm``, ``Linear`` ...)."""
         cfgs = self.init_cfg
         cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs or [])
+        modules = list(self.modules())
         for cfg in cfgs:
             if cfg.get("type") != "Pretrained":
-                self._apply_initialiser(cfg)
-        for m in self.modules():  # then each layer's own init_weights, as mmengine calls them after the parent's
-            if m is not self and callable(getattr(m, "init_weights", None)):
+                self._apply_initialiser(cfg, modules)
+        for m in modules:  # then each layer's own init_weights, as mmengine calls them after the parent's
+            if m is not self and callable(getattr(type(m), "init_weights", None)):
                 m.init_weights()
         for path, kind in self.module_inits:  # the plugins' own initialisation (mmcv's)
             init_module(self.get_submodule(path), kind)
         zero = self.zero_init_blocks and self.zero_init_residual if zero_init_residual is None else zero_init_residual
         if zero:
-            for path in self.zero_init_modules:
-                m = self.get_submodule(path)
-                if getattr(m, "weight", None) is not None:
-                    nn.init.zeros_(m.weight)
-                    nn.init.zeros_(m.bias)
+            with torch.no_grad():
+                for path in self.zero_init_modules:
+                    m = self.get_submodule(path)
+                    if getattr(m, "weight", None) is not None:
+                        m.weight.zero_()
+                        m.bias.zero_()
         for cfg in cfgs:
             if cfg.get("type") == "Pretrained":
                 self._load_pretrained(cfg)
         self._is_init = True
 
-    def _apply_initialiser(self, cfg: dict) -> None:
-        """One of mmengine's weight initialisers (its defaults), on every module ``layer`` names."""
+    def _apply_initialiser(self, cfg: dict, modules: Optional[List[nn.Module]] = None) -> None:
+        """One of mmengine's weight initialisers (its defaults), on every module ``layer`` names.
+
+        Each tensor is written as torch.nn.init's function for the initialiser writes it (the same
+        random draws, in module order); the scale of a Kaiming or Xavier draw is worked out once per
+        weight shape."""
         kind = cfg["type"]
+        if kind not in ("Kaiming", "Xavier", "Normal", "Uniform", "Constant"):
+            raise ValueError(f"init_cfg type {kind!r} is not one of Kaiming, Xavier, Normal, Uniform, "
+                             f"Constant, Pretrained")
         layers = cfg.get("layer") or []
         layers = {layers} if isinstance(layers, str) else set(layers)
         bias = cfg.get("bias", 0)
         if cfg.get("bias_prob") is not None:
             p = float(cfg["bias_prob"])
             bias = -math.log((1 - p) / p)
+        uniform = cfg.get("distribution", "normal") == "uniform"
+        matches = {}  # module class -> whether ``layer`` names it or a base class
+        scales = {}  # weight shape -> the std (normal) or bound (uniform) of a Kaiming or Xavier draw
         with torch.no_grad():
-            for m in self.modules():
-                if not layers & {c.__name__ for c in type(m).__mro__}:
+            for m in self.modules() if modules is None else modules:
+                cls = type(m)
+                hit = matches.get(cls)
+                if hit is None:
+                    hit = matches[cls] = bool(layers & {c.__name__ for c in cls.__mro__})
+                if not hit:
                     continue
-                w = getattr(m, "weight", None)
-                if isinstance(w, torch.Tensor):
-                    if kind == "Kaiming":
-                        fn = nn.init.kaiming_uniform_ if cfg.get("distribution", "normal") == "uniform" \
-                            else nn.init.kaiming_normal_
-                        fn(w, a=cfg.get("a", 0), mode=cfg.get("mode", "fan_out"),
-                           nonlinearity=cfg.get("nonlinearity", "relu"))
-                    elif kind == "Xavier":
-                        fn = nn.init.xavier_uniform_ if cfg.get("distribution", "normal") == "uniform" \
-                            else nn.init.xavier_normal_
-                        fn(w, gain=cfg.get("gain", 1))
+                w = m._parameters.get("weight")
+                if w is None:
+                    w = getattr(m, "weight", None)
+                if isinstance(w, torch.Tensor) and w.numel() == 0:
+                    pass  # torch.nn.init leaves an empty tensor as it is
+                elif isinstance(w, torch.Tensor):
+                    if kind in ("Kaiming", "Xavier"):
+                        scale = scales.get(w.shape)
+                        if scale is None:
+                            scale = scales[w.shape] = self._scale(kind, cfg, w, uniform)
+                        if uniform:
+                            w.uniform_(-scale, scale)
+                        else:
+                            w.normal_(0, scale)
                     elif kind == "Normal":
-                        nn.init.normal_(w, cfg.get("mean", 0), cfg.get("std", 1))
+                        w.normal_(cfg.get("mean", 0), cfg.get("std", 1))
                     elif kind == "Uniform":
-                        nn.init.uniform_(w, cfg.get("a", 0), cfg.get("b", 1))
-                    elif kind == "Constant":
-                        nn.init.constant_(w, cfg["val"])
+                        w.uniform_(cfg.get("a", 0), cfg.get("b", 1))
                     else:
-                        raise ValueError(f"init_cfg type {kind!r} is not one of Kaiming, Xavier, Normal, Uniform, "
-                                         f"Constant, Pretrained")
-                b = getattr(m, "bias", None)
+                        w.fill_(cfg["val"])
+                b = m._parameters.get("bias")
+                if b is None:
+                    b = getattr(m, "bias", None)
                 if isinstance(b, torch.Tensor):
-                    nn.init.constant_(b, bias)
+                    b.fill_(bias)
+
+    @staticmethod
+    def _scale(kind: str, cfg: dict, w: torch.Tensor, uniform: bool) -> float:
+        """The std of torch.nn.init's kaiming_normal_ / xavier_normal_ for ``w`` (for the uniform
+        ones, their bound), computed as those functions compute it."""
+        if kind == "Kaiming":
+            fan = nn.init._calculate_correct_fan(w, cfg.get("mode", "fan_out"))
+            std = nn.init.calculate_gain(cfg.get("nonlinearity", "relu"), cfg.get("a", 0)) / math.sqrt(fan)
+            return math.sqrt(3.0) * std if uniform else std
+        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
+        std = cfg.get("gain", 1) * math.sqrt(2.0 / float(fan_in + fan_out))
+        return math.sqrt(3.0) * std if uniform else std
 
     def _load_pretrained(self, cfg: dict) -> None:
         """A Pretrained initialiser: graphres' checkpoint loader (layouts, model-zoo names, prefix);
