@@ -91,3 +91,30 @@ def test_errors_in_a_copied_block_are_still_reported_once():
         graphres.compile_spec(bad)
     assert [d.headline() for d in err.value.diagnostics] == [
         "<dict>: error[E030]: conv groups = 3 must divide its 8 input and 8 output channels"]
+
+
+@pytest.mark.parametrize("spec,overrides", CASES, ids=lambda c: c if isinstance(c, str) else None)
+def test_generated_source_of_copies_equals_generating_every_instance(spec, overrides, monkeypatch):
+    """codegen takes a copied instance's forward and constructors from the instance it copies."""
+    from graphres.backends import codegen
+    g = graphres.compile_spec(spec, overrides).graph
+    shared = codegen.generate(g, standalone=True).source
+    with monkeypatch.context() as m:
+        m.setattr(codegen, "_twin_instance", lambda *a: None)
+        fresh = codegen.generate(g, standalone=True).source
+    assert shared == fresh
+
+
+def test_runs_of_repeated_blocks_are_written_as_loops():
+    from graphres.backends import codegen
+    src = codegen.generate(graphres.compile_spec("resnet101").graph).source
+    assert "        self.layer3 = nn.Sequential(\n            BottleneckDownsample(512, 256, 2, 1024),\n" \
+           "            *(Bottleneck(1024, 256) for _ in range(22)),\n        )\n" in src
+    assert "        self.layer1 = nn.Sequential(\n            BottleneckDownsample(64, 64, 1, 256),\n" \
+           "            Bottleneck(256, 64),\n            Bottleneck(256, 64),\n        )\n" in src  # 2 < RUN
+    assert "        'layer1.2.bn3',\n        *(f'layer2.{i}.bn3' for i in range(4)),\n" in src
+    assert "        *(f'layer3.{i}.bn3' for i in range(23)),\n" in src
+    assert "        **{f'layer3.{i}': {'planes': 256, 'stride': 1, " in src and " for i in range(1, 23)},\n" in src
+    m = graphres.build("resnet101")
+    assert len(m.layer3) == 23 and m.layer3[22].planes == 256 and m.layer3[0].stride == 2
+    assert m.zero_init_modules == tuple(f"layer{s + 1}.{i}.bn3" for s, n in enumerate((3, 4, 23, 3)) for i in range(n))

@@ -13,6 +13,7 @@ emitted; this module only reads the IR. It does not import torch.
 from __future__ import annotations
 
 import ast
+import itertools
 import keyword
 import re
 from dataclasses import dataclass, field
@@ -307,6 +308,20 @@ def _instance(g: nx.DiGraph, scope: str, nodes: list[str], input_node: str) -> _
                      g.nodes[nodes[-1]][ir.OUT_CH])
 
 
+def _twin_instance(g: nx.DiGraph, scope: str, nodes: list[str], input_node: str,
+                   made: dict[str, _Instance]) -> _Instance | None:
+    """A block instance copied by lowering from an earlier one (every node a twin of that
+    instance's, ir.TWIN) has its forward and constructors: the earlier instance's, sharing its
+    lists (the class planning below counts such instances once)."""
+    first, last = g._node[nodes[0]].get(ir.TWIN), g._node[nodes[-1]].get(ir.TWIN)
+    if first is None or last is None:
+        return None
+    source = made.get(g._node[first][ir.SCOPE])
+    if source is None or source.scope == scope or len(source.nodes) != len(nodes) or source.nodes[-1] != last:
+        return None
+    return _Instance(scope, nodes, input_node, source.forward, source.modules, source.in_ch, source.out_ch)
+
+
 def _module_list(g: nx.DiGraph, nodes: list[str], prefix: str) -> list[tuple[str, _Ctor]]:
     seen: dict[str, _Ctor] = {}
     # declaration order: lowering's key (a plugin's modules after the block's own), then first use
@@ -324,8 +339,12 @@ def _signature(inst: _Instance, block_type: str) -> tuple:
 def _plan_classes(g: nx.DiGraph, instances: list[tuple[str, _Instance]], taken: Namespace) -> list[BlockClass]:
     """Group block instances into classes (one per block type and structure) and name them."""
     groups: dict[tuple, BlockClass] = {}
+    signatures: dict[tuple, tuple] = {}  # (block type, id of a modules list twins share) -> signature
     for block_type, inst in instances:
-        key = _signature(inst, block_type)
+        shared = (block_type, id(inst.modules))
+        key = signatures.get(shared)
+        if key is None:
+            key = signatures[shared] = _signature(inst, block_type)
         if key not in groups:
             groups[key] = BlockClass("", block_type, [])
         groups[key].instances.append(inst)
@@ -359,11 +378,13 @@ _POSITIONAL_ROLES = {("nn.Conv2d", 2): "kernel_size", ("ConvWS2d", 2): "kernel_s
 def _parameterise(cls: BlockClass) -> None:
     """The constructor values that differ between the class's instances become ``__init__``
     parameters; equal value columns share one (``in_channels``, ``width``, ``stride`` ...)."""
-    insts = cls.instances
+    every = cls.instances
+    insts = list({id(inst.modules): inst for inst in reversed(every)}.values())[::-1]  # twins once
     columns: dict[tuple, list] = {}  # (module index, value index) -> values across instances
+    values_of = [[ctor.values() for _, ctor in inst.modules] for inst in insts]
     for mi, (path, ctor) in enumerate(insts[0].modules):
         for vi in range(len(ctor.values())):
-            columns[(mi, vi)] = [inst.modules[mi][1].values()[vi] for inst in insts]
+            columns[(mi, vi)] = [values[mi][vi] for values in values_of]
     in_col = [inst.in_ch for inst in insts]
     out_col = [inst.out_ch for inst in insts]
     names = Namespace()
@@ -387,15 +408,15 @@ def _parameterise(cls: BlockClass) -> None:
             by_values[vkey] = names.make(hint)
             cls.params.append(by_values[vkey])
         exprs[key] = by_values[vkey]
+    by_modules = {id(inst.modules): values for inst, values in zip(insts, values_of)}
     for p in cls.params:
-        key = next(k for k, v in exprs.items() if v == p)
-        for inst in insts:
-            mi, vi = key
-            cls.args.setdefault(inst.scope, []).append(inst.modules[mi][1].values()[vi])
+        mi, vi = next(k for k, v in exprs.items() if v == p)
+        for inst in every:
+            cls.args.setdefault(inst.scope, []).append(by_modules[id(inst.modules)][mi][vi])
     init = [f"    def __init__(self{''.join(', ' + p + ': ' + _type_name(cls, p) for p in cls.params)}) -> None:",
             "        super().__init__()"]
     init += _module_lines(insts[0].modules, lambda mi, n: [exprs[(mi, vi)] for vi in range(n)], "        ")
-    scopes = ", ".join(i.scope for i in insts)
+    scopes = ", ".join(i.scope for i in every)
     doc = f'    """Block type \'{cls.block_type}\': {_clip(scopes, 64)}"""'
     fwd = ["    def forward(self, x: Tensor) -> Tensor:"] + ["        " + line for line in insts[0].forward]
     cls.source = "\n".join([f"class {cls.name}(GraphresBlock):", doc, "", "    with_cp = False", ""] + init + [""] + fwd) + "\n"
@@ -494,13 +515,15 @@ def generate(g: nx.DiGraph, standalone: bool = False) -> Generated:
                                             "RelativePosition", INFERENCE_BASE, "InferenceBuildError"))
     net_name = class_names.make(camel(g.graph[ir.G_NAME]))
     instances: list[tuple[str, _Instance]] = []
+    made: dict[str, _Instance] = {}
     for st in g.graph[ir.G_STAGES]:
         x = st["input"]
         for b in range(st["blocks"]):
             scope = f"{st['name']}.{b}"
             nodes = by_scope[scope]
             block_type = g.nodes[nodes[0]][ir.BLOCK_TYPE]
-            instances.append((block_type, _instance(g, scope, nodes, x)))
+            inst = made[scope] = _twin_instance(g, scope, nodes, x, made) or _instance(g, scope, nodes, x)
+            instances.append((block_type, inst))
             x = nodes[-1]
     classes = _plan_classes(g, instances, class_names)
     class_of = {inst.scope: cls for cls in classes for inst in cls.instances}
@@ -553,8 +576,8 @@ def generate(g: nx.DiGraph, standalone: bool = False) -> Generated:
 
 def _runtime_needs(g: nx.DiGraph) -> tuple[str, ...]:
     needs: list[str] = []
-    for n in g.nodes:
-        op = OPS.get(g.nodes[n][ir.OP])
+    for name in dict.fromkeys(d[ir.OP] for d in g._node.values()):  # each op once, in node order
+        op = OPS.get(name)
         if op is not None:
             needs.extend(op.torch.needs(g.graph))
     if g.graph.get(ir.G_MODULE_INITS):
@@ -614,12 +637,16 @@ def _network_source(g: nx.DiGraph, name: str, by_scope: dict[str, list[str]], cl
     stem_mods = _module_list(g, stem_nodes, "")
     lines += _module_lines(stem_mods, lambda mi, n: [repr(v) for v in stem_mods[mi][1].values()], "        ")
     for st in stages:
-        blocks = []
+        calls = []
         for b in range(st["blocks"]):
             scope = f"{st['name']}.{b}"
             cls = class_of[scope]
-            blocks.append(f"{cls.name}({', '.join(repr(v) for v in cls.args.get(scope, []))})")
-        if len(blocks) == 1:
+            calls.append(f"{cls.name}({', '.join(repr(v) for v in cls.args.get(scope, []))})")
+        blocks = []  # a run of RUN or more equal calls as one starred generator
+        for call, run in itertools.groupby(calls):
+            count = len(list(run))
+            blocks += [f"*({call} for _ in range({count}))"] if count >= RUN else [call] * count
+        if len(blocks) == 1 and not blocks[0].startswith("*"):
             lines.append(f"        self.{st['name']} = nn.Sequential({blocks[0]})")
         else:
             lines.append(f"        self.{st['name']} = nn.Sequential(")
@@ -671,9 +698,56 @@ def _openmmlab_lines(mm: dict | None) -> list[str]:
     lines.append(f"    checkpoint_style = {mm['checkpoint_style']!r}")
     lines += [f"    {k} = {v!r}" for k, v in mm["network"].items()]
     lines.append("    block_attrs = {")
-    lines += [f"        {scope!r}: {attrs!r}," for scope, attrs in mm["blocks"].items()]
+    scopes = list(mm["blocks"])
+    for item in _numbered_runs(scopes):  # runs of blocks with the same attributes as one comprehension
+        if isinstance(item, str):
+            lines.append(f"        {item!r}: {mm['blocks'][item]!r},")
+            continue
+        before, after, first, stop = item
+        names = [f"{before}{i}{after}" for i in range(first, stop)]
+        start = first
+        for k in range(first, stop + 1):
+            if k < stop and mm["blocks"][names[k - first]] == mm["blocks"][names[start - first]]:
+                continue
+            run = names[start - first:k - first]
+            if len(run) >= RUN:
+                lines.append(f"        **{{f'{before}{{i}}{after}': {mm['blocks'][run[0]]!r} "
+                             f"for i in {_range(start, k)}}},")
+            else:
+                lines += [f"        {name!r}: {mm['blocks'][name]!r}," for name in run]
+            start = k
     lines.append("    }")
     return lines
+
+
+RUN = 4  # this many consecutive repeated blocks (or names, or attributes) or more are written as a loop
+
+
+def _numbered_runs(names: Sequence[str]) -> list[tuple[str, str, int, int] | str]:
+    """``names`` with each run of RUN or more that differ only in one consecutive number
+    (``layer1.3.bn2``, ``layer1.4.bn2``, ...) as (before, after, first, stop); the others as they are."""
+    out: list = []
+    i = 0
+    while i < len(names):
+        m = _NUMBERED.match(names[i])
+        j = i + 1
+        if m:
+            before, number, after = m.group(1), int(m.group(2)), m.group(3)
+            while j < len(names) and names[j] == f"{before}{number + j - i}{after}":
+                j += 1
+        if j - i >= RUN:
+            out.append((before, after, number, number + j - i))
+        else:
+            out.extend(names[i:j])
+        i = j
+    return out
+
+
+_NUMBERED = re.compile(r"^([A-Za-z_][\w.]*\.)(\d+)((?:\.[\w]+)*)$")
+
+
+def _range(first: int, stop: int) -> str:
+    return f"range({stop})" if first == 0 else f"range({first}, {stop})"
 
 
 def _tuple_lines(items: Sequence[str], indent: str) -> str:
@@ -682,7 +756,9 @@ def _tuple_lines(items: Sequence[str], indent: str) -> str:
     text = repr(tuple(items))
     if len(text) + 24 <= 100:
         return text
-    return "(\n" + "".join(f"{indent}    {item!r},\n" for item in items) + f"{indent})"
+    parts = [f"*(f'{item[0]}{{i}}{item[1]}' for i in {_range(item[2], item[3])})" if isinstance(item, tuple)
+             else repr(item) for item in _numbered_runs(list(items))]
+    return "(\n" + "".join(f"{indent}    {part},\n" for part in parts) + f"{indent})"
 
 
 def _describe(g: nx.DiGraph) -> str:
