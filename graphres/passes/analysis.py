@@ -47,63 +47,70 @@ from ..ops import BYTES_PER_ELEMENT, OPS
 
 
 
+_VIEWS = frozenset(name for name, op in OPS.items() if op.view)  # ops whose output is a view of their operand
+_OVERWRITABLE = frozenset(name for name, op in OPS.items() if op.overwritable)
+
+
 def analyse(g: nx.DiGraph) -> None:
+    """Write every figure above. Two walks over the nodes in order: the first follows the fields,
+    size formulas and dilations forward and sums the trainable parameters; the second, once the
+    in-place decisions and each block's dilation are known, the memory and the summaries. The op
+    table's rules are applied once per twin (ir.TWIN): twins have the same op and attributes."""
     order = ir.topological_order(g)
-    windows = _windows(g, order)
-    _receptive_fields(g, order, windows)
-    _formulas(g, order, windows)
-    _dilations(g, order, windows)
-    _trainable(g, order)
-    _memory(g, order)
-    _summaries(g, order)
+    in_place, by_scope = _forward(g, order)
+    _memory(g, order, in_place, by_scope)
 
 
-def _windows(g: nx.DiGraph, order: list[str]) -> dict[str, Any]:
-    """Each node's sliding window (None for a pointwise op and the input), the op table's rule
-    applied once per twin (ir.TWIN): twins have the same attributes."""
-    nodes = g._node
-    out: dict[str, Any] = {}
-    by_twin: dict[str, Any] = {}
+# -- receptive field, size formula, dilation, trainable parameters --------------------------------
+
+def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]:
+    """``rf``, ``formula``, a conv's own ``dilation`` and ``trainable`` of each node, the trainable
+    and frozen counts and the freezing decisions; returns the nodes computed in place and the
+    largest dilation of a window wider than one pixel in each block instance (its dilation).
+
+    A field is (lo, hi): the input coordinates output pixel 0 can see, ``jump`` apart. ``full``
+    is None (unbounded) downstream of a global pool; ``local`` ignores the paths through global
+    pools (for an SE block: the field of its convolutions), and is None on a global pool itself;
+    ``deformable``: a data-dependent field (a deformable conv) on some path to it. The size
+    formula follows the first operand of each node."""
+    nodes, succ = g._node, g._succ
+    norm_grad = g.graph[ir.G_NORM].get("requires_grad", True)
+    facts: dict[str, tuple] = {}  # twin -> (op, window, may run in place by the op table)
+    state: dict[str, tuple] = {}  # node -> (full, local, jump, deformable, formula)
+    by_scope: dict[str, int] = {}
+    frozen_stage: dict = {}
+    trainable = frozen = 0
+    frozen_modules: dict[str, None] = {}
+    zero_init: list[str] = []
+    inits: list[tuple] = []
+    calls: dict[str, list[str] | None] = {}  # module -> its calls that may run in place, None once one may not
     for n in order:
         d = nodes[n]
-        twin = d.get(ir.TWIN)
-        if twin is not None and twin in by_twin:
-            out[n] = by_twin[twin]
-            continue
-        w = out[n] = None if d[ir.OP] == "input" else OPS[d[ir.OP]].window(d[ir.ATTRS])
-        if twin is not None:
-            by_twin[twin] = w
-    return out
-
-
-# -- receptive field ----------------------------------------------------------------------------
-
-def _receptive_fields(g: nx.DiGraph, order: list[str], windows: dict[str, Any]) -> None:
-    # A field is (lo, hi): the input coordinates output pixel 0 can see, ``jump`` apart. ``full``
-    # is None (unbounded) downstream of a global pool; ``local`` ignores the paths through global
-    # pools (for an SE block: the field of its convolutions), and is None on a global pool itself;
-    # ``deformable``: a data-dependent field (a deformable conv) on some path to it.
-    nodes = g._node
-    state: dict[str, tuple] = {}  # node -> (full, local, jump, deformable)
-    for n in order:
-        d = nodes[n]
+        meta = d[ir.META]
         op = d[ir.OP]
         if op == "input":
             f = loc = (0, 0)
-            jump = 1
-            dfm = False
+            jump, dfm, form, w = 1, False, (0, 1), None
+            state[n] = (f, loc, jump, dfm, form)
         else:
+            twin = d.get(ir.TWIN)
+            fact = facts.get(twin) if twin is not None else None
+            if fact is None:
+                opdef = OPS[op]
+                fact = (opdef, opdef.window(d[ir.ATTRS]), opdef.in_place(d[ir.ATTRS]))
+                if twin is not None:
+                    facts[twin] = fact
+            opdef, w, able = fact
             srcs = d[ir.INPUTS]
-            opdef = OPS[op]
-            f, loc, jump, dfm = state[srcs[0]]
+            first = srcs[0]
+            f, loc, jump, dfm, form = state[first]
             if len(srcs) > 1:
                 operands = [state[x] for x in srcs]
                 dfm = dfm or any([o[3] for o in operands])
             if opdef.data_dependent_rf:
                 dfm = True
-            w = windows[n]
             if opdef.global_pool:
-                f = loc = None
+                f = loc = form = None
             elif w is not None:
                 lo, hi = w.padding * jump, (w.dilation * (w.kernel - 1) - w.padding) * jump
                 if f is not None:
@@ -111,101 +118,52 @@ def _receptive_fields(g: nx.DiGraph, order: list[str], windows: dict[str, Any]) 
                 if loc is not None:
                     loc = (loc[0] - lo, loc[1] + hi)
                 jump *= w.stride
+                if form is not None:
+                    if w.ceil_mode:
+                        form = None
+                    else:
+                        # floor((h + c) / s) + 1 with c = 2p - d(k-1) - 1, and h = floor((H + B) / S)
+                        #   = floor((H + B + (c + s) S) / (S s))
+                        b, big_s = form
+                        c = 2 * w.padding - w.dilation * (w.kernel - 1) - 1
+                        form = (b + (c + w.stride) * big_s, big_s * w.stride)
             elif len(srcs) > 1:  # a merge (add, mul, ...): the union over the operands
                 f = _union([o[0] for o in operands], unbounded=True)
                 loc = _union([o[1] for o in operands], unbounded=False)
             # else pointwise (norm, act): the operand's field
-        state[n] = (f, loc, jump, dfm)
-        d[ir.META]["rf"] = {"size": None if f is None else f[1] - f[0] + 1, "jump": jump,
-                            "center": None if f is None else (f[0] + f[1]) / 2,
-                            "local_size": None if loc is None else loc[1] - loc[0] + 1,
-                            "deformable": dfm}
-
-
-def _union(boxes: list, unbounded: bool) -> tuple | None:
-    """The union of fields; with ``unbounded``, None (global) absorbs everything, else it is skipped."""
-    if unbounded and any(b is None for b in boxes):
-        return None
-    boxes = [b for b in boxes if b is not None]
-    if not boxes:
-        return None
-    return min(b[0] for b in boxes), max(b[1] for b in boxes)
-
-
-# -- size formula ---------------------------------------------------------------------------------
-
-def _formulas(g: nx.DiGraph, order: list[str], windows: dict[str, Any]) -> None:
-    nodes = g._node
-    for n in order:
-        d = nodes[n]
-        op = d[ir.OP]
-        if op == "input":
-            f = (0, 1)
-        else:
-            f = nodes[d[ir.INPUTS][0]][ir.META]["formula"]
-            w = windows[n]
-            if OPS[op].global_pool:
-                f = None
-            elif f is not None and w is not None:
-                if w.ceil_mode:
-                    f = None
-                else:
-                    # floor((h + c) / s) + 1 with c = 2p - d(k-1) - 1, and h = floor((H + B) / S)
-                    #   = floor((H + B + (c + s) S) / (S s))
-                    b, big_s = f
-                    c = 2 * w.padding - w.dilation * (w.kernel - 1) - 1
-                    f = (b + (c + w.stride) * big_s, big_s * w.stride)
-        d[ir.META]["formula"] = f
-
-
-# -- dilation -------------------------------------------------------------------------------------
-
-def _dilations(g: nx.DiGraph, order: list[str], windows: dict[str, Any]) -> None:
-    """The dilation of a node that has one (a conv); for the others, the largest dilation of a window
-    wider than one pixel in the same block instance (what the block runs at)."""
-    nodes = g._node
-    by_scope: dict[str, int] = {}
-    for n, w in windows.items():
+            state[n] = (f, loc, jump, dfm, form)
+            # in place: the op may, and its first operand is made in the same block by an op whose
+            # backward does not need its output, and nothing else reads it; a module called several
+            # times (a block's shared ReLU) only when every call may
+            if able:
+                o = nodes[first]
+                able = o[ir.OP] in _OVERWRITABLE and o[ir.SCOPE] == d[ir.SCOPE] and len(succ[first]) == 1
+            key = d[ir.MODULE] or n
+            if not able:
+                calls[key] = None
+            else:
+                same = calls.get(key, ())
+                if same is not None:
+                    if not same:
+                        same = calls[key] = []
+                    same.append(n)
+        meta["rf"] = {"size": None if f is None else f[1] - f[0] + 1, "jump": jump,
+                      "center": None if f is None else (f[0] + f[1]) / 2,
+                      "local_size": None if loc is None else loc[1] - loc[0] + 1,
+                      "deformable": dfm}
+        meta["formula"] = form
+        # dilation: a conv's own; the others' is their block's, written by _memory (0 until then)
         if w is not None and w.kernel > 1:
-            scope = nodes[n][ir.SCOPE]
+            scope = d[ir.SCOPE]
             if w.dilation > by_scope.get(scope, 1):
                 by_scope[scope] = w.dilation
-    for n in order:
-        d = nodes[n]
-        w = windows[n]
-        own = w is not None and "dilation" in d[ir.ATTRS]
-        d[ir.META]["dilation"] = w.dilation if own else by_scope.get(d[ir.SCOPE], 1)
-
-
-# -- trainable parameters -------------------------------------------------------------------------
-
-def stage_frozen(g: nx.DiGraph, index: int | None) -> bool:
-    """Whether stage ``index`` (-1 = the stem) is frozen: below ``frozen_stages``, or flagged
-    ``frozen: true`` on its own. ``None`` (the input, a classification head) never is."""
-    if index is None:
-        return False
-    frozen_stages = g.graph.get("frozen_stages", -1)
-    return index < (-1 if frozen_stages is None else frozen_stages) or bool(g.graph.get("frozen", {}).get(index))
-
-
-def _trainable(g: nx.DiGraph, order: list[str]) -> None:
-    """Trainable flags and counts, and the decision the torch backend applies: which top-level
-    modules frozen_stages / frozen: true freeze (the stem's modules, then whole stages)."""
-    nodes = g._node
-    norm_grad = g.graph[ir.G_NORM].get("requires_grad", True)
-    trainable = frozen = 0
-    frozen_modules: dict[str, None] = {}
-    frozen_stage: dict = {}
-    zero_init: list[str] = []
-    inits: list[tuple] = []
-    for n in order:
-        d = nodes[n]
-        meta = d[ir.META]
+        meta["dilation"] = w.dilation if w is not None and "dilation" in d[ir.ATTRS] else 0
+        # trainable: not in a frozen stage, and for norms norm.requires_grad
         stage = d[ir.STAGE]
         stage_is_frozen = frozen_stage.get(stage)
         if stage_is_frozen is None:
             stage_is_frozen = frozen_stage[stage] = stage_frozen(g, stage)
-        ok = not stage_is_frozen and (norm_grad or not (d[ir.OP] in OPS and OPS[d[ir.OP]].uses_norm))
+        ok = not stage_is_frozen and (norm_grad or not (op in OPS and OPS[op].uses_norm))
         meta["trainable"] = ok
         if ok:
             trainable += meta.get("params", 0)
@@ -227,74 +185,74 @@ def _trainable(g: nx.DiGraph, order: list[str]) -> None:
     g.graph[ir.G_FROZEN_MODULES] = list(frozen_modules)
     g.graph[ir.G_ZERO_INIT_MODULES] = zero_init
     g.graph[ir.G_MODULE_INITS] = inits
-
-
-# -- in place and activation memory ---------------------------------------------------------------
-
-_VIEWS = frozenset(name for name, op in OPS.items() if op.view)  # ops whose output is a view of their operand
-
-
-_OVERWRITABLE = frozenset(name for name, op in OPS.items() if op.overwritable)
-
-
-def _in_place_nodes(g: nx.DiGraph, order: list[str]) -> set[str]:
-    """The nodes computed in place (the torch backend reads this decision): those that may
-    overwrite their first operand, because their op can, and the operand is made in the same block
-    by an op whose backward does not need its output, and nothing else reads it; a module called
-    several times (a block's shared ReLU) runs in place only when every call may."""
-    nodes, succ = g._node, g._succ
-    able: dict[str, bool] = {}  # twin -> whether its op may run in place (the op table's rule)
-    calls: dict[str, list[str] | None] = {}  # module -> its calls, None once one call may not
-    for n in order:
-        if n == ir.INPUT:
-            continue
-        d = nodes[n]
-        twin = d.get(ir.TWIN)
-        ok = able.get(twin) if twin is not None else None
-        if ok is None:
-            ok = d[ir.OP] in OPS and OPS[d[ir.OP]].in_place(d[ir.ATTRS])
-            if twin is not None:
-                able[twin] = ok
-        if ok:
-            first = d[ir.INPUTS][0]
-            f = nodes[first]
-            ok = f[ir.OP] in _OVERWRITABLE and f[ir.SCOPE] == d[ir.SCOPE] and len(succ[first]) == 1
-        key = d[ir.MODULE] or n
-        if not ok:
-            calls[key] = None
-            continue
-        same = calls.get(key, ())
-        if same is None:
-            continue
-        if not same:
-            same = calls[key] = []
-        same.append(n)
-    out: set[str] = set()
+    in_place: set[str] = set()
     for same in calls.values():
         if same:
-            out.update(same)
-    return out
+            in_place.update(same)
+    return in_place, by_scope
 
 
-def _memory(g: nx.DiGraph, order: list[str]) -> None:
+def _union(boxes: list, unbounded: bool) -> tuple | None:
+    """The union of fields; with ``unbounded``, None (global) absorbs everything, else it is skipped."""
+    if unbounded and any(b is None for b in boxes):
+        return None
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    return min(b[0] for b in boxes), max(b[1] for b in boxes)
+
+
+def stage_frozen(g: nx.DiGraph, index: int | None) -> bool:
+    """Whether stage ``index`` (-1 = the stem) is frozen: below ``frozen_stages``, or flagged
+    ``frozen: true`` on its own. ``None`` (the input, a classification head) never is."""
+    if index is None:
+        return False
+    frozen_stages = g.graph.get("frozen_stages", -1)
+    return index < (-1 if frozen_stages is None else frozen_stages) or bool(g.graph.get("frozen", {}).get(index))
+
+
+# -- activation memory and summaries ---------------------------------------------------------------
+
+def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[str, int]) -> None:
+    """``in_place``, ``bytes``, ``scratch`` and the block's ``dilation`` of each node; the peak
+    and the per-stage summaries."""
     nodes, settings = g._node, g.graph
-    in_place = _in_place_nodes(g, order)
     scratch: dict[tuple, int] = {}  # (twin, output bytes) -> the op table's scratch bytes
-    for n in order:
+    groups: dict[int, list] = {}  # stage -> [params, trainable params, macs, dilation, last node]
+    life = _Lifetimes()
+    for i, n in enumerate(order):
         d = nodes[n]
         meta = d[ir.META]
+        op = d[ir.OP]
+        scope = d[ir.SCOPE]
+        if not meta["dilation"]:
+            meta["dilation"] = by_scope.get(scope, 1)
         full = math.prod(meta["shape"]) * BYTES_PER_ELEMENT
         inp = meta["in_place"] = n in in_place
-        meta["bytes"] = 0 if inp or d[ir.OP] in _VIEWS else full
+        meta["bytes"] = 0 if inp or op in _VIEWS else full
         twin = d.get(ir.TWIN)
         held = scratch.get((twin, full)) if twin is not None else None
         if held is None:
-            held = OPS[d[ir.OP]].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, settings) \
-                if d[ir.OP] in OPS else 0
+            held = OPS[op].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, settings) if op in OPS else 0
             if twin is not None:
                 scratch[(twin, full)] = held
         meta["scratch"] = held
-    g.graph[ir.G_PEAK_BYTES] = peak_activation_bytes(g, order)
+        life.add(i, n, d, scope, inp or op in _VIEWS)
+        stage = d[ir.STAGE]
+        if stage is not None:
+            acc = groups.get(stage)
+            if acc is None:
+                acc = groups[stage] = [0, 0, 0, 1, n]
+            params = meta["params"]
+            acc[0] += params
+            if meta["trainable"]:
+                acc[1] += params
+            acc[2] += meta["macs"]
+            if meta["dilation"] > acc[3]:
+                acc[3] = meta["dilation"]
+            acc[4] = n
+    g.graph[ir.G_PEAK_BYTES] = life.peak(g, order)
+    _summaries(g, groups)
 
 
 def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
@@ -310,82 +268,77 @@ def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:
     overheads are not counted."""
     order = order or ir.topological_order(g)
     nodes = g._node
-    end = len(order)
-    last: dict[str, int] = {}
-    scope_of: dict[str, str] = {}
-    scope_end: dict[str, int] = {}
-    stage_end: dict[int, int] = {}
-    crossing: list[tuple[str, str]] = []  # (operand, reader's scope) for operands made in another block
-    shared: list[str] = []  # in-place nodes and views, in order: they share their operand's storage
+    life = _Lifetimes()
     for i, n in enumerate(order):
         d = nodes[n]
+        life.add(i, n, d, d[ir.SCOPE], d[ir.META].get("in_place") or d[ir.OP] in _VIEWS)
+    return life.peak(g, order)
+
+
+class _Lifetimes:
+    """The bookkeeping of :func:`peak_activation_bytes`, filled node by node in order."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.scope_of: dict[str, str] = {}
+        self.scope_end: dict[str, int] = {}
+        self.stage_end: dict[int, int] = {}
+        self.crossing: list[tuple[str, str]] = []  # (operand, reader's scope) for operands made in another block
+        self.shared: list[str] = []  # in-place nodes and views, in order: they share their operand's storage
+
+    def add(self, i: int, n: str, d: dict, scope: str, shares: bool) -> None:
+        last, scope_of = self.last, self.scope_of
         last[n] = i
-        sc = scope_of[n] = d[ir.SCOPE]
+        scope_of[n] = scope
         for s in d[ir.INPUTS]:
             last[s] = i  # readers come in order: the last one seen is the last
-            if scope_of[s] != sc:
-                crossing.append((s, sc))
-        scope_end[sc] = i
-        stage_end[d[ir.STAGE]] = i
-        if d[ir.META].get("in_place") or d[ir.OP] in _VIEWS:
-            shared.append(n)
-    # the caller holds a block's input until the block returns
-    for s, sc in crossing:
-        if last[s] < scope_end[sc]:
-            last[s] = scope_end[sc]
-    # and forward() holds a stage's input until the stage (an nn.Sequential of blocks) returns
-    for st in g.graph.get("stages", []):
-        if st["index"] in stage_end and st["input"] in last:
-            last[st["input"]] = max(last[st["input"]], stage_end[st["index"]])
-    last[ir.INPUT] = end  # the caller holds the image
-    for o in g.graph.get("outputs", []):
-        last[o["node"]] = end
-    # an in-place node shares its operand's storage: the storage lives as long as either
-    owner: dict[str, str] = {}
-    free_at = dict(last)
-    for n in shared:
-        src = nodes[n][ir.INPUTS][0]
-        o = owner[n] = owner.get(src, src)
-        if free_at[o] < last[n]:
-            free_at[o] = last[n]
-    live = peak = 0
-    releases: dict[int, int] = {}
-    for i, n in enumerate(order):
-        meta = nodes[n][ir.META]
-        size = meta["bytes"]
-        live += size
-        held = live + meta.get("scratch", 0)  # scratch is held only while the op runs
-        if held > peak:
-            peak = held
-        if n not in owner:
-            step = free_at[n]
-            releases[step] = releases.get(step, 0) + size
-        live -= releases.pop(i, 0)
-    return peak
+            if scope_of[s] != scope:
+                self.crossing.append((s, scope))
+        self.scope_end[scope] = i
+        self.stage_end[d[ir.STAGE]] = i
+        if shares:
+            self.shared.append(n)
+
+    def peak(self, g: nx.DiGraph, order: list[str]) -> int:
+        nodes, last, scope_end, stage_end = g._node, self.last, self.scope_end, self.stage_end
+        end = len(order)
+        # the caller holds a block's input until the block returns
+        for s, sc in self.crossing:
+            if last[s] < scope_end[sc]:
+                last[s] = scope_end[sc]
+        # and forward() holds a stage's input until the stage (an nn.Sequential of blocks) returns
+        for st in g.graph.get("stages", []):
+            if st["index"] in stage_end and st["input"] in last:
+                last[st["input"]] = max(last[st["input"]], stage_end[st["index"]])
+        last[ir.INPUT] = end  # the caller holds the image
+        for o in g.graph.get("outputs", []):
+            last[o["node"]] = end
+        # an in-place node shares its operand's storage: the storage lives as long as either
+        owner: dict[str, str] = {}
+        free_at = dict(last)
+        for n in self.shared:
+            src = nodes[n][ir.INPUTS][0]
+            o = owner[n] = owner.get(src, src)
+            if free_at[o] < last[n]:
+                free_at[o] = last[n]
+        live = peak = 0
+        releases: dict[int, int] = {}
+        for i, n in enumerate(order):
+            meta = nodes[n][ir.META]
+            size = meta["bytes"]
+            live += size
+            held = live + meta.get("scratch", 0)  # scratch is held only while the op runs
+            if held > peak:
+                peak = held
+            if n not in owner:
+                step = free_at[n]
+                releases[step] = releases.get(step, 0) + size
+            live -= releases.pop(i, 0)
+        return peak
 
 
-# -- summaries ------------------------------------------------------------------------------------
-
-def _summaries(g: nx.DiGraph, order: list[str]) -> None:
+def _summaries(g: nx.DiGraph, groups: dict[int, list]) -> None:
     nodes = g._node
-    groups: dict[int, list] = {}  # stage -> [params, trainable params, macs, dilation, last node]
-    for n in order:
-        d = nodes[n]
-        st = d[ir.STAGE]
-        if st is None:
-            continue
-        meta = d[ir.META]
-        acc = groups.get(st)
-        if acc is None:
-            acc = groups[st] = [0, 0, 0, 1, n]
-        params = meta["params"]
-        acc[0] += params
-        if meta["trainable"]:
-            acc[1] += params
-        acc[2] += meta["macs"]
-        if meta["dilation"] > acc[3]:
-            acc[3] = meta["dilation"]
-        acc[4] = n
     entries = [(-1, g.graph["stem"])] + [(st["index"], st) for st in g.graph["stages"]]
     for index, entry in entries:
         acc = groups.get(index)
