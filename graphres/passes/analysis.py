@@ -15,6 +15,7 @@ Runs after :func:`graphres.passes.shapes.infer_shapes`. It writes, on each node'
     true downstream of a deformable conv: its learned offsets move the taps anywhere, so ``size``
     (the field of the regular, zero-offset grid) is only a lower bound (shown "RF >= N, deformable"). Normalisation layers
     are treated as pointwise (BatchNorm in eval mode is; GN and IN statistics are not counted).
+    A pointwise node's dict is its operand's own (one object): read it, never write it.
 ``dilation``
     A conv's own dilation; for other nodes, the largest dilation of a conv with kernel > 1 in the
     same block instance (what the block runs at).
@@ -88,10 +89,10 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
         d = nodes[n]
         meta = d[ir.META]
         op = d[ir.OP]
+        rf = None
         if op == "input":
             f = loc = (0, 0)
             jump, dfm, form, w = 1, False, (0, 1), None
-            state[n] = (f, loc, jump, dfm, form)
         else:
             twin = d.get(ir.TWIN)
             fact = facts.get(twin) if twin is not None else None
@@ -103,12 +104,14 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
             opdef, w, able = fact
             srcs = d[ir.INPUTS]
             first = srcs[0]
-            f, loc, jump, dfm, form = state[first]
+            f, loc, jump, dfm, form, rf = state[first]
             if len(srcs) > 1:
                 operands = [state[x] for x in srcs]
                 dfm = dfm or any([o[3] for o in operands])
             if opdef.data_dependent_rf:
                 dfm = True
+            if len(srcs) > 1 or w is not None or opdef.global_pool or dfm != rf["deformable"]:
+                rf = None  # not a pointwise op's: the operand's field dict does not hold
             if opdef.global_pool:
                 f = loc = form = None
             elif w is not None:
@@ -131,7 +134,6 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
                 f = _union([o[0] for o in operands], unbounded=True)
                 loc = _union([o[1] for o in operands], unbounded=False)
             # else pointwise (norm, act): the operand's field
-            state[n] = (f, loc, jump, dfm, form)
             # in place: the op may, and its first operand is made in the same block by an op whose
             # backward does not need its output, and nothing else reads it; a module called several
             # times (a block's shared ReLU) only when every call may
@@ -147,10 +149,12 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
                     if not same:
                         same = calls[key] = []
                     same.append(n)
-        meta["rf"] = {"size": None if f is None else f[1] - f[0] + 1, "jump": jump,
-                      "center": None if f is None else (f[0] + f[1]) / 2,
-                      "local_size": None if loc is None else loc[1] - loc[0] + 1,
-                      "deformable": dfm}
+        if rf is None:  # a pointwise op shares its operand's dict (rf dicts are read, never written)
+            rf = {"size": None if f is None else f[1] - f[0] + 1, "jump": jump,
+                  "center": None if f is None else (f[0] + f[1]) / 2,
+                  "local_size": None if loc is None else loc[1] - loc[0] + 1, "deformable": dfm}
+        state[n] = (f, loc, jump, dfm, form, rf)
+        meta["rf"] = rf
         meta["formula"] = form
         # dilation: a conv's own; the others' is their block's, written by _memory (0 until then)
         if w is not None and w.kernel > 1:

@@ -48,6 +48,8 @@ def _dilated_beyond_input(g: nx.DiGraph, spec: Any, diags: DiagnosticBag) -> Non
     seen: set = set()
     for n in ir.topological_order(g):
         d = g._node[n]
+        if d[ir.META].get("dilation", 1) == 1:
+            continue  # neither its own dilation nor its block's: no dilated window (the analysis)
         w = OPS[d[ir.OP]].window(d[ir.ATTRS]) if d[ir.OP] in OPS else None
         if w is None or w.dilation == 1 or d[ir.STAGE] in seen:
             continue

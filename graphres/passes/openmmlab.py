@@ -54,7 +54,16 @@ def describe_openmmlab(g: nx.DiGraph, style: str | None = None) -> None:
     for st in stages:
         for b in range(st["blocks"]):
             scope = f"{st['name']}.{b}"
-            blocks[scope] = _block_attrs(g, scope, by_scope.get(scope, []), params.get(scope, {}))
+            scope_nodes = by_scope.get(scope, [])
+            # a block copied by lowering (its nodes twins of an earlier block's) has that block's
+            # attributes: the same parameters, modules and norms
+            twin = nodes[scope_nodes[0]].get(ir.TWIN) if scope_nodes else None
+            source = nodes[twin][ir.SCOPE] if twin is not None else None
+            if source is not None and source != scope and source in blocks and \
+                    params.get(scope, {}) == params.get(source, {}):
+                blocks[scope] = dict(blocks[source])
+            else:
+                blocks[scope] = _block_attrs(g, scope, scope_nodes, params.get(scope, {}))
     for d in plugin_nodes:  # mmcv's plugin modules carry their arguments: block.context_block.in_channels
         blocks.setdefault(f"{d[ir.SCOPE]}.{d[ir.PLUGIN]}", dict(d[ir.PLUGIN_ARGS]))
     stem_nodes = by_scope.get(ir.STEM_SCOPE, [])
