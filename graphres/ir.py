@@ -161,6 +161,32 @@ def add_node_data(g: nx.DiGraph, node_id: str, data: dict) -> str:
     return node_id
 
 
+def add_nodes_data(g: nx.DiGraph, items: Iterable[tuple[str, dict]]) -> None:
+    """:func:`add_node_data` for each (node id, data) in order, ``ORDER`` written here (a
+    repeated block's copies, added in one call)."""
+    nodes = g._node
+    if type(g) is not nx.DiGraph:
+        for node_id, data in items:
+            data[ORDER] = len(nodes)
+            add_node_data(g, node_id, data)
+        return
+    succ, pred = g._succ, g._pred
+    for node_id, data in items:
+        assert node_id not in nodes, f"duplicate node {node_id}"
+        data[ORDER] = len(nodes)
+        nodes[node_id] = data
+        succ[node_id] = {}
+        into = pred[node_id] = {}
+        for port, src in enumerate(data[INPUTS]):
+            edge = into.get(src)
+            if edge is None:
+                edge = into[src] = succ[src][node_id] = {}  # KeyError: an unknown operand
+            edge[PORT] = port
+    cache = getattr(g, "__networkx_cache__", None)
+    if cache:
+        cache.clear()
+
+
 def inputs_of(g: nx.DiGraph, node_id: str) -> list[str]:
     """The node's operands in input-port order."""
     return list(g._node[node_id][INPUTS])

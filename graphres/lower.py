@@ -192,17 +192,11 @@ class _Template:
 
     def stamp(self, ctx: _Ctx, scope: str, x: str) -> tuple[str, int]:
         g, prefix = ctx.g, scope + "."
-        nodes = g._node
-        for rel, op, fixed, attrs, module, ins in self.nodes:
-            data = fixed.copy()
-            data[ir.OP] = op
-            data[ir.ORDER] = len(nodes)
-            data[ir.INPUTS] = tuple([x if i is None else prefix + i for i in ins])
-            data[ir.ATTRS] = attrs.copy()
-            data[ir.META] = {}
-            data[ir.SCOPE] = scope
-            data[ir.MODULE] = None if module is None else prefix + module
-            ir.add_node_data(g, prefix + rel, data)
+        ir.add_nodes_data(g, [
+            (prefix + rel, {**fixed, ir.OP: op, ir.INPUTS: tuple([x if i is None else prefix + i for i in ins]),
+                            ir.ATTRS: attrs.copy(), ir.META: {}, ir.SCOPE: scope,
+                            ir.MODULE: None if module is None else prefix + module})
+            for rel, op, fixed, attrs, module, ins in self.nodes])
         g.graph[ir.G_BLOCK_PARAMS][scope] = dict(self.params)
         return prefix + self.out, self.out_ch
 

@@ -79,22 +79,59 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
     facts: dict[str, tuple] = {}  # twin -> (op, window, may run in place by the op table)
     state: dict[str, tuple] = {}  # node -> (full, local, jump, deformable, formula)
     by_scope: dict[str, int] = {}
-    frozen_stage: dict = {}
+    rules: dict[tuple, tuple[bool, bool]] = {}  # (stage, op) -> (stage frozen, trainable)
     trainable = frozen = 0
     frozen_modules: dict[str, None] = {}
     zero_init: list[str] = []
     inits: list[tuple] = []
     calls: dict[str, list[str] | None] = {}  # module -> its calls that may run in place, None once one may not
+    zero_twins: set[str] = set()  # twins that zero_init_residual zeroes
+    init_twins: set[str] = set()  # twins initialised their own way
+    scope = shift = None  # the block being walked; for a copy, how its fields differ from its twin's
     for n in order:
         d = nodes[n]
         meta = d[ir.META]
-        op = d[ir.OP]
+        twin = d.get(ir.TWIN)
+        if twin is not None and twin != n:  # a copied block: see _copy_shift
+            if d[ir.SCOPE] != scope:
+                scope = d[ir.SCOPE]
+                shift = _copy_shift(nodes, state, n, twin)
+                source = nodes[twin][ir.SCOPE]
+                if shift is not None and source in by_scope:
+                    by_scope[scope] = by_scope[source]
+            if shift is not None:
+                df, dl, db = shift
+                tf, tloc, jump, dfm, tform, trf = state[twin]
+                f = None if tf is None else (tf[0] + df[0], tf[1] + df[1])
+                loc = None if tloc is None else (tloc[0] + dl[0], tloc[1] + dl[1])
+                form = None if tform is None else (tform[0] + db, tform[1])
+                if trf is state[nodes[twin][ir.INPUTS][0]][5]:  # the twin shares its operand's dict
+                    rf = state[d[ir.INPUTS][0]][5]
+                else:
+                    rf = {"size": None if f is None else f[1] - f[0] + 1, "jump": jump,
+                          "center": None if f is None else (f[0] + f[1]) / 2,
+                          "local_size": None if loc is None else loc[1] - loc[0] + 1, "deformable": dfm}
+                state[n] = (f, loc, jump, dfm, form, rf)
+                tm = nodes[twin][ir.META]
+                meta["rf"] = rf
+                meta["formula"] = form
+                meta["dilation"] = tm["dilation"]
+                ok = meta["trainable"] = tm["trainable"]
+                if ok:
+                    trainable += meta["params"]
+                else:
+                    frozen += meta["params"]
+                if twin in zero_twins:
+                    zero_init.append(d[ir.MODULE])
+                if twin in init_twins:
+                    inits.append((d[ir.MODULE], d[ir.INIT]))
+                continue
         rf = None
+        op = d[ir.OP]
         if op == "input":
             f = loc = (0, 0)
             jump, dfm, form, w = 1, False, (0, 1), None
         else:
-            twin = d.get(ir.TWIN)
             fact = facts.get(twin) if twin is not None else None
             if fact is None:
                 opdef = OPS[op]
@@ -141,7 +178,9 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
                 o = nodes[first]
                 able = o[ir.OP] in _OVERWRITABLE and o[ir.SCOPE] == d[ir.SCOPE] and len(succ[first]) == 1
             key = d[ir.MODULE] or n
-            if not able:
+            if twin is not None and twin != n:
+                pass  # a copy runs in place where its twin does (_memory): the same block structure
+            elif not able:
                 calls[key] = None
             else:
                 same = calls.get(key, ())
@@ -163,24 +202,29 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
                 by_scope[scope] = w.dilation
         meta["dilation"] = w.dilation if w is not None and "dilation" in d[ir.ATTRS] else 0
         # trainable: not in a frozen stage, and for norms norm.requires_grad
-        stage = d[ir.STAGE]
-        stage_is_frozen = frozen_stage.get(stage)
-        if stage_is_frozen is None:
-            stage_is_frozen = frozen_stage[stage] = stage_frozen(g, stage)
-        ok = not stage_is_frozen and (norm_grad or not (op in OPS and OPS[op].uses_norm))
+        rule = rules.get((d[ir.STAGE], op))
+        if rule is None:
+            stage_is_frozen = stage_frozen(g, d[ir.STAGE])
+            rule = rules[(d[ir.STAGE], op)] = (
+                stage_is_frozen, not stage_is_frozen and (norm_grad or not (op in OPS and OPS[op].uses_norm)))
+        stage_is_frozen, ok = rule
         meta["trainable"] = ok
         if ok:
-            trainable += meta.get("params", 0)
+            trainable += meta["params"]
         else:
-            frozen += meta.get("params", 0)
+            frozen += meta["params"]
         module = d[ir.MODULE]
         if module:
             if stage_is_frozen:
                 frozen_modules[module.split(".", 1)[0]] = None
             if d[ir.ATTRS].get("zero_init"):
                 zero_init.append(module)
+                if twin is not None:
+                    zero_twins.add(twin)
             if d.get(ir.INIT, "default") != "default":
                 inits.append((module, d[ir.INIT]))
+                if twin is not None:
+                    init_twins.add(twin)
     g.graph[ir.G_FROZEN_SCOPES] = {i: stage_frozen(g, i) for i in [-1] + [st["index"] for st in g.graph[ir.G_STAGES]]}
     for st in g.graph[ir.G_STAGES]:
         st["frozen"] = stage_frozen(g, st["index"])
@@ -194,6 +238,24 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
         if same:
             in_place.update(same)
     return in_place, by_scope
+
+
+def _copy_shift(nodes: dict, state: dict, n: str, twin: str) -> tuple | None:
+    """For the first node ``n`` of a block that lowering copied from the block of ``twin``: every
+    node of the block is a function of the block's input alone, as in the twin block, so when the
+    two inputs have the same jump (stride), the same kinds of field (bounded or not, deformable or
+    not) and the same formula stride, each field of the copy is its twin's moved by what moves the
+    input's field: (lo, hi) shifts of the full and local fields, and the shift of the formula's B.
+    None (walk the block node by node) otherwise."""
+    x, tx = nodes[n][ir.INPUTS][0], nodes[twin][ir.INPUTS][0]
+    f, loc, jump, dfm, form, _ = state[x]
+    tf, tloc, tjump, tdfm, tform, _ = state[tx]
+    if jump != tjump or dfm != tdfm or (f is None) != (tf is None) or (loc is None) != (tloc is None) \
+            or (form is None) != (tform is None) or (form is not None and form[1] != tform[1]):
+        return None
+    return ((0, 0) if f is None else (f[0] - tf[0], f[1] - tf[1]),
+            (0, 0) if loc is None else (loc[0] - tloc[0], loc[1] - tloc[1]),
+            0 if form is None else form[0] - tform[0])
 
 
 def _union(boxes: list, unbounded: bool) -> tuple | None:
@@ -221,28 +283,42 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
     """``in_place``, ``bytes``, ``scratch`` and the block's ``dilation`` of each node; the peak
     and the per-stage summaries."""
     nodes, settings = g._node, g.graph
-    scratch: dict[tuple, int] = {}  # (twin, output bytes) -> the op table's scratch bytes
+    sized: dict[tuple, tuple[int, int]] = {}  # (twin, shape) -> (output bytes, the op table's scratch bytes)
     groups: dict[int, list] = {}  # stage -> [params, trainable params, macs, dilation, last node]
     life = _Lifetimes()
+    last, scope_of, scope_end, stage_end = life.last, life.scope_of, life.scope_end, life.stage_end
+    crossing, shared = life.crossing, life.shared
     for i, n in enumerate(order):
         d = nodes[n]
         meta = d[ir.META]
         op = d[ir.OP]
         scope = d[ir.SCOPE]
+        stage = d[ir.STAGE]
         if not meta["dilation"]:
             meta["dilation"] = by_scope.get(scope, 1)
-        full = math.prod(meta["shape"]) * BYTES_PER_ELEMENT
-        inp = meta["in_place"] = n in in_place
-        meta["bytes"] = 0 if inp or op in _VIEWS else full
         twin = d.get(ir.TWIN)
-        held = scratch.get((twin, full)) if twin is not None else None
-        if held is None:
-            held = OPS[op].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, settings) if op in OPS else 0
-            if twin is not None:
-                scratch[(twin, full)] = held
-        meta["scratch"] = held
-        life.add(i, n, d, scope, inp or op in _VIEWS)
-        stage = d[ir.STAGE]
+        key = (twin, meta["shape"]) if twin is not None else None
+        hit = sized.get(key) if key is not None else None
+        if hit is None:
+            full = math.prod(meta["shape"]) * BYTES_PER_ELEMENT
+            hit = (full, OPS[op].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, settings) if op in OPS else 0)
+            if key is not None:
+                sized[key] = hit
+        full, meta["scratch"] = hit
+        shares = meta["in_place"] = (twin if twin is not None else n) in in_place  # a copy as its twin
+        if shares or op in _VIEWS:
+            shares = True
+            shared.append(n)
+        meta["bytes"] = 0 if shares else full
+        # lifetimes (peak_activation_bytes)
+        last[n] = i
+        scope_of[n] = scope
+        for src in d[ir.INPUTS]:
+            last[src] = i  # readers come in order: the last one seen is the last
+            if scope_of[src] != scope:
+                crossing.append((src, scope))
+        scope_end[scope] = i
+        stage_end[stage] = i
         if stage is not None:
             acc = groups.get(stage)
             if acc is None:

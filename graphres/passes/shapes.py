@@ -21,16 +21,28 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
     # (twin, operand shapes) -> (shape, the window's stride, params, macs): a repeated block's
     # nodes take the rules' results of their twin's (ir.TWIN) for the same operand shapes
     done: dict[tuple, tuple] = {}
+    scope = same = None  # the copied block being walked; whether its input is its twin block's
     for n in ir.topological_order(g):
         d = nodes[n]
         meta = d[ir.META]
+        twin = d.get(ir.TWIN)
+        if twin is not None and twin != n:
+            # a block lowering copied: every node a function of the block's input alone, so with an
+            # input of its twin block's shape and stride, each node has its twin's figures
+            if d[ir.SCOPE] != scope:
+                scope = d[ir.SCOPE]
+                x, tx = nodes[d[ir.INPUTS][0]][ir.META], nodes[nodes[twin][ir.INPUTS][0]][ir.META]
+                same = x["shape"] == tx["shape"] and x["stride"] == tx["stride"]
+            if same:
+                t = nodes[twin][ir.META]
+                meta.update(shape=t["shape"], stride=t["stride"], params=t["params"], macs=t["macs"])
+                continue
         if d[ir.OP] == "input":
             meta.update(shape=(d[ir.OUT_CH],) + size, stride=1, params=0, macs=0)
             continue
         srcs = d[ir.INPUTS]
         first = nodes[srcs[0]][ir.META]
         full = tuple([nodes[s][ir.META]["shape"] for s in srcs])
-        twin = d.get(ir.TWIN)
         if twin is not None:
             hit = done.get((twin, full))
             if hit is not None:
