@@ -130,50 +130,32 @@ def add_node(g: nx.DiGraph, node_id: str, op: str, inputs: Iterable[str] = (), *
 
 
 def add_node_data(g: nx.DiGraph, node_id: str, data: dict) -> str:
-    """Add a node whose attribute dict ``data`` is complete (:data:`OP`, :data:`ORDER` = the
-    number of nodes before it, :data:`INPUTS` as a tuple, :data:`ATTRS`, :data:`META`, ...), and its
-    operand edges; ``data`` becomes the node's own dict.
+    """Add a node whose attribute dict ``data`` is complete (:data:`OP`, :data:`INPUTS` as a tuple,
+    :data:`ATTRS`, :data:`META`, ...; :data:`ORDER` is written here), and its operand edges;
+    ``data`` becomes the node's own dict."""
+    add_nodes_data(g, [(node_id, data)])
+    return node_id
+
+
+def add_nodes_data(g: nx.DiGraph, items: Iterable[tuple[str, dict]]) -> None:
+    """:func:`add_node_data` for each (node id, data) in order (a repeated block's copies are
+    added in one call).
 
     Lowering adds every node of the IR through here, so a plain ``nx.DiGraph`` is filled through
     its dicts directly (what ``add_node`` and ``add_edge`` do, less their per-call overhead, a third
     of lowering a 5,000-block spec); any other graph class goes through networkx's methods."""
     nodes = g._node
-    assert node_id not in nodes, f"duplicate node {node_id}"
-    inputs = data[INPUTS]
-    if type(g) is not nx.DiGraph:
-        g.add_node(node_id, **data)
-        for port, src in enumerate(inputs):
-            assert src in g, f"unknown input {src} of {node_id}"
-            g.add_edge(src, node_id, **{PORT: port})
-        return node_id
-    nodes[node_id] = data
-    succ = g._succ
-    succ[node_id] = {}
-    into = g._pred[node_id] = {}
-    for port, src in enumerate(inputs):
-        edge = into.get(src)
-        if edge is None:
-            edge = into[src] = succ[src][node_id] = {}  # KeyError: an unknown operand
-        edge[PORT] = port
-    cache = getattr(g, "__networkx_cache__", None)
-    if cache:
-        cache.clear()
-    return node_id
-
-
-def add_nodes_data(g: nx.DiGraph, items: Iterable[tuple[str, dict]]) -> None:
-    """:func:`add_node_data` for each (node id, data) in order, ``ORDER`` written here (a
-    repeated block's copies, added in one call)."""
-    nodes = g._node
-    if type(g) is not nx.DiGraph:
-        for node_id, data in items:
-            data[ORDER] = len(nodes)
-            add_node_data(g, node_id, data)
-        return
+    plain = type(g) is nx.DiGraph
     succ, pred = g._succ, g._pred
     for node_id, data in items:
         assert node_id not in nodes, f"duplicate node {node_id}"
         data[ORDER] = len(nodes)
+        if not plain:
+            g.add_node(node_id, **data)
+            for port, src in enumerate(data[INPUTS]):
+                assert src in g, f"unknown input {src} of {node_id}"
+                g.add_edge(src, node_id, **{PORT: port})
+            continue
         nodes[node_id] = data
         succ[node_id] = {}
         into = pred[node_id] = {}

@@ -230,6 +230,22 @@ def test_built_in_blocks_are_read_once_per_process():
     assert sources.line("<graphres>/blocks/plugins.yaml", 1) is not None
 
 
+def test_built_in_block_files_read_by_libyaml_equal_the_bounded_reader():
+    """graphres' own block files are composed by libyaml's C composer (trusted text): the data and
+    every span (quoted scalars included) are the bounded pure-Python reader's."""
+    import yaml
+    from graphres.spec import blocks as block_defs
+    from graphres.spec.source import parse_yaml
+    assert yaml.__with_libyaml__  # PyYAML's wheels carry it; without it the trusted path is the plain one
+    for name, text in block_defs._builtin_text():
+        plain, fast = parse_yaml(text, name), parse_yaml(text, name, trusted=True)
+        assert fast.data == plain.data and fast.spans == plain.spans and fast.key_spans == plain.key_spans
+        assert len(plain.spans) > 200
+    quoted = parse_yaml("a: 'x y'\nb: \"z\"\n", "q", trusted=True)
+    assert (quoted.spans[("a",)].col, quoted.spans[("a",)].length) == (5, 3)  # inside the quotes
+    assert parse_yaml("a: 'x y'\nb: \"z\"\n", "q").spans == quoted.spans
+
+
 def test_parse_errors_are_not_cached():
     expr.clear_parse_cache()
     for _ in range(2):
