@@ -1,5 +1,7 @@
 """Load OpenMMLab's real ResNet code (mmdet 3.3, mmseg 1.2) and mmcv-lite's DCN classes without
-compiled mmcv ops (run in /work/venvs/mm, never in CI).
+compiled mmcv ops (run in /work/venvs/mm, never in CI). The one loader of the parity scripts:
+``load()`` for the modules, ``resnets()`` for the two ResNet classes, ``load_mmdet_resnet()`` for
+mmdet's resnet and res_layer modules.
 
 mmcv-lite ships the Python side of DeformConv2dPack / ModulatedDeformConv2dPack but no kernels:
 ``load_ext`` is stubbed and the two kernel entry points (``deform_conv2d``,
@@ -39,9 +41,32 @@ def _package(name: str, path: str):
     return pkg
 
 
+_LOADED = None
+
+
 def load():
     """Returns (mmdet resnet module, mmseg resnet module, mmcv deform_conv, mmcv modulated_deform_conv)."""
+    global _LOADED
+    if _LOADED is None:
+        _LOADED = _load_all()
+    return _LOADED
+
+
+def resnets():
+    """(mmdet's ResNet class, mmseg's ResNet class)."""
+    det, seg, _, _ = load()
+    return det.ResNet, seg.ResNet
+
+
+def load_mmdet_resnet():
+    """(mmdet's resnet module, its res_layer module)."""
+    det, _, _, _ = load()
+    return det, sys.modules["mmdet.models.layers.res_layer"]
+
+
+def _load_all():
     import mmcv
+    import mmcv.cnn  # noqa: F401  (registers ContextBlock, NonLocal2d, GeneralizedAttention)
     import mmcv.utils.ext_loader as ext_loader
     ext_loader.load_ext = lambda name, funcs: types.SimpleNamespace()
     mmcv_dir = os.path.dirname(mmcv.__file__)

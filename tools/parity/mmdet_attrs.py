@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mmdet_loader import load_mmdet_resnet  # noqa: E402
+from mm_loader import load_mmdet_resnet  # noqa: E402
 
 import graphres  # noqa: E402
 

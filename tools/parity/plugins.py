@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mmload import resnets  # noqa: E402
+from mm_loader import resnets  # noqa: E402
 
 import graphres  # noqa: E402
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mmload import resnets  # noqa: E402
+from mm_loader import resnets  # noqa: E402
 
 PLUGINS = [
     dict(cfg=dict(type="GeneralizedAttention", spatial_range=-1, num_heads=8, attention_type="1111", kv_stride=2),

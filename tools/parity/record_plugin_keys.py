@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mmload import resnets  # noqa: E402
+from mm_loader import resnets  # noqa: E402
 
 PLUGINS = [
     dict(cfg=dict(type="ContextBlock", ratio=1. / 16), stages=(False, True, True, True), position="after_conv3"),
