@@ -288,28 +288,38 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
     life = _Lifetimes()
     last, scope_of, scope_end, stage_end = life.last, life.scope_of, life.scope_end, life.stage_end
     crossing, shared = life.crossing, life.shared
+    copied: dict[str, tuple] = {}  # twin -> (its memory figures, whether it shares its operand's storage)
     for i, n in enumerate(order):
         d = nodes[n]
         meta = d[ir.META]
-        op = d[ir.OP]
         scope = d[ir.SCOPE]
         stage = d[ir.STAGE]
-        if not meta["dilation"]:
-            meta["dilation"] = by_scope.get(scope, 1)
         twin = d.get(ir.TWIN)
-        key = (twin, meta["shape"]) if twin is not None else None
-        hit = sized.get(key) if key is not None else None
-        if hit is None:
-            full = math.prod(meta["shape"]) * BYTES_PER_ELEMENT
-            hit = (full, OPS[op].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, settings) if op in OPS else 0)
-            if key is not None:
-                sized[key] = hit
-        full, meta["scratch"] = hit
-        shares = meta["in_place"] = (twin if twin is not None else n) in in_place  # a copy as its twin
-        if shares or op in _VIEWS:
-            shares = True
+        hit = copied.get(twin) if twin is not None and twin != n and meta["shape"] is nodes[twin][ir.META]["shape"] \
+            else None
+        if hit is not None:  # a copy shaped as its twin (the shapes pass gave it the twin's shape): its figures
+            figures, shares = hit
+            meta.update(figures)
+        else:
+            op = d[ir.OP]
+            if not meta["dilation"]:
+                meta["dilation"] = by_scope.get(scope, 1)
+            key = (twin, meta["shape"]) if twin is not None else None
+            size = sized.get(key) if key is not None else None
+            if size is None:
+                full = math.prod(meta["shape"]) * BYTES_PER_ELEMENT
+                size = (full, OPS[op].scratch(d[ir.ATTRS], d[ir.IN_CH], d[ir.OUT_CH], full, settings)
+                        if op in OPS else 0)
+                if key is not None:
+                    sized[key] = size
+            full, meta["scratch"] = size
+            inp = meta["in_place"] = (twin if twin is not None else n) in in_place  # a copy as its twin
+            shares = inp or op in _VIEWS
+            meta["bytes"] = 0 if shares else full
+            if twin == n:
+                copied[n] = ({k: meta[k] for k in ("dilation", "scratch", "in_place", "bytes")}, shares)
+        if shares:
             shared.append(n)
-        meta["bytes"] = 0 if shares else full
         # lifetimes (peak_activation_bytes)
         last[n] = i
         scope_of[n] = scope

@@ -37,8 +37,20 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
     nodes, succ, settings = g._node, g._succ, g.graph
     ends = {st.get("output") for st in g.graph.get("stages", [])} | {(g.graph.get("head") or {}).get("output")}
     fine: set[tuple] = set()  # (twin, operand shape) whose op rule found nothing (ir.TWIN)
+    scope = same = None  # the copied block being walked; whether its input has its twin block's shape
     for n in ir.topological_order(g):
         d = nodes[n]
+        twin = d.get(ir.TWIN)
+        if twin is not None and twin != n:
+            # a block lowering copied, its input shaped as its twin block's: every node reads what
+            # its twin reads (and is read as it is: a block's output always has a reader or ends
+            # its stage), so the twin's findings are its findings, reported once at the twin
+            if d[ir.SCOPE] != scope:
+                scope = d[ir.SCOPE]
+                same = nodes[d[ir.INPUTS][0]][ir.META].get("shape") == \
+                    nodes[nodes[twin][ir.INPUTS][0]][ir.META].get("shape")
+            if same:
+                continue
         if not succ[n] and n not in ends and n != ir.INPUT and not d.get(ir.DISCARDED):
             # the torch backend cannot plan a dead end (except a plugin result mmsegmentation drops)
             diags.add("E016", f"the output of {n} is never used, which graphres does not support yet",
@@ -48,7 +60,6 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
             continue
         srcs = d[ir.INPUTS]
         in_shape = nodes[srcs[0]][ir.META].get("shape") if srcs else None
-        twin = d.get(ir.TWIN)
         if twin is not None:
             key = (twin, in_shape)
             if key in fine:

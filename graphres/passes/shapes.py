@@ -22,6 +22,7 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
     # nodes take the rules' results of their twin's (ir.TWIN) for the same operand shapes
     done: dict[tuple, tuple] = {}
     scope = same = None  # the copied block being walked; whether its input is its twin block's
+    copied: dict[str, dict] = {}  # twin -> its figures, for its copies
     for n in ir.topological_order(g):
         d = nodes[n]
         meta = d[ir.META]
@@ -34,8 +35,12 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
                 x, tx = nodes[d[ir.INPUTS][0]][ir.META], nodes[nodes[twin][ir.INPUTS][0]][ir.META]
                 same = x["shape"] == tx["shape"] and x["stride"] == tx["stride"]
             if same:
-                t = nodes[twin][ir.META]
-                meta.update(shape=t["shape"], stride=t["stride"], params=t["params"], macs=t["macs"])
+                figures = copied.get(twin)
+                if figures is None:
+                    t = nodes[twin][ir.META]
+                    figures = copied[twin] = {"shape": t["shape"], "stride": t["stride"], "params": t["params"],
+                                              "macs": t["macs"]}
+                meta.update(figures)
                 continue
         if d[ir.OP] == "input":
             meta.update(shape=(d[ir.OUT_CH],) + size, stride=1, params=0, macs=0)
