@@ -374,6 +374,9 @@ def test_a_block_holding_anything_but_plain_values_is_constructed_each_time(monk
     g = graphres.compile_spec("resnet18").graph
     cls = build_module(g, init=False).layer1[1].__class__  # Basic(64), Basic(64), ..., Basic(128), ...
     assert RepeatedBlocks._copyable(cls(64))
+    shared = cls(64)
+    shared.again = shared.conv1  # one module under two names: a copy would untie them
+    assert not RepeatedBlocks._copyable(shared)
     calls = _init_calls(monkeypatch, cls)
     graphres.build("resnet18")
     assert len(calls) == 4  # layer1.1 is a copy of layer1.0: the same class and arguments

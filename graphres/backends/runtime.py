@@ -528,7 +528,10 @@ class RepeatedBlocks(type):
     @staticmethod
     def _copyable(block: nn.Module) -> bool:
         tensors = set()
-        for m in block.modules():
+        every = [m for _, m in block.named_modules(remove_duplicate=False)]
+        if len({id(m) for m in every}) != len(every):  # a submodule under two names: copying would untie it
+            return False
+        for m in every:
             if type(m).__new__ is not object.__new__:
                 return False
             for key, value in m.__dict__.items():
