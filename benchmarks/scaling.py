@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """How compile (validate) and build time grow with the number of blocks in a spec.
 
-Generates specs of N basic blocks (stages of at most 1,000 blocks, the per-stage limit; 8 channels,
-so that torch's own tensor work stays small and the compiler's cost shows), and times, each in a
-fresh process so that no cache of an earlier size helps:
+Generates specs of N basic blocks (``--block bottleneck``: bottlenecks; stages of at most 1,000
+blocks, the per-stage limit; 8 planes, so that torch's own tensor work stays small and the
+compiler's cost shows), and times, each in a fresh process so that no cache of an earlier size
+helps:
 
 - ``validate``: ``graphres.compile_spec(path)`` in-process (parse, lower, every pass), what
   ``graphres validate`` does after its imports;
@@ -16,6 +17,7 @@ Prints the curve (blocks -> seconds and milliseconds per block) and writes it as
 
     python benchmarks/scaling.py                                   # 100 .. 5,000 blocks
     python benchmarks/scaling.py --blocks 100 1000 5000 --repeats 3 --label after
+    python benchmarks/scaling.py --block bottleneck --blocks 1000 5000 --label after-bottleneck
     PYTHONPATH=/path/to/other/checkout python benchmarks/scaling.py --label before   # another version
 
 Exit status 0 (a benchmark, not a test). Run it on an idle machine: the figures are wall times.
@@ -40,12 +42,13 @@ DEFAULT_BLOCKS = [100, 500, 1000, 2000, 3000, 5000]
 PER_STAGE = 1000  # graphres' limit of blocks in one stage (passes/limits.py, E014)
 
 
-def spec_text(blocks: int, planes: int = 8) -> str:
-    """A valid spec of ``blocks`` basic blocks in stages of at most 1,000."""
+def spec_text(blocks: int, planes: int = 8, block: str = "basic") -> str:
+    """A valid spec of ``blocks`` blocks (``basic``: 7 layers each; ``bottleneck``: 10) in stages of at
+    most 1,000."""
     stages, left = [], blocks
     while left > 0:
         n = min(PER_STAGE, left)
-        stages.append(f"  - {{block: basic, blocks: {n}, planes: {planes}, stride: 1}}")
+        stages.append(f"  - {{block: {block}, blocks: {n}, planes: {planes}, stride: 1}}")
         left -= n
     return textwrap.dedent(f"""\
         graphres: 1
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=["validate", "cli", "codegen", "build"],
                     choices=["validate", "cli", "codegen", "build"])
     ap.add_argument("--label", default="", help="a name for this run (before / after)")
+    ap.add_argument("--block", default="basic", choices=["basic", "bottleneck"],
+                    help="the repeated block type (bottleneck: 10 layers a block instead of 7)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scaling", help="writes OUT.txt and OUT.json")
     ap.add_argument("--profile", type=int, metavar="N", help="also write cProfile output at N blocks")
     ap.add_argument("--baseline", type=Path, metavar="CHECKOUT",
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.blocks:
             path = Path(tmp) / f"scale{n}.yaml"
-            path.write_text(spec_text(n))
+            path.write_text(spec_text(n, block=args.block))
             row: dict = {"blocks": n}
             base: dict = {"blocks": n}
             base_env = dict(env, PYTHONPATH=str(args.baseline)) if args.baseline else None
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         profiles = {}
         if args.profile:
             path = Path(tmp) / f"scale{args.profile}.yaml"
-            path.write_text(spec_text(args.profile))
+            path.write_text(spec_text(args.profile, block=args.block))
             for mode in ("validate", "build"):
                 out = Path(tmp) / f"profile_{mode}.txt"
                 subprocess.run([sys.executable, "-c", PROFILE, mode, str(path), str(out)], check=True, env=env,
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     header = [f"# graphres scaling{' (' + args.label + ')' if args.label else ''}: {source}",
               f"# {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, "
-              f"{args.repeats} fresh processes per figure (median); basic blocks, 8 channels",
+              f"{args.repeats} fresh processes per figure (median); {args.block} blocks, 8 planes",
               "# validate: compile_spec in-process; cli: `graphres validate` whole process; codegen: generate();"
               " build: graphres.build(path)",
               _head(args.modes)]
