@@ -85,8 +85,9 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
     zero_init: list[str] = []
     inits: list[tuple] = []
     calls: dict[str, list[str] | None] = {}  # module -> its calls that may run in place, None once one may not
-    zero_twins: set[str] = set()  # twins that zero_init_residual zeroes
-    init_twins: set[str] = set()  # twins initialised their own way
+    # a recorded block (its nodes their own twins) -> [trainable params, frozen params, zero-init
+    # modules, (module, init) of modules initialised their own way], the modules relative to it
+    blocks: dict[str, list] = {}
     scope = shift = None  # the block being walked; for a copy, how its fields differ from its twin's
     for n in order:
         d = nodes[n]
@@ -97,8 +98,15 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
                 scope = d[ir.SCOPE]
                 shift = _copy_shift(nodes, state, n, twin)
                 source = nodes[twin][ir.SCOPE]
-                if shift is not None and source in by_scope:
-                    by_scope[scope] = by_scope[source]
+                if shift is not None:
+                    if source in by_scope:
+                        by_scope[scope] = by_scope[source]
+                    # the twin block's sums and initialised modules, once for the whole copy
+                    t_train, t_frozen, t_zero, t_inits = blocks.get(source) or (0, 0, [], [])
+                    trainable += t_train
+                    frozen += t_frozen
+                    zero_init.extend(f"{scope}.{rel}" for rel in t_zero)
+                    inits.extend((f"{scope}.{rel}", kind) for rel, kind in t_inits)
             if shift is not None:
                 df, dl, db = shift
                 tf, tloc, jump, dfm, tform, trf = state[twin]
@@ -116,15 +124,7 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
                 meta["rf"] = rf
                 meta["formula"] = form
                 meta["dilation"] = tm["dilation"]
-                ok = meta["trainable"] = tm["trainable"]
-                if ok:
-                    trainable += meta["params"]
-                else:
-                    frozen += meta["params"]
-                if twin in zero_twins:
-                    zero_init.append(d[ir.MODULE])
-                if twin in init_twins:
-                    inits.append((d[ir.MODULE], d[ir.INIT]))
+                meta["trainable"] = tm["trainable"]
                 continue
         rf = None
         op = d[ir.OP]
@@ -209,22 +209,26 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
                 stage_is_frozen, not stage_is_frozen and (norm_grad or not (op in OPS and OPS[op].uses_norm)))
         stage_is_frozen, ok = rule
         meta["trainable"] = ok
+        own = blocks.setdefault(d[ir.SCOPE], [0, 0, [], []]) if twin == n else None
         if ok:
             trainable += meta["params"]
         else:
             frozen += meta["params"]
+        if own is not None:
+            own[0 if ok else 1] += meta["params"]
         module = d[ir.MODULE]
         if module:
             if stage_is_frozen:
                 frozen_modules[module.split(".", 1)[0]] = None
+            cut = len(d[ir.SCOPE]) + 1
             if d[ir.ATTRS].get("zero_init"):
                 zero_init.append(module)
-                if twin is not None:
-                    zero_twins.add(twin)
+                if own is not None:
+                    own[2].append(module[cut:])
             if d.get(ir.INIT, "default") != "default":
                 inits.append((module, d[ir.INIT]))
-                if twin is not None:
-                    init_twins.add(twin)
+                if own is not None:
+                    own[3].append((module[cut:], d[ir.INIT]))
     g.graph[ir.G_FROZEN_SCOPES] = {i: stage_frozen(g, i) for i in [-1] + [st["index"] for st in g.graph[ir.G_STAGES]]}
     for st in g.graph[ir.G_STAGES]:
         st["frozen"] = stage_frozen(g, st["index"])
@@ -289,12 +293,43 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
     last, scope_of, scope_end, stage_end = life.last, life.scope_of, life.scope_end, life.stage_end
     crossing, shared = life.crossing, life.shared
     copied: dict[str, tuple] = {}  # twin -> (its memory figures, whether it shares its operand's storage)
+    totals: dict[str, list] = {}  # a recorded block -> [params, trainable params, macs, dilation]
+    current = whole = acc = None  # the block being walked; whether it is a copy shaped as its twin block
     for i, n in enumerate(order):
         d = nodes[n]
         meta = d[ir.META]
         scope = d[ir.SCOPE]
         stage = d[ir.STAGE]
         twin = d.get(ir.TWIN)
+        if scope != current:
+            current, whole = scope, False
+            if twin is not None and twin != n and stage is not None:
+                # the shapes pass's condition: then every node has its twin's figures (and shape)
+                x, tx = nodes[d[ir.INPUTS][0]][ir.META], nodes[nodes[twin][ir.INPUTS][0]][ir.META]
+                source = totals.get(nodes[twin][ir.SCOPE])
+                whole = source is not None and x["shape"] == tx["shape"] and x["stride"] == tx["stride"] \
+                    and stage in groups
+                if whole:  # the stage sums, once for the whole copy
+                    acc = groups[stage]
+                    acc[0] += source[0]
+                    acc[1] += source[1]
+                    acc[2] += source[2]
+                    acc[3] = max(acc[3], source[3])
+        if whole:
+            figures, shares = copied[twin]
+            meta.update(figures)
+            acc[4] = n
+            if shares:
+                shared.append(n)
+            last[n] = i
+            scope_of[n] = scope
+            for src in d[ir.INPUTS]:
+                last[src] = i
+                if scope_of[src] != scope:
+                    crossing.append((src, scope))
+            scope_end[scope] = i
+            stage_end[stage] = i
+            continue
         hit = copied.get(twin) if twin is not None and twin != n and meta["shape"] is nodes[twin][ir.META]["shape"] \
             else None
         if hit is not None:  # a copy shaped as its twin (the shapes pass gave it the twin's shape): its figures
@@ -330,10 +365,10 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
         scope_end[scope] = i
         stage_end[stage] = i
         if stage is not None:
+            params = meta["params"]
             acc = groups.get(stage)
             if acc is None:
                 acc = groups[stage] = [0, 0, 0, 1, n]
-            params = meta["params"]
             acc[0] += params
             if meta["trainable"]:
                 acc[1] += params
@@ -341,6 +376,14 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
             if meta["dilation"] > acc[3]:
                 acc[3] = meta["dilation"]
             acc[4] = n
+            if twin == n:  # a recorded block's own sums, for its copies
+                own = totals.setdefault(scope, [0, 0, 0, 1])
+                own[0] += params
+                if meta["trainable"]:
+                    own[1] += params
+                own[2] += meta["macs"]
+                if meta["dilation"] > own[3]:
+                    own[3] = meta["dilation"]
     g.graph[ir.G_PEAK_BYTES] = life.peak(g, order)
     _summaries(g, groups)
 
