@@ -158,8 +158,14 @@ def add_nodes_data(g: nx.DiGraph, items: Iterable[tuple[str, dict]]) -> None:
             continue
         nodes[node_id] = data
         succ[node_id] = {}
+        inputs = data[INPUTS]
+        if len(inputs) == 1:  # most nodes
+            edge = {PORT: 0}
+            pred[node_id] = {inputs[0]: edge}
+            succ[inputs[0]][node_id] = edge  # KeyError: an unknown operand
+            continue
         into = pred[node_id] = {}
-        for port, src in enumerate(data[INPUTS]):
+        for port, src in enumerate(inputs):
             edge = into.get(src)
             if edge is None:
                 edge = into[src] = succ[src][node_id] = {}  # KeyError: an unknown operand

@@ -90,9 +90,13 @@ def _lower_all(ctx: _Ctx) -> None:
     for stage in spec.stages:
         stage_in = x
         first_stride, dilations = trade.stage(stage) if trade else (None, list(stage.dilations))
+        # a stage of one block type without per-block arguments: every block's arguments are the
+        # stage's, so a template key depends only on the extra arguments and the input channels
+        same_args = not stage.per_block and not stage.types
+        keys: dict[tuple, tuple | None] = {}
         for b in range(stage.blocks):
             block = spec.blocks[stage.block_type(b)]
-            args = stage.block_args(b)
+            args = stage.args if same_args else stage.block_args(b)
             extra = {}
             if "stride" in block.params and b > 0 and "stride" not in stage.per_block:
                 extra["stride"] = 1
@@ -102,7 +106,12 @@ def _lower_all(ctx: _Ctx) -> None:
                 extra["dilation"] = dilations[b]
             scope = f"{stage.name}.{b}"
             plugins, mode = getattr(stage, "plugins", ()), getattr(stage, "plugin_mode", "chain")
-            key = _template_key(block, stage.index, args, extra, ch, plugins, mode)
+            if same_args:
+                known = (tuple(extra.items()), ch)
+                key = keys[known] if known in keys else keys.setdefault(
+                    known, _template_key(block, stage.index, args, extra, ch, plugins, mode))
+            else:
+                key = _template_key(block, stage.index, args, extra, ch, plugins, mode)
             tpl = ctx.templates.get(key) if key is not None else None
             if tpl is not None:
                 x, ch = tpl.stamp(ctx, scope, x)
@@ -190,13 +199,28 @@ class _Template:
             ctx.g._node[n][ir.TWIN] = n
         return cls(nodes, dict(ctx.g.graph[ir.G_BLOCK_PARAMS][scope]), out[len(prefix):], out_ch)
 
+    @property
+    def protos(self) -> list:
+        """(relative id, the data every copy shares with its op, attributes, relative module,
+        relative operands) per node, made on first use."""
+        made = self.__dict__.get("_protos")
+        if made is None:
+            made = self.__dict__["_protos"] = [(rel, {**fixed, ir.OP: op}, attrs, module, ins)
+                                               for rel, op, fixed, attrs, module, ins in self.nodes]
+        return made
+
     def stamp(self, ctx: _Ctx, scope: str, x: str) -> tuple[str, int]:
         g, prefix = ctx.g, scope + "."
-        ir.add_nodes_data(g, [
-            (prefix + rel, {**fixed, ir.OP: op, ir.INPUTS: tuple([x if i is None else prefix + i for i in ins]),
-                            ir.ATTRS: attrs.copy(), ir.META: {}, ir.SCOPE: scope,
-                            ir.MODULE: None if module is None else prefix + module})
-            for rel, op, fixed, attrs, module, ins in self.nodes])
+        items = []
+        for rel, fixed, attrs, module, ins in self.protos:
+            data = fixed.copy()  # op and the fields every copy shares, then the copy's own
+            data[ir.INPUTS] = tuple([x if i is None else prefix + i for i in ins])
+            data[ir.ATTRS] = attrs.copy()
+            data[ir.META] = {}
+            data[ir.SCOPE] = scope
+            data[ir.MODULE] = None if module is None else prefix + module
+            items.append((prefix + rel, data))
+        ir.add_nodes_data(g, items)
         g.graph[ir.G_BLOCK_PARAMS][scope] = dict(self.params)
         return prefix + self.out, self.out_ch
 
