@@ -175,6 +175,15 @@ def add_nodes_data(g: nx.DiGraph, items: Iterable[tuple[str, dict]]) -> None:
         cache.clear()
 
 
+def input_as_twins(nodes: dict, node_id: str) -> bool:
+    """For the first node of a block lowering copied (:data:`TWIN`), whether the block's input has
+    the shape and stride of its twin block's input: then, every node of a block being a function
+    of the block's input alone, each node's shape figures are its twin's (the passes rely on it)."""
+    x = nodes[nodes[node_id][INPUTS][0]][META]
+    tx = nodes[nodes[nodes[node_id][TWIN]][INPUTS][0]][META]
+    return x["shape"] == tx["shape"] and x["stride"] == tx["stride"]
+
+
 def inputs_of(g: nx.DiGraph, node_id: str) -> list[str]:
     """The node's operands in input-port order."""
     return list(g._node[node_id][INPUTS])

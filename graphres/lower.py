@@ -166,12 +166,14 @@ class _Template:
     attributes. A later instance with the same key gets copies, in the same order, exactly what
     lowering it again would give, without evaluating a single expression."""
 
-    nodes: list  # (relative id, node data without the per-instance fields, relative operands)
+    # per node: (relative id, the data every copy shares: its op and the fields that are not the
+    # copy's own, its attributes, relative module path, relative operands with None for the input)
+    nodes: list
     params: dict  # the block's evaluated parameters (G_BLOCK_PARAMS)
     out: str  # relative id of the block's output
     out_ch: int
 
-    PER_INSTANCE = (ir.OP, ir.ORDER, ir.INPUTS, ir.META, ir.SCOPE, ir.MODULE, ir.ATTRS)
+    PER_INSTANCE = (ir.ORDER, ir.INPUTS, ir.META, ir.SCOPE, ir.MODULE, ir.ATTRS)
 
     @classmethod
     def record(cls, ctx: _Ctx, scope: str, x: str, added: list[str], out: str, out_ch: int) -> "_Template | None":
@@ -191,7 +193,7 @@ class _Template:
                 ins.append(None if i == x else i[len(prefix):])
             fixed = {k: v for k, v in d.items() if k not in cls.PER_INSTANCE}
             fixed[ir.TWIN] = n
-            nodes.append((n[len(prefix):], d[ir.OP], fixed, dict(d[ir.ATTRS]),
+            nodes.append((n[len(prefix):], fixed, dict(d[ir.ATTRS]),
                           None if module is None else module[len(prefix):], tuple(ins)))
         if not out.startswith(prefix):
             return None
@@ -199,21 +201,11 @@ class _Template:
             ctx.g._node[n][ir.TWIN] = n
         return cls(nodes, dict(ctx.g.graph[ir.G_BLOCK_PARAMS][scope]), out[len(prefix):], out_ch)
 
-    @property
-    def protos(self) -> list:
-        """(relative id, the data every copy shares with its op, attributes, relative module,
-        relative operands) per node, made on first use."""
-        made = self.__dict__.get("_protos")
-        if made is None:
-            made = self.__dict__["_protos"] = [(rel, {**fixed, ir.OP: op}, attrs, module, ins)
-                                               for rel, op, fixed, attrs, module, ins in self.nodes]
-        return made
-
     def stamp(self, ctx: _Ctx, scope: str, x: str) -> tuple[str, int]:
         g, prefix = ctx.g, scope + "."
         items = []
-        for rel, fixed, attrs, module, ins in self.protos:
-            data = fixed.copy()  # op and the fields every copy shares, then the copy's own
+        for rel, fixed, attrs, module, ins in self.nodes:
+            data = fixed.copy()  # the fields every copy shares, then the copy's own
             data[ir.INPUTS] = tuple([x if i is None else prefix + i for i in ins])
             data[ir.ATTRS] = attrs.copy()
             data[ir.META] = {}

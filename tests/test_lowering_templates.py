@@ -118,3 +118,18 @@ def test_runs_of_repeated_blocks_are_written_as_loops():
     m = graphres.build("resnet101")
     assert len(m.layer3) == 23 and m.layer3[22].planes == 256 and m.layer3[0].stride == 2
     assert m.zero_init_modules == tuple(f"layer{s + 1}.{i}.bn3" for s, n in enumerate((3, 4, 23, 3)) for i in range(n))
+
+
+def test_a_run_check_error_in_repeated_blocks_is_reported_once():
+    """E065 (a weight-standardised conv with one weight per output channel) in a block repeated 4
+    times: reported at the stage's first instance of that block, not again at each copy."""
+    bad = {"graphres": 1, "name": "ws", "input": {"channels": 3, "size": [32, 32]}, "norm": {"type": "BN"},
+           "conv": {"type": "ConvWS"}, "stem": {"type": "conv7x7", "channels": 8},
+           "blocks": {"b": {"params": {"planes": {"type": "int"}}, "out_channels": "planes",
+                            "layers": [{"name": "dw", "op": "conv", "out": "planes", "kernel": 1,
+                                        "groups": "planes"}]}},
+           "stages": [{"block": "b", "blocks": 4, "planes": 8}], "out_indices": [0]}
+    with pytest.raises(graphres.SpecError) as err:
+        graphres.compile_spec(bad)
+    assert [d.code for d in err.value.diagnostics] == ["E065"]
+    assert "layer1.0.dw" in err.value.diagnostics[0].message

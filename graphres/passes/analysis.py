@@ -305,35 +305,13 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
             current, whole = scope, False
             if twin is not None and twin != n and stage is not None:
                 # the shapes pass's condition: then every node has its twin's figures (and shape)
-                x, tx = nodes[d[ir.INPUTS][0]][ir.META], nodes[nodes[twin][ir.INPUTS][0]][ir.META]
                 source = totals.get(nodes[twin][ir.SCOPE])
-                whole = source is not None and x["shape"] == tx["shape"] and x["stride"] == tx["stride"] \
-                    and stage in groups
+                whole = source is not None and stage in groups and ir.input_as_twins(nodes, n)
                 if whole:  # the stage sums, once for the whole copy
                     acc = groups[stage]
-                    acc[0] += source[0]
-                    acc[1] += source[1]
-                    acc[2] += source[2]
-                    acc[3] = max(acc[3], source[3])
+                    _add(acc, *source)
         if whole:
             figures, shares = copied[twin]
-            meta.update(figures)
-            acc[4] = n
-            if shares:
-                shared.append(n)
-            last[n] = i
-            scope_of[n] = scope
-            for src in d[ir.INPUTS]:
-                last[src] = i
-                if scope_of[src] != scope:
-                    crossing.append((src, scope))
-            scope_end[scope] = i
-            stage_end[stage] = i
-            continue
-        hit = copied.get(twin) if twin is not None and twin != n and meta["shape"] is nodes[twin][ir.META]["shape"] \
-            else None
-        if hit is not None:  # a copy shaped as its twin (the shapes pass gave it the twin's shape): its figures
-            figures, shares = hit
             meta.update(figures)
         else:
             op = d[ir.OP]
@@ -364,28 +342,28 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
                 crossing.append((src, scope))
         scope_end[scope] = i
         stage_end[stage] = i
-        if stage is not None:
-            params = meta["params"]
+        if stage is None:
+            continue
+        if not whole:
             acc = groups.get(stage)
             if acc is None:
                 acc = groups[stage] = [0, 0, 0, 1, n]
-            acc[0] += params
-            if meta["trainable"]:
-                acc[1] += params
-            acc[2] += meta["macs"]
-            if meta["dilation"] > acc[3]:
-                acc[3] = meta["dilation"]
-            acc[4] = n
+            figures = (meta["params"], meta["params"] if meta["trainable"] else 0, meta["macs"], meta["dilation"])
+            _add(acc, *figures)
             if twin == n:  # a recorded block's own sums, for its copies
-                own = totals.setdefault(scope, [0, 0, 0, 1])
-                own[0] += params
-                if meta["trainable"]:
-                    own[1] += params
-                own[2] += meta["macs"]
-                if meta["dilation"] > own[3]:
-                    own[3] = meta["dilation"]
+                _add(totals.setdefault(scope, [0, 0, 0, 1]), *figures)
+        acc[4] = n
     g.graph[ir.G_PEAK_BYTES] = life.peak(g, order)
     _summaries(g, groups)
+
+
+def _add(acc: list, params: int, trainable: int, macs: int, dilation: int) -> None:
+    """Add a node's (or a block's) figures to a stage's or a block's sums."""
+    acc[0] += params
+    acc[1] += trainable
+    acc[2] += macs
+    if dilation > acc[3]:
+        acc[3] = dilation
 
 
 def peak_activation_bytes(g: nx.DiGraph, order: list[str] | None = None) -> int:

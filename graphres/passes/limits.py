@@ -42,13 +42,12 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
         d = nodes[n]
         twin = d.get(ir.TWIN)
         if twin is not None and twin != n:
-            # a block lowering copied, its input shaped as its twin block's: every node reads what
+            # a block lowering copied, its input as its twin block's: every node reads what
             # its twin reads (and is read as it is: a block's output always has a reader or ends
             # its stage), so the twin's findings are its findings, reported once at the twin
             if d[ir.SCOPE] != scope:
                 scope = d[ir.SCOPE]
-                same = nodes[d[ir.INPUTS][0]][ir.META].get("shape") == \
-                    nodes[nodes[twin][ir.INPUTS][0]][ir.META].get("shape")
+                same = ir.input_as_twins(nodes, n)
             if same:
                 continue
         if not succ[n] and n not in ends and n != ir.INPUT and not d.get(ir.DISCARDED):

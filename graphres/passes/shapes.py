@@ -32,8 +32,7 @@ def infer_shapes(g: nx.DiGraph, diags: DiagnosticBag, input_size: tuple[int, int
             # input of its twin block's shape and stride, each node has its twin's figures
             if d[ir.SCOPE] != scope:
                 scope = d[ir.SCOPE]
-                x, tx = nodes[d[ir.INPUTS][0]][ir.META], nodes[nodes[twin][ir.INPUTS][0]][ir.META]
-                same = x["shape"] == tx["shape"] and x["stride"] == tx["stride"]
+                same = ir.input_as_twins(nodes, n)
             if same:
                 figures = copied.get(twin)
                 if figures is None:
