@@ -43,13 +43,16 @@ million such look-ups (benchmarks/scaling.py).
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable
 
 import networkx as nx
 
 # node attribute keys
 OP = "op"  # "input" or a key of graphres.ops.OPS
-ATTRS = "attrs"  # evaluated op attributes
+# evaluated op attributes; read-only: the copies of a repeated block share their twin's dict (to
+# change a node's attributes, give it a new dict, as passes.fold does)
+ATTRS = "attrs"
 MODULE = "module"  # state-dict path of the module this node calls, None for functional ops
 INPUTS = "inputs"  # operand node ids in input-port order
 IN_CH = "in_channels"
@@ -111,13 +114,19 @@ G_FROZEN_SCOPES = "frozen_scopes"  # stage index (-1 = the stem) -> whether it i
 G_FROZEN_MODULES = "frozen_modules"  # top-level module names frozen_stages / frozen: true freeze
 G_ZERO_INIT_MODULES = "zero_init_modules"  # norms that zero_init_residual zeroes
 G_MODULE_INITS = "module_inits"  # (module, init) for modules initialised their own way (plugins)
-G_BLOCK_PARAMS = "block_params"  # scope ("stem", "layer1.0") -> its evaluated parameters and lets (lowering)
+# scope ("stem", "layer1.0") -> its evaluated parameters and lets (lowering); read-only: copied
+# blocks share their twin block's dict
+G_BLOCK_PARAMS = "block_params"
 G_OPENMMLAB = "openmmlab"  # mmdetection's attributes and init_cfg (passes.openmmlab)
+
+
+_ORDER_KEY = "graphres_topological_order"  # topological_order's entry in __networkx_cache__
 
 
 def new_graph(name: str, **attrs: Any) -> nx.DiGraph:
     g = nx.DiGraph(name=name)
     g.graph.update(attrs)
+    g.__networkx_cache__[_ORDER_KEY] = []  # add_nodes_data extends it: no sort after lowering
     return g
 
 
@@ -147,15 +156,24 @@ def add_nodes_data(g: nx.DiGraph, items: Iterable[tuple[str, dict]]) -> None:
     nodes = g._node
     plain = type(g) is nx.DiGraph
     succ, pred = g._succ, g._pred
-    for node_id, data in items:
-        assert node_id not in nodes, f"duplicate node {node_id}"
-        data[ORDER] = len(nodes)
-        if not plain:
+    cache = getattr(g, "__networkx_cache__", None)
+    kept = cache.get(_ORDER_KEY) if cache is not None else None
+    before = len(nodes)
+    if kept is not None and (len(kept) != before or (kept and nodes.get(kept[-1], {ORDER: before})[ORDER] >= before)):
+        kept = None  # stale, or the new ORDERs would not all come after the old ones (nodes removed)
+    if not plain:
+        for node_id, data in items:
+            assert node_id not in nodes, f"duplicate node {node_id}"
+            data[ORDER] = len(nodes)
             g.add_node(node_id, **data)
             for port, src in enumerate(data[INPUTS]):
                 assert src in g, f"unknown input {src} of {node_id}"
                 g.add_edge(src, node_id, **{PORT: port})
-            continue
+        return
+    k = before
+    for node_id, data in items:
+        data[ORDER] = k
+        k += 1
         nodes[node_id] = data
         succ[node_id] = {}
         inputs = data[INPUTS]
@@ -170,9 +188,14 @@ def add_nodes_data(g: nx.DiGraph, items: Iterable[tuple[str, dict]]) -> None:
             if edge is None:
                 edge = into[src] = succ[src][node_id] = {}  # KeyError: an unknown operand
             edge[PORT] = port
-    cache = getattr(g, "__networkx_cache__", None)
+    assert len(nodes) == k, "duplicate node id"  # a dict keeps one entry per id
     if cache:
         cache.clear()
+    if kept is not None:
+        # each node's operands exist before it, and its ORDER is above every earlier one: the
+        # insertion order extended stays topological_order's order
+        kept.extend(reversed(list(itertools.islice(reversed(nodes), len(nodes) - before))))
+        cache[_ORDER_KEY] = kept
 
 
 def input_as_twins(nodes: dict, node_id: str) -> bool:
@@ -201,7 +224,7 @@ def topological_order(g: nx.DiGraph) -> list[str]:
     clear on every change of nodes or edges, so the passes of one compile sort once."""
     cache = getattr(g, "__networkx_cache__", None)
     if cache is not None:
-        kept = cache.get("graphres_topological_order")
+        kept = cache.get(_ORDER_KEY)
         if kept is not None and len(kept) == len(g._node):
             return list(kept)
     nodes = g._node
@@ -211,7 +234,7 @@ def topological_order(g: nx.DiGraph) -> list[str]:
     else:
         out = list(nx.lexicographical_topological_sort(g, key=order.__getitem__))
     if cache is not None:
-        cache["graphres_topological_order"] = out
+        cache[_ORDER_KEY] = out
     return list(out)
 
 

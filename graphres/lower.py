@@ -166,14 +166,15 @@ class _Template:
     attributes. A later instance with the same key gets copies, in the same order, exactly what
     lowering it again would give, without evaluating a single expression."""
 
-    # per node: (relative id, the data every copy shares: its op and the fields that are not the
-    # copy's own, its attributes, relative module path, relative operands with None for the input)
+    # per node: (relative id, the data every copy shares: its op, its attributes (the dict itself,
+    # read-only: ir.ATTRS) and the fields that are not the copy's own, relative module path,
+    # relative operands with None for the input)
     nodes: list
     params: dict  # the block's evaluated parameters (G_BLOCK_PARAMS)
     out: str  # relative id of the block's output
     out_ch: int
 
-    PER_INSTANCE = (ir.ORDER, ir.INPUTS, ir.META, ir.SCOPE, ir.MODULE, ir.ATTRS)
+    PER_INSTANCE = (ir.ORDER, ir.INPUTS, ir.META, ir.SCOPE, ir.MODULE)  # ATTRS is shared (read-only)
 
     @classmethod
     def record(cls, ctx: _Ctx, scope: str, x: str, added: list[str], out: str, out_ch: int) -> "_Template | None":
@@ -193,27 +194,27 @@ class _Template:
                 ins.append(None if i == x else i[len(prefix):])
             fixed = {k: v for k, v in d.items() if k not in cls.PER_INSTANCE}
             fixed[ir.TWIN] = n
-            nodes.append((n[len(prefix):], fixed, dict(d[ir.ATTRS]),
-                          None if module is None else module[len(prefix):], tuple(ins)))
+            nodes.append((n[len(prefix):], fixed, None if module is None else module[len(prefix):], tuple(ins)))
         if not out.startswith(prefix):
             return None
         for n in added:
             ctx.g._node[n][ir.TWIN] = n
-        return cls(nodes, dict(ctx.g.graph[ir.G_BLOCK_PARAMS][scope]), out[len(prefix):], out_ch)
+        return cls(nodes, ctx.g.graph[ir.G_BLOCK_PARAMS][scope], out[len(prefix):], out_ch)
 
     def stamp(self, ctx: _Ctx, scope: str, x: str) -> tuple[str, int]:
         g, prefix = ctx.g, scope + "."
         items = []
-        for rel, fixed, attrs, module, ins in self.nodes:
-            data = fixed.copy()  # the fields every copy shares, then the copy's own
-            data[ir.INPUTS] = tuple([x if i is None else prefix + i for i in ins])
-            data[ir.ATTRS] = attrs.copy()
-            data[ir.META] = {}
-            data[ir.SCOPE] = scope
-            data[ir.MODULE] = None if module is None else prefix + module
-            items.append((prefix + rel, data))
+        INPUTS, META, SCOPE, MODULE = ir.INPUTS, ir.META, ir.SCOPE, ir.MODULE
+        for rel, fixed, module, ins in self.nodes:
+            if len(ins) == 1:
+                ins = (x,) if ins[0] is None else (prefix + ins[0],)
+            else:
+                ins = tuple([x if i is None else prefix + i for i in ins])
+            # the fields every copy shares, then the copy's own
+            items.append((prefix + rel, {**fixed, INPUTS: ins, META: {}, SCOPE: scope,
+                                         MODULE: None if module is None else prefix + module}))
         ir.add_nodes_data(g, items)
-        g.graph[ir.G_BLOCK_PARAMS][scope] = dict(self.params)
+        g.graph[ir.G_BLOCK_PARAMS][scope] = self.params  # read-only, as attrs (ir.ATTRS)
         return prefix + self.out, self.out_ch
 
 

@@ -265,6 +265,28 @@ def test_topological_order_is_insertion_order_without_networkx_sort(monkeypatch)
     assert ir.topological_order(g) == expected
 
 
+def test_lowering_keeps_the_order_as_it_adds_nodes_so_no_pass_sorts():
+    g = graphres.compile_spec("resnet50").graph
+    kept = g.__networkx_cache__["graphres_topological_order"]
+    assert kept == sorted(g, key=lambda n: g.nodes[n][ir.ORDER]) and len(kept) == len(g)
+
+
+def test_the_kept_order_follows_removals_and_later_additions():
+    g = ir.new_graph("t")
+    ir.add_node(g, "a", "input")
+    ir.add_node(g, "b", "act", ["a"])
+    ir.add_node(g, "c", "act", ["a"])
+    assert ir.topological_order(g) == ["a", "b", "c"]
+    g.remove_node("b")  # networkx clears its cache
+    ir.add_node(g, "d", "act", ["c"])
+    ir.add_node(g, "e", "add", ["d", "a"])
+    assert ir.topological_order(g) == ["a", "c", "d", "e"]
+    ir.add_nodes_data(g, [("f", {ir.OP: "act", ir.INPUTS: ("e",), ir.ATTRS: {}, ir.META: {}})])
+    assert ir.topological_order(g) == ["a", "c", "d", "e", "f"]
+    with pytest.raises(AssertionError, match="duplicate node"):
+        ir.add_nodes_data(g, [("f", {ir.OP: "act", ir.INPUTS: ("e",), ir.ATTRS: {}, ir.META: {}})])
+
+
 def test_an_edge_against_insertion_order_takes_networkx_sort():
     g = ir.new_graph("t")
     ir.add_node(g, "a", "input")

@@ -133,3 +133,18 @@ def test_a_run_check_error_in_repeated_blocks_is_reported_once():
         graphres.compile_spec(bad)
     assert [d.code for d in err.value.diagnostics] == ["E065"]
     assert "layer1.0.dw" in err.value.diagnostics[0].message
+
+
+def test_copies_share_their_twins_attribute_dicts_and_the_inference_fold_leaves_them_alone():
+    """ir.ATTRS dicts are read-only: a copy holds its twin's (as its block parameters); the
+    inference fold gives a folded conv a new dict, so the analysed graph is unchanged."""
+    import copy
+    from graphres.passes.fold import fold_for_inference
+    g = graphres.compile_spec("resnet50").graph
+    twin, copied = g.nodes["layer3.1.conv1"], g.nodes["layer3.4.conv1"]
+    assert copied[ir.TWIN] == "layer3.1.conv1" and copied[ir.ATTRS] is twin[ir.ATTRS]
+    assert g.graph[ir.G_BLOCK_PARAMS]["layer3.4"] is g.graph[ir.G_BLOCK_PARAMS]["layer3.1"]
+    before = copy.deepcopy({n: d[ir.ATTRS] for n, d in g.nodes(data=True)})
+    h = fold_for_inference(g)
+    assert {n: d[ir.ATTRS] for n, d in g.nodes(data=True)} == before
+    assert h.nodes["layer3.4.conv1"][ir.ATTRS]["bias"] is True and before["layer3.4.conv1"]["bias"] is False

@@ -88,8 +88,13 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
     # a recorded block (its nodes their own twins) -> [trainable params, frozen params, zero-init
     # modules, (module, init) of modules initialised their own way], the modules relative to it
     blocks: dict[str, list] = {}
+    members: dict[str, list[str]] = {}  # a recorded block -> its nodes, in order
+    plans: dict[str, list] = {}  # a recorded block -> _copy_plan
     scope = shift = None  # the block being walked; for a copy, how its fields differ from its twin's
-    for n in order:
+    i, end = 0, len(order)
+    while i < end:
+        n = order[i]
+        i += 1
         d = nodes[n]
         meta = d[ir.META]
         twin = d.get(ir.TWIN)
@@ -107,6 +112,13 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
                     frozen += t_frozen
                     zero_init.extend(f"{scope}.{rel}" for rel in t_zero)
                     inits.extend((f"{scope}.{rel}", kind) for rel, kind in t_inits)
+                    plan = plans.get(source)
+                    if plan is None and source in members:
+                        plan = plans[source] = _copy_plan(nodes, state, members[source])
+                    if plan is not None and order[i - 1] == n and _is_copy(nodes, order, i - 1, plan, scope):
+                        _shift_block(nodes, state, order, i - 1, plan, shift)
+                        i += len(plan) - 1
+                        continue
             if shift is not None:
                 df, dl, db = shift
                 tf, tloc, jump, dfm, tform, trf = state[twin]
@@ -126,6 +138,8 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
                 meta["dilation"] = tm["dilation"]
                 meta["trainable"] = tm["trainable"]
                 continue
+        elif twin is not None:
+            members.setdefault(d[ir.SCOPE], []).append(n)
         rf = None
         op = d[ir.OP]
         if op == "input":
@@ -244,6 +258,59 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
     return in_place, by_scope
 
 
+def _copy_plan(nodes: dict, state: dict, block: list[str]) -> list[tuple]:
+    """For the nodes of a recorded block, in order: (node, the index in the block of its first
+    operand, or -1 for the block's input, when it has its operand's field, formula and rf dict (a
+    pointwise op), else None; its dilation, trainable); what :func:`_shift_block` needs of each."""
+    index = {n: k for k, n in enumerate(block)}
+    plan = []
+    for n in block:
+        src = nodes[n][ir.INPUTS][0]
+        shares = state[n][5] is state[src][5] and state[n][:5] == state[src][:5]  # pointwise
+        plan.append((n, (index.get(src, -1) if shares else None), nodes[n][ir.META]["dilation"],
+                     nodes[n][ir.META]["trainable"]))
+    return plan
+
+
+def _is_copy(nodes: dict, order: list[str], start: int, plan: list, scope: str) -> bool:
+    """Whether ``order[start:start + len(plan)]`` is one copied block, node for node its twin
+    block's: lowering stamps a block's copies together, in its twin block's order, so its first
+    and last nodes tell."""
+    stop = start + len(plan) - 1
+    if stop >= len(order):
+        return False
+    first, last = nodes[order[start]], nodes[order[stop]]
+    return first.get(ir.TWIN) == plan[0][0] and last.get(ir.TWIN) == plan[-1][0] and \
+        first[ir.SCOPE] == scope and last[ir.SCOPE] == scope and \
+        (stop + 1 == len(order) or nodes[order[stop + 1]][ir.SCOPE] != scope)
+
+
+def _shift_block(nodes: dict, state: dict, order: list[str], start: int, plan: list, shift: tuple) -> None:
+    """The fields, formulas, dilations and trainable flags of a copied block from its twin
+    block's, moved by ``shift`` (:func:`_copy_shift`)."""
+    (df0, df1), (dl0, dl1), db = shift
+    x = state[nodes[order[start]][ir.INPUTS][0]]  # the block input's
+    states = []
+    for n, (twin, shares, dilation, trainable) in zip(order[start:start + len(plan)], plan):
+        if shares is not None:  # a pointwise node: its operand's field, formula and dict
+            st = x if shares < 0 else states[shares]
+        else:
+            tf, tloc, jump, dfm, tform, _ = state[twin]
+            f = None if tf is None else (tf[0] + df0, tf[1] + df1)
+            loc = None if tloc is None else (tloc[0] + dl0, tloc[1] + dl1)
+            st = (f, loc, jump, dfm, None if tform is None else (tform[0] + db, tform[1]),
+                  {"size": None if f is None else f[1] - f[0] + 1, "jump": jump,
+                   "center": None if f is None else (f[0] + f[1]) / 2,
+                   "local_size": None if loc is None else loc[1] - loc[0] + 1, "deformable": dfm})
+        states.append(st)
+        state[n] = st
+        meta = nodes[n][ir.META]
+        meta["rf"] = st[5]
+        meta["formula"] = st[4]
+        meta["dilation"] = dilation
+        meta["trainable"] = trainable
+
+
 def _copy_shift(nodes: dict, state: dict, n: str, twin: str) -> tuple | None:
     """For the first node ``n`` of a block that lowering copied from the block of ``twin``: every
     node of the block is a function of the block's input alone, as in the twin block, so when the
@@ -291,11 +358,15 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
     groups: dict[int, list] = {}  # stage -> [params, trainable params, macs, dilation, last node]
     life = _Lifetimes()
     last, scope_of, scope_end, stage_end = life.last, life.scope_of, life.scope_end, life.stage_end
-    crossing, shared = life.crossing, life.shared
+    crossing, shared, sizes, scratch = life.crossing, life.shared, life.sizes, life.scratch
     copied: dict[str, tuple] = {}  # twin -> (its memory figures, whether it shares its operand's storage)
     totals: dict[str, list] = {}  # a recorded block -> [params, trainable params, macs, dilation]
+    members: dict[str, list] = {}  # a recorded block -> [(node, its figures, whether it shares), ...]
     current = whole = acc = None  # the block being walked; whether it is a copy shaped as its twin block
-    for i, n in enumerate(order):
+    i, end = -1, len(order)
+    while i + 1 < end:
+        i += 1
+        n = order[i]
         d = nodes[n]
         meta = d[ir.META]
         scope = d[ir.SCOPE]
@@ -305,11 +376,33 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
             current, whole = scope, False
             if twin is not None and twin != n and stage is not None:
                 # the shapes pass's condition: then every node has its twin's figures (and shape)
-                source = totals.get(nodes[twin][ir.SCOPE])
+                source_scope = nodes[twin][ir.SCOPE]
+                source = totals.get(source_scope)
                 whole = source is not None and stage in groups and ir.input_as_twins(nodes, n)
                 if whole:  # the stage sums, once for the whole copy
                     acc = groups[stage]
                     _add(acc, *source)
+                    plan = members.get(source_scope)
+                    if plan is not None and _is_copy(nodes, order, i, plan, scope):
+                        # the whole block at once: its twin block's figures, and its lifetimes
+                        k = len(plan)
+                        for j, (n, (twin, (figures, shares))) in enumerate(zip(order[i:i + k], plan), i):
+                            d = nodes[n]
+                            d[ir.META].update(figures)
+                            if shares:
+                                shared.append(n)
+                            last[n] = j
+                            scope_of[n] = scope
+                            for src in d[ir.INPUTS]:
+                                last[src] = j
+                                if scope_of[src] != scope:
+                                    crossing.append((src, scope))
+                        sizes.extend([entry[1][0]["bytes"] for entry in plan])
+                        scratch.extend([entry[1][0]["scratch"] for entry in plan])
+                        i += k - 1
+                        scope_end[scope] = stage_end[stage] = i
+                        acc[4] = n
+                        continue
         if whole:
             figures, shares = copied[twin]
             meta.update(figures)
@@ -331,9 +424,12 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
             meta["bytes"] = 0 if shares else full
             if twin == n:
                 copied[n] = ({k: meta[k] for k in ("dilation", "scratch", "in_place", "bytes")}, shares)
+                members.setdefault(scope, []).append((n, copied[n]))
         if shares:
             shared.append(n)
         # lifetimes (peak_activation_bytes)
+        sizes.append(meta["bytes"])
+        scratch.append(meta["scratch"])
         last[n] = i
         scope_of[n] = scope
         for src in d[ir.INPUTS]:
@@ -396,6 +492,8 @@ class _Lifetimes:
         self.stage_end: dict[int, int] = {}
         self.crossing: list[tuple[str, str]] = []  # (operand, reader's scope) for operands made in another block
         self.shared: list[str] = []  # in-place nodes and views, in order: they share their operand's storage
+        self.sizes: list[int] = []  # each node's bytes (meta), in order
+        self.scratch: list[int] = []  # and its scratch bytes
 
     def add(self, i: int, n: str, d: dict, scope: str, shares: bool) -> None:
         last, scope_of = self.last, self.scope_of
@@ -409,6 +507,8 @@ class _Lifetimes:
         self.stage_end[d[ir.STAGE]] = i
         if shares:
             self.shared.append(n)
+        self.sizes.append(d[ir.META]["bytes"])
+        self.scratch.append(d[ir.META].get("scratch", 0))
 
     def peak(self, g: nx.DiGraph, order: list[str]) -> int:
         nodes, last, scope_end, stage_end = g._node, self.last, self.scope_end, self.stage_end
@@ -424,27 +524,26 @@ class _Lifetimes:
         last[ir.INPUT] = end  # the caller holds the image
         for o in g.graph.get("outputs", []):
             last[o["node"]] = end
-        # an in-place node shares its operand's storage: the storage lives as long as either
+        # an in-place node shares its operand's storage (and has no bytes of its own): the storage
+        # lives as long as either
         owner: dict[str, str] = {}
-        free_at = dict(last)
+        free_at = last
         for n in self.shared:
             src = nodes[n][ir.INPUTS][0]
             o = owner[n] = owner.get(src, src)
             if free_at[o] < last[n]:
                 free_at[o] = last[n]
         live = peak = 0
-        releases: dict[int, int] = {}
-        for i, n in enumerate(order):
-            meta = nodes[n][ir.META]
-            size = meta["bytes"]
-            live += size
-            held = live + meta.get("scratch", 0)  # scratch is held only while the op runs
+        releases = [0] * (end + 1)  # step -> bytes freed after it
+        scratch = self.scratch
+        for i, size in enumerate(self.sizes):
+            if size:
+                live += size
+                releases[free_at[order[i]]] += size
+            held = live + scratch[i]  # scratch is held only while the op runs
             if held > peak:
                 peak = held
-            if n not in owner:
-                step = free_at[n]
-                releases[step] = releases.get(step, 0) + size
-            live -= releases.pop(i, 0)
+            live -= releases[i]
         return peak
 
 

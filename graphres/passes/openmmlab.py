@@ -39,14 +39,15 @@ def describe_openmmlab(g: nx.DiGraph, style: str | None = None) -> None:
     nodes = g._node
     by_scope: dict[str, list[str]] = {}
     plugin_nodes = []
-    for n in ir.topological_order(g):
+    order = ir.topological_order(g)
+    for n in order:
         if n != ir.INPUT:
             d = nodes[n]
             scope = d[ir.SCOPE]
             same = by_scope.get(scope)
             if same is None:
                 by_scope[scope] = [n]
-            else:
+            elif d.get(ir.TWIN) in (None, n):  # a copied block needs its first node only (below)
                 same.append(n)
             if d.get(ir.PLUGIN_ARGS) is not None:
                 plugin_nodes.append(d)
@@ -63,6 +64,8 @@ def describe_openmmlab(g: nx.DiGraph, style: str | None = None) -> None:
                     params.get(scope, {}) == params.get(source, {}):
                 blocks[scope] = dict(blocks[source])
             else:
+                if source is not None and source != scope:  # a copy's nodes were not all listed
+                    scope_nodes = [n for n in order if n != ir.INPUT and nodes[n][ir.SCOPE] == scope]
                 blocks[scope] = _block_attrs(g, scope, scope_nodes, params.get(scope, {}))
     for d in plugin_nodes:  # mmcv's plugin modules carry their arguments: block.context_block.in_channels
         blocks.setdefault(f"{d[ir.SCOPE]}.{d[ir.PLUGIN]}", dict(d[ir.PLUGIN_ARGS]))
