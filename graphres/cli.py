@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -199,7 +200,41 @@ def _compile_spec(args: argparse.Namespace):
     overrides = list(args.overrides)
     if getattr(args, "input", None):
         overrides += parse_input_size(args.input)
-    return compile_spec(args.spec, overrides)
+    compiled = compile_spec(args.spec, overrides)
+    if _exit.hard:
+        _exit.kept.append(compiled)  # freed by the exit itself, not object by object (see entry)
+    return compiled
+
+
+class _exit:
+    """How :func:`entry` leaves: ``hard`` once it has decided to end the process with
+    ``os._exit``; ``kept``, what the command compiled, left alive until then."""
+    hard = False
+    kept: list = []
+
+
+# one-shot commands that import no torch and leave nothing to atexit handlers
+_HARD_EXIT_COMMANDS = frozenset({"validate", "info", "expand", "render", "diff", "schema", "list"})
+
+
+def entry() -> None:
+    """The ``graphres`` command (and ``python -m graphres``): :func:`main`, then the process ends.
+
+    For the one-shot commands that never import torch, it ends with ``os._exit`` once stdout and
+    stderr are flushed: the commands have written their files (atomically) and closed them, and
+    tearing the interpreter down would only free, one object at a time, what the command built (a
+    5,000-block spec's analysed graph: about 0.08 s) and every module (about 0.08 s more)."""
+    argv = sys.argv[1:]
+    _exit.hard = bool(argv) and argv[0] in _HARD_EXIT_COMMANDS
+    code = main(argv)
+    if not _exit.hard:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader gone (`graphres expand x | head`), or closed by main
+            pass
+    os._exit(code)
 
 
 def _print_warnings(compiled) -> None:

@@ -167,6 +167,26 @@ def test_python_dash_m_and_version():
     assert r.stdout.strip() == "graphres 0.1.0"
 
 
+def test_one_shot_commands_end_with_their_output_flushed_and_their_exit_status(tmp_path, capsys):
+    """entry() ends validate, info, expand, ... with os._exit after flushing: the whole output
+    arrives (the same as main() in-process), exit statuses hold, and a reader that leaves early
+    gets no traceback."""
+    from graphres import cli
+    assert cli.main(["schema"]) == 0
+    expected = capsys.readouterr().out
+    r = run_cli("schema")
+    assert r.returncode == 0 and r.stdout == expected and len(expected) > 200_000  # past any pipe buffer
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("graphres: 1\nname: x\nstages: []\n")
+    r = run_cli("validate", bad)
+    assert r.returncode == 1 and "error[" in r.stderr and r.stdout == ""
+    p = subprocess.Popen([sys.executable, "-m", "graphres", "schema"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()  # the reader leaves (`| head -c 10`)
+    assert p.wait(timeout=60) == 0 and b"Traceback" not in p.stderr.read()
+
+
 def test_render_output_name_errors_are_usage_errors(tmp_path):
     r = run_cli("render", "specs/resnet18.yaml", "-o", tmp_path / "noext")
     assert r.returncode == 2 and r.stderr.startswith("graphres: error: ")

@@ -362,6 +362,7 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
     copied: dict[str, tuple] = {}  # twin -> (its memory figures, whether it shares its operand's storage)
     totals: dict[str, list] = {}  # a recorded block -> [params, trainable params, macs, dilation]
     members: dict[str, list] = {}  # a recorded block -> [(node, its figures, whether it shares), ...]
+    plans: dict[str, tuple] = {}  # a recorded block -> _lifetime_plan
     current = whole = acc = None  # the block being walked; whether it is a copy shaped as its twin block
     i, end = -1, len(order)
     while i + 1 < end:
@@ -385,20 +386,22 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
                     plan = members.get(source_scope)
                     if plan is not None and _is_copy(nodes, order, i, plan, scope):
                         # the whole block at once: its twin block's figures, and its lifetimes
+                        lp = plans.get(source_scope)
+                        if lp is None:
+                            lp = plans[source_scope] = _lifetime_plan(nodes, plan)
+                        figures_of, rel_last, shared_at, x_last, block_sizes, block_scratch = lp
                         k = len(plan)
-                        for j, (n, (twin, (figures, shares))) in enumerate(zip(order[i:i + k], plan), i):
-                            d = nodes[n]
-                            d[ir.META].update(figures)
-                            if shares:
-                                shared.append(n)
-                            last[n] = j
+                        block = order[i:i + k]
+                        for n, figures, r in zip(block, figures_of, rel_last):
+                            nodes[n][ir.META].update(figures)
+                            last[n] = i + r
                             scope_of[n] = scope
-                            for src in d[ir.INPUTS]:
-                                last[src] = j
-                                if scope_of[src] != scope:
-                                    crossing.append((src, scope))
-                        sizes.extend([entry[1][0]["bytes"] for entry in plan])
-                        scratch.extend([entry[1][0]["scratch"] for entry in plan])
+                        x = nodes[block[0]][ir.INPUTS][0]  # the block's input, its only operand from outside
+                        last[x] = i + x_last
+                        crossing.append((x, scope))
+                        shared.extend([block[j] for j in shared_at])
+                        sizes.extend(block_sizes)
+                        scratch.extend(block_scratch)
                         i += k - 1
                         scope_end[scope] = stage_end[stage] = i
                         acc[4] = n
@@ -451,6 +454,27 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
         acc[4] = n
     g.graph[ir.G_PEAK_BYTES] = life.peak(g, order)
     _summaries(g, groups)
+
+
+def _lifetime_plan(nodes: dict, members: list) -> tuple:
+    """What a copy of a recorded block takes from it in :func:`_memory`, for ``members``, the
+    block's (node, (memory figures, shares its operand's storage)) in order: each node's figures;
+    the position in the block of each node's last reader (its own when none; a reader in a later
+    block moves it on, as node by node); the positions of the nodes that share storage; that of
+    the block input's last reader; and each node's bytes and scratch bytes."""
+    index = {n: k for k, (n, _) in enumerate(members)}
+    rel_last = list(range(len(members)))
+    x_last = 0
+    for k, (n, _) in enumerate(members):
+        for src in nodes[n][ir.INPUTS]:
+            r = index.get(src)
+            if r is None:
+                x_last = k
+            else:
+                rel_last[r] = k  # readers come in order: the last one seen is the last
+    return ([figures for _, (figures, _) in members], rel_last,
+            [k for k, (_, (_, shares)) in enumerate(members) if shares], x_last,
+            [figures["bytes"] for _, (figures, _) in members], [figures["scratch"] for _, (figures, _) in members])
 
 
 def _add(acc: list, params: int, trainable: int, macs: int, dilation: int) -> None:
