@@ -285,3 +285,16 @@ def test_mmcv_2d_norm_aliases_are_accepted(tmp_path):
     path.write_text(R50)
     for alias, short in (("BN2d", "BN"), ("IN2d", "IN")):
         assert graphres.compile_spec(path, [f"norm.type={alias}"]).spec.norm["type"] == short
+
+
+def test_w003_a_dilated_kernel_wider_than_its_input_once_per_stage_and_none_without_dilation():
+    c = graphres.compile_spec("specs/resnet50.yaml", ["output_stride=8", "input.size=[64,64]"])
+    w003 = [d for d in c.warnings if d.code == "W003"]
+    # layer4.0 keeps layer3's dilation 2 (5 pixels on an 8x8 map); layer4.1 onwards run at 4
+    assert [(d.message, str(d.span)) for d in w003] == [(
+        "dilated conv layer4.1.conv2 in layer4: its 3x3 kernel with dilation 4 spans 9 pixels but its input "
+        "is only 8x8, so the outer taps read nothing but zero padding", "specs/resnet50.yaml:13:70")]
+    assert not [d for d in graphres.compile_spec("specs/resnet50.yaml", ["output_stride=8"]).warnings
+                if d.code == "W003"]
+    assert not [d for d in graphres.compile_spec("specs/resnet50.yaml", ["input.size=[32,32]"]).warnings
+                if d.code == "W003"]

@@ -46,9 +46,14 @@ def _dilated_beyond_input(g: nx.DiGraph, spec: Any, diags: DiagnosticBag) -> Non
     """W003: a dilated conv whose kernel spans more than its (unpadded) input: its outer taps only
     ever read zero padding. Reported once per stage, at the first such conv."""
     seen: set = set()
+    # the analysis' largest dilation of each stage (and the stem): only those above 1 have any
+    dilated = {index for index, entry in [(-1, g.graph["stem"])] + [(st["index"], st) for st in g.graph["stages"]]
+               if entry.get("dilation", 2) != 1}
+    if not dilated:
+        return
     for n in ir.topological_order(g):
         d = g._node[n]
-        if d[ir.META].get("dilation", 1) == 1:
+        if d[ir.STAGE] not in dilated or d[ir.META].get("dilation", 1) == 1:
             continue  # neither its own dilation nor its block's: no dilated window (the analysis)
         w = OPS[d[ir.OP]].window(d[ir.ATTRS]) if d[ir.OP] in OPS else None
         if w is None or w.dilation == 1 or d[ir.STAGE] in seen:

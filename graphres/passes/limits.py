@@ -95,12 +95,24 @@ def state_bytes(g: nx.DiGraph) -> int:
     seen: set = set()
     elements = 0
     by_twin: dict[str, int] = {}  # twins (ir.TWIN) have the same tensors
-    for d in g._node.values():
+    by_block: dict[str, int] = {}  # a recorded block's elements: a block copied from it has as many
+    nodes = g._node
+    skip = None  # the copied block being passed over
+    for n, d in nodes.items():
+        scope = d[ir.SCOPE]
+        if scope == skip:
+            continue
+        twin = d.get(ir.TWIN)
+        if twin is not None and twin != n:
+            source = nodes[twin][ir.SCOPE]
+            if source in by_block:  # its modules are its own (lowering copies only such blocks)
+                elements += by_block[source]
+                skip = scope
+                continue
         module = d[ir.MODULE]
         if not module or module in seen or d[ir.OP] not in OPS:
             continue
         seen.add(module)
-        twin = d.get(ir.TWIN)
         count = by_twin.get(twin) if twin is not None else None
         if count is None:
             count = sum(math.prod(shape) if shape else 0  # () is a BN's int64 step counter
@@ -108,6 +120,8 @@ def state_bytes(g: nx.DiGraph) -> int:
             if twin is not None:
                 by_twin[twin] = count
         elements += count
+        if twin == n:
+            by_block[scope] = by_block.get(scope, 0) + count
     return _FLOAT * elements
 
 
