@@ -207,6 +207,20 @@ def input_as_twins(nodes: dict, node_id: str) -> bool:
     return x["shape"] == tx["shape"] and x["stride"] == tx["stride"]
 
 
+def copied_block(nodes: dict, order: list[str], start: int, first: str, last: str, size: int) -> bool:
+    """Whether ``order[start:start + size]`` is one block lowering copied from the block whose
+    nodes, in order, go from ``first`` to ``last`` (``size`` of them), node for node. Lowering
+    stamps a copy's nodes together, in its twin block's order, so the ends tell: the first and the
+    last have those twins and the scope of the first, and the next node is in another scope."""
+    stop = start + size - 1
+    if stop >= len(order):
+        return False
+    head, tail = nodes[order[start]], nodes[order[stop]]
+    scope = head[SCOPE]
+    return head.get(TWIN) == first and tail.get(TWIN) == last and tail[SCOPE] == scope and \
+        (stop + 1 == len(order) or nodes[order[stop + 1]][SCOPE] != scope)
+
+
 def inputs_of(g: nx.DiGraph, node_id: str) -> list[str]:
     """The node's operands in input-port order."""
     return list(g._node[node_id][INPUTS])

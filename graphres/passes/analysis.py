@@ -115,7 +115,7 @@ def _forward(g: nx.DiGraph, order: list[str]) -> tuple[set[str], dict[str, int]]
                     plan = plans.get(source)
                     if plan is None and source in members:
                         plan = plans[source] = _copy_plan(nodes, state, members[source])
-                    if plan is not None and order[i - 1] == n and _is_copy(nodes, order, i - 1, plan, scope):
+                    if plan is not None and ir.copied_block(nodes, order, i - 1, plan[0][0], plan[-1][0], len(plan)):
                         _shift_block(nodes, state, order, i - 1, plan, shift)
                         i += len(plan) - 1
                         continue
@@ -272,19 +272,6 @@ def _copy_plan(nodes: dict, state: dict, block: list[str]) -> list[tuple]:
     return plan
 
 
-def _is_copy(nodes: dict, order: list[str], start: int, plan: list, scope: str) -> bool:
-    """Whether ``order[start:start + len(plan)]`` is one copied block, node for node its twin
-    block's: lowering stamps a block's copies together, in its twin block's order, so its first
-    and last nodes tell."""
-    stop = start + len(plan) - 1
-    if stop >= len(order):
-        return False
-    first, last = nodes[order[start]], nodes[order[stop]]
-    return first.get(ir.TWIN) == plan[0][0] and last.get(ir.TWIN) == plan[-1][0] and \
-        first[ir.SCOPE] == scope and last[ir.SCOPE] == scope and \
-        (stop + 1 == len(order) or nodes[order[stop + 1]][ir.SCOPE] != scope)
-
-
 def _shift_block(nodes: dict, state: dict, order: list[str], start: int, plan: list, shift: tuple) -> None:
     """The fields, formulas, dilations and trainable flags of a copied block from its twin
     block's, moved by ``shift`` (:func:`_copy_shift`)."""
@@ -384,7 +371,7 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
                     acc = groups[stage]
                     _add(acc, *source)
                     plan = members.get(source_scope)
-                    if plan is not None and _is_copy(nodes, order, i, plan, scope):
+                    if plan is not None and ir.copied_block(nodes, order, i, plan[0][0], plan[-1][0], len(plan)):
                         # the whole block at once: its twin block's figures, and its lifetimes
                         lp = plans.get(source_scope)
                         if lp is None:
