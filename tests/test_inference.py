@@ -286,6 +286,51 @@ def test_compiled_build_runs_and_matches(write_spec, tmp_path):
     assert (tmp_path / "inductor").is_dir()
 
 
+def test_compiled_build_calls_onednn_fused_kernel_and_equals_the_eager_build(write_spec):
+    """compile=True keeps the eager build's oneDNN kernels (graphres::fused_conv2d, opaque to
+    inductor): the compiled outputs are the eager inference build's, bit for bit, at the compiled
+    batch and another, with no graph break or recompilation past the new batch size."""
+    from graphres.backends import inference
+    spec = write_spec(TINY)
+    compiled, model, eager = eval_and_inference(spec)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    net = build_inference(compiled.graph, model, compile=True)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(type(m) is inference.CompiledFusedConv2d for m in convs)
+    with torch.inference_mode():
+        for batch in (1, 3):
+            x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+            inference._PACKED.clear()
+            got = outputs(net, x)
+            assert len(inference._PACKED) == len(convs)  # each conv's weight packed by the operator
+            for a, b in zip(got, outputs(eager, x)):
+                assert torch.equal(a, b)
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+
+@pytest.mark.parametrize("groups,dilation,stride,residual,act", [(1, 1, 1, False, "relu"), (4, 2, 2, True, "relu"),
+                                                                  (1, 1, 2, True, "silu"), (2, 1, 1, False, "none")])
+def test_fused_conv_operator_passes_torch_opcheck(groups, dilation, stride, residual, act):
+    """graphres::fused_conv2d's schema, fake (meta) implementation and real one agree
+    (torch.library.opcheck: shapes, strides, dtypes, no aliasing), and it computes the reference."""
+    from graphres.backends.inference import fused_conv2d
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, 9, 11, generator=g)
+    w = torch.randn(16, 8 // groups, 3, 3, generator=g) * 0.1
+    b = torch.randn(16, generator=g)
+    out_hw = ((9 - 1) // stride + 1, (11 - 1) // stride + 1)
+    r = torch.randn(2, 16, *out_hw, generator=g).contiguous(memory_format=torch.channels_last) if residual else None
+    args = (x, w, b, r, [stride] * 2, [dilation] * 2, [dilation] * 2, groups, act)
+    torch.library.opcheck(fused_conv2d, args, test_utils=("test_schema", "test_faketensor"))
+    y = nn.functional.conv2d(x, w, b, stride, dilation, dilation, groups)
+    y = y + r if residual else y
+    y = {"relu": torch.relu, "silu": nn.functional.silu, "none": lambda t: t}[act](y)
+    got = fused_conv2d(*args)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert float((got - y).abs().max() / y.abs().max()) <= 1e-6
+
+
 # -- the fused conv (FusedConv2d): oneDNN's kernel on the CPU, torch's conv elsewhere ------------------
 
 def _reference(conv, x, residual, act):

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+import weakref
+from typing import Any, List, Optional
 
 import networkx as nx
 import torch
@@ -125,6 +126,83 @@ def build_inference(g: nx.DiGraph, model: nn.Module, memory_format: Any = None, 
     return net
 
 
+# -- the fused convolution inside torch.compile ----------------------------------------------------
+#
+# Under torch.compile, FusedConv2d takes its plain path (conv2d, +, activation) and inductor fuses
+# by itself: the same oneDNN convolutions as a compiled torchvision, no faster. A compiled inference
+# build instead calls oneDNN's fused kernel through this operator, opaque to inductor (it compiles
+# everything around it), with the weight kept in oneDNN's blocked layout per thread count and
+# batch, as the eager FusedConv2d does: faster than inductor's own weight prepacking on this CPU
+# (docs/inference.md).
+
+_PACKED: dict[int, tuple] = {}  # id(weight) -> (weakref to it, {(threads, batch, ...): packed weight})
+
+
+def _packed_weight(weight: torch.Tensor, padding: List[int], stride: List[int], dilation: List[int], groups: int,
+                   shape: List[int]) -> torch.Tensor:
+    key = (torch.get_num_threads(), shape[0], weight._version, weight.data_ptr())
+    entry = _PACKED.get(id(weight))
+    if entry is None or entry[0]() is not weight:
+        ident = id(weight)
+        entry = _PACKED[ident] = (weakref.ref(weight, lambda _, ident=ident: _PACKED.pop(ident, None)), {})
+    layouts = entry[1]
+    packed = layouts.get(key)
+    if packed is None:
+        packed = torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, dilation, groups, shape)
+        if len(layouts) >= 4:  # the last four made, as FusedConv2d keeps
+            layouts.pop(next(iter(layouts)))
+        layouts[key] = packed
+    return packed
+
+
+@torch.library.custom_op("graphres::fused_conv2d", mutates_args=())
+def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 residual: Optional[torch.Tensor], stride: List[int], padding: List[int], dilation: List[int],
+                 groups: int, act: str) -> torch.Tensor:
+    """``act(conv2d(x, weight, bias) + residual)`` by oneDNN's fused kernel (FusedConv2d's); the
+    output is channels_last."""
+    channels_last = torch.channels_last
+    x = x.contiguous(memory_format=channels_last)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=channels_last)
+    packed = _packed_weight(weight, padding, stride, dilation, groups, list(x.shape))
+    out = FusedConv2d.onednn_call(x, residual, packed, bias, stride, padding, dilation, groups, act)
+    return out.contiguous(memory_format=channels_last)
+
+
+@fused_conv2d.register_fake
+def _(x, weight, bias, residual, stride, padding, dilation, groups, act):
+    n, _, h, w = x.shape
+    k_h, k_w = weight.shape[2:]
+    out_h = (h + 2 * padding[0] - dilation[0] * (k_h - 1) - 1) // stride[0] + 1
+    out_w = (w + 2 * padding[1] - dilation[1] * (k_w - 1) - 1) // stride[1] + 1
+    return x.new_empty((n, weight.shape[0], out_h, out_w)).contiguous(memory_format=torch.channels_last)
+
+
+class CompiledFusedConv2d(FusedConv2d):
+    """FusedConv2d in a compiled inference build: inside torch.compile (not torch.export), a call
+    on a float32 CPU tensor that needs no gradient is one ``graphres::fused_conv2d``; anything else
+    is FusedConv2d's. What does not depend on the input (oneDNN present, the weight's dtype and
+    device, zero padding) was checked when the layer was given this class (:func:`compile_inference`);
+    the rest is plain attribute and tensor-property reads that dynamo traces without a break."""
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and self.prepack \
+                and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 \
+                and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32 \
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                                      or (residual is not None and residual.requires_grad))):
+            return fused_conv2d(x, self.weight, self.bias, residual, list(self.stride), list(self.padding),
+                                list(self.dilation), self.groups, self.act)
+        return super().forward(x, residual)
+
+
+def _compiled_kernel_applies(m: FusedConv2d) -> bool:
+    """Whether ``m`` can take oneDNN's kernel in a compiled build (what does not change per call)."""
+    return (type(m) is FusedConv2d and m.prepack and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
 def compile_inference(net: GraphresInference, g: nx.DiGraph, cache_dir: str | os.PathLike | None = None) -> float:
     """Compile ``net`` in place (``nn.Module.compile``) with inductor's freezing (the weights are
     constants, so conv weights are prepacked and folded into the kernels) and its FX graph cache
@@ -133,6 +211,9 @@ def compile_inference(net: GraphresInference, g: nx.DiGraph, cache_dir: str | os
     kept as ``net.compile_seconds`` (and logged on the ``graphres.inference`` logger)."""
     if cache_dir is not None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.fspath(cache_dir)
+    for m in net.modules():
+        if _compiled_kernel_applies(m):  # oneDNN's kernel stays (see fused_conv2d)
+            m.__class__ = CompiledFusedConv2d
     net.compile(backend="inductor", options={"freezing": True, "fx_graph_cache": True})
     param = next(net.parameters())
     example = torch.randn(1, g.graph[ir.G_INPUT_CHANNELS], *g.graph[ir.G_INPUT_SIZE], device=param.device,

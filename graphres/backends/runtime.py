@@ -115,7 +115,12 @@ class FusedConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _onednn(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
-        if torch.compiler.is_compiling() or not self.prepack or not isinstance(x, torch.Tensor):
+        return not torch.compiler.is_compiling() and self._onednn_applies(x, residual)
+
+    @torch.jit.unused
+    def _onednn_applies(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+        """Whether oneDNN's fused kernel can run this call: float32 on the CPU, no gradient."""
+        if not self.prepack or not isinstance(x, torch.Tensor):
             return False
         w = self.weight
         return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
@@ -140,18 +145,32 @@ class FusedConv2d(nn.Conv2d):
                 w.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape))
             kept = [(k, v) for k, v in cache.items() if k[:3] == weight][-3:]
             self._packed = dict(kept + [(key, packed)])
-        bias = self.bias.detach() if self.bias is not None else None
-        act = {"none": None, "relu": "relu", "silu": "swish", "hardswish": "hardswish", "gelu": "gelu"}[self.act]
-        algorithm = "none" if act == "gelu" else ""  # exact (erf) GELU, as nn.GELU()
+        return FusedConv2d.onednn_call(x, residual, packed, self.bias.detach() if self.bias is not None else None,
+                                       list(self.stride), list(self.padding), list(self.dilation), self.groups,
+                                       self.act)
+
+    @staticmethod
+    @torch.jit.unused
+    def onednn_call(x: torch.Tensor, residual: Optional[torch.Tensor], packed: torch.Tensor,
+                    bias: Optional[torch.Tensor], stride: List[int], padding: List[int], dilation: List[int],
+                    groups: int, act: str) -> torch.Tensor:
+        """``act(conv(x) + residual)`` by oneDNN's fused kernel, ``packed`` the weight in its
+        blocked layout for this thread count and batch."""
+        fused = {"none": None, "relu": "relu", "silu": "swish", "hardswish": "hardswish", "gelu": "gelu"}[act]
+        algorithm = "none" if fused == "gelu" else ""  # exact (erf) GELU, as nn.GELU()
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(
-                x, packed, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
-                act or "none", [], algorithm)
-        post = act if act == "relu" else None  # oneDNN's sum takes ReLU alone after it
+                x, packed, bias, padding, stride, dilation, groups, fused or "none", [], algorithm)
+        post = fused if fused == "relu" else None  # oneDNN's sum takes ReLU alone after it
         y = torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, packed, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
-            "add", None, post, [], None)
-        return self._activate(y) if post is None else y
+            x, residual, packed, bias, padding, stride, dilation, groups, "add", None, post, [], None)
+        if post is not None or act == "none":
+            return y
+        if act == "silu":
+            return nn.functional.silu(y, inplace=True)
+        if act == "hardswish":
+            return nn.functional.hardswish(y, inplace=True)
+        return nn.functional.gelu(y)
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):
