@@ -66,6 +66,10 @@ ORDER = "order"  # insertion index, for deterministic topological order
 META = "meta"  # open dict where passes put their results (shape, params, macs, ...)
 DECL = "decl"  # sort key of the module's declaration (plugins after the block's own modules; see lowering)
 PLUGIN = "plugin"  # the plugin (module name, ``context_block``) a node belongs to, for diagrams
+# a layer that uses a block type (``{name: conv2, block: split_attn}``, ``{name: se, block: se}``)
+# inside a block instance: (its name, the block type) on each node it made, the outermost use's;
+# absent elsewhere (diagrams draw the use as a cluster)
+USE = "use"
 # the evaluated arguments of that plugin (in_channels and its block's parameters), on each of its
 # nodes: mmcv's plugin modules carry them as attributes (``block.context_block.in_channels``)
 PLUGIN_ARGS = "plugin_args"

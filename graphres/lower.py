@@ -373,7 +373,11 @@ def _lower_layers(ctx: _Ctx, inst: _Instance, layers: list[LayerDef], names: dic
             continue
         if layer.block is not None:
             local = _local_name(ctx, inst, layer)
+            start = len(ctx.added)
             prev = _lower_use(ctx, inst, layer, local, inputs)
+            use = (local, layer.block)
+            for n in ctx.added[start:]:  # an inner use's nodes end up with the outermost use's
+                ctx.g._node[n][ir.USE] = use
             names[local] = prev
             continue
         if seq is not None:

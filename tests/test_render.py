@@ -13,7 +13,7 @@ from pathlib import Path
 import graphviz
 import pytest
 
-from graphres import compile_spec
+from graphres import compile_spec, ir
 from graphres.backends import graphviz as gv_backend
 from graphres.backends.graphviz import INSTALL_HINT, LEVELS, render, to_dot
 from graphres.diagnostics import DotNotFoundError
@@ -204,6 +204,23 @@ def test_layer_level_svg(r50, tmp_path):
     # frozen layers are gray; in a trainable stage they are not
     assert node_fill(out, "layer1.0.conv1") == node_fill(out, "layer1.0.add") == "#d9d9d9"
     assert node_fill(out, "layer2.0.conv1") == "#ffffff"
+
+
+@needs_dot
+def test_layer_level_draws_a_layer_that_uses_a_block_type_as_its_cluster(tmp_path):
+    """ResNeSt's conv2 (block split_attn) and an SE block are clusters inside their block's, as
+    plugins are; ResNeSt layer1.0's split attention: conv 128x32x3x3 = 36,864, bn0 256, fc1
+    32x64 + 32, bn1 64, fc2 128x32 + 128: 43,488 parameters; the grouped conv's 128 x 56 x 56 x
+    288 MACs are 115.6M of it."""
+    g = compile_spec(ROOT / "specs/resnest50d.yaml").graph
+    assert g.nodes["layer1.0.conv2.fc1"][ir.USE] == ("conv2", "split_attn")
+    assert ir.USE not in g.nodes["layer1.0.conv1"]
+    heads = clusters(render(g, tmp_path / "rs.svg", level="layer"))
+    uses = {k: v for k, v in heads.items() if v[0] == "conv2: split_attn"}
+    assert [v[1] for v in uses.values()][0] == "params 43.5K, MACs 116M"
+    assert len(uses) == 8  # per stage: the first block and the folded rest
+    heads = clusters(render(compile_spec(ROOT / "specs/se_resnet50.yaml").graph, tmp_path / "se.svg", level="layer"))
+    assert sum(v[0] == "se: se" for v in heads.values()) == 8
 
 
 @needs_dot

@@ -408,14 +408,18 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
                         width = max(width, _text_width(stage_lines, 12))
                     first = plan.scope_nodes[run.scopes[0]]
                     _pad_label(inner, f"cluster_{run.id}", plan.box[first[0]], width, rankdir)
-                    plugins: dict[str, list[str]] = {}
+                    # plugins and layers using a block type, each a cluster: name -> (type, nodes)
+                    plugins: dict[str, tuple[str, list[str]]] = {}
                     for n in first:
-                        if g.nodes[n].get(ir.PLUGIN):
-                            plugins.setdefault(g.nodes[n][ir.PLUGIN], []).append(n)
+                        d = g.nodes[n]
+                        if d.get(ir.PLUGIN):  # the plugin's type: its first node's
+                            plugins.setdefault(d[ir.PLUGIN], (d[ir.BLOCK_TYPE], []))[1].append(n)
+                        elif d.get(ir.USE):
+                            plugins.setdefault(d[ir.USE][0], (d[ir.USE][1], []))[1].append(n)
                         else:
                             _layer_node(inner, g, n, plan.box[n], t, frozen, n in main_path)
-                    for j, (name, members) in enumerate(plugins.items()):
-                        _plugin_cluster(inner, g, f"cluster_{run.id}_p{j}", name, members, plan, t, frozen,
+                    for j, (name, (block, members)) in enumerate(plugins.items()):
+                        _plugin_cluster(inner, g, f"cluster_{run.id}_p{j}", name, block, members, plan, t, frozen,
                                         main_path, rankdir)
 
     if plan.head:
@@ -457,13 +461,14 @@ def _build(g: nx.DiGraph, level: str, rankdir: str, expand: Iterable[str], theme
     return dg
 
 
-def _plugin_cluster(parent, g: nx.DiGraph, cid: str, name: str, members: list[str], plan, t: Theme, frozen: bool,
-                    main_path: set, rankdir: str) -> None:
-    """A plugin (an attention block at a slot of the block) as its own cluster inside the block's:
-    its module name and block type, parameters and MACs."""
+def _plugin_cluster(parent, g: nx.DiGraph, cid: str, name: str, block: str, members: list[str], plan, t: Theme,
+                    frozen: bool, main_path: set, rankdir: str) -> None:
+    """A plugin (an attention block at a slot of the block) or a layer using a block type (ResNeSt's
+    ``conv2: split_attn``, an SE block) as its own cluster inside the block's: its module name and
+    block type, parameters and MACs."""
     params = sum(g.nodes[n][ir.META].get("params", 0) for n in members)
     macs = sum(g.nodes[n][ir.META].get("macs", 0) for n in members)
-    lines = [f"{name}: {g.nodes[members[0]][ir.BLOCK_TYPE]}", f"params {_si(params)}, MACs {_si(macs)}"]
+    lines = [f"{name}: {block}", f"params {_si(params)}, MACs {_si(macs)}"]
     with parent.subgraph(name=cid) as sub:
         _cluster_attrs(sub, t, lines, frozen, outer=False, rankdir=rankdir)
         for n in members:
