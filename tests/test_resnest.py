@@ -64,6 +64,23 @@ def model():
 
 # -- keys, loading, figures ------------------------------------------------------------------------
 
+def test_attention_conv_biases_keep_torchs_default_draw_as_timm(model):
+    """timm's ResNet init re-draws conv weights (Kaiming, fan_out) and leaves biases as torch's
+    layers drew them, uniform in +-1/sqrt(fan_in); graphres' fc1/fc2 (init: torch_bias) too, while
+    their weights keep the network's Kaiming draw. Other convs have no bias."""
+    import math
+    for path in ("layer1.0.conv2.fc1", "layer2.0.conv2.fc2", "layer4.2.conv2.fc2"):
+        conv = model.get_submodule(path)
+        fan_in = conv.weight.shape[1] * conv.weight.shape[2] * conv.weight.shape[3]
+        bound = 1 / math.sqrt(fan_in)
+        b = conv.bias.detach()
+        assert float(b.abs().max()) <= bound and float(b.abs().min()) > 0
+        if b.numel() >= 256:  # enough values to tell a uniform draw by its spread
+            assert 0.9 < float(b.std()) / (bound / math.sqrt(3)) < 1.1
+        fan_out = conv.weight.shape[0] * conv.weight.shape[2] * conv.weight.shape[3]  # torch's fan_out
+        assert 0.9 < float(conv.weight.std()) / math.sqrt(2 / fan_out) < 1.1  # Kaiming, fan_out, relu
+
+
 def test_keys_shapes_and_order_are_timms(model):
     keys = timm_keys()
     assert len(keys) == 476

@@ -479,7 +479,16 @@ class RelativePosition(nn.Linear):
 
 
 def init_module(m: nn.Module, kind: str) -> None:
-    """A module's own initialisation, after the network's (the attention plugins': mmcv's)."""
+    """A module's own initialisation, after the network's (the attention plugins': mmcv's); the
+    bias is then zero, except for ``torch_bias``: the weight keeps the network's initialisation
+    and the bias is drawn as torch's own layers draw it, uniform in +-1/sqrt(fan_in) (timm leaves
+    ResNeSt's attention convs' biases so)."""
+    if kind == "torch_bias":
+        if getattr(m, "bias", None) is not None:
+            fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(m.bias, -bound, bound)
+        return
     if kind == "zeros":
         nn.init.zeros_(m.weight)
     elif kind == "normal_0.01":
