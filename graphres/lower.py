@@ -94,6 +94,7 @@ def _lower_all(ctx: _Ctx) -> None:
         # stage's, so a template key depends only on the extra arguments and the input channels
         same_args = not stage.per_block and not stage.types
         keys: dict[tuple, tuple | None] = {}
+        stamps: dict[tuple, _Template] = {}  # the same, straight to the template once there is one
         for b in range(stage.blocks):
             block = spec.blocks[stage.block_type(b)]
             args = stage.args if same_args else stage.block_args(b)
@@ -108,12 +109,18 @@ def _lower_all(ctx: _Ctx) -> None:
             plugins, mode = getattr(stage, "plugins", ()), getattr(stage, "plugin_mode", "chain")
             if same_args:
                 known = (tuple(extra.items()), ch)
+                tpl = stamps.get(known)
+                if tpl is not None:
+                    x, ch = tpl.stamp(ctx, scope, x)
+                    continue
                 key = keys[known] if known in keys else keys.setdefault(
                     known, _template_key(block, stage.index, args, extra, ch, plugins, mode))
             else:
                 key = _template_key(block, stage.index, args, extra, ch, plugins, mode)
             tpl = ctx.templates.get(key) if key is not None else None
             if tpl is not None:
+                if same_args:
+                    stamps[known] = tpl
                 x, ch = tpl.stamp(ctx, scope, x)
                 continue
             start, errors = len(ctx.added), len(ctx.diags.items)

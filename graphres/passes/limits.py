@@ -38,7 +38,12 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
     ends = {st.get("output") for st in g.graph.get("stages", [])} | {(g.graph.get("head") or {}).get("output")}
     fine: set[tuple] = set()  # (twin, operand shape) whose op rule found nothing (ir.TWIN)
     scope = same = None  # the copied block being walked; whether its input has its twin block's shape
-    for n in ir.topological_order(g):
+    recorded: dict[str, list] = {}  # a recorded block -> [its first node, last node, node count]
+    order = ir.topological_order(g)
+    i, end = -1, len(order)
+    while i + 1 < end:
+        i += 1
+        n = order[i]
         d = nodes[n]
         twin = d.get(ir.TWIN)
         if twin is not None and twin != n:
@@ -48,8 +53,16 @@ def check_limits(g: nx.DiGraph, diags: DiagnosticBag) -> None:
             if d[ir.SCOPE] != scope:
                 scope = d[ir.SCOPE]
                 same = ir.input_as_twins(nodes, n)
+                rec = recorded.get(nodes[twin][ir.SCOPE]) if same else None
+                if rec is not None and ir.copied_block(nodes, order, i, *rec):
+                    i += rec[2] - 1  # the whole block
+                    continue
             if same:
                 continue
+        elif twin is not None:
+            rec = recorded.setdefault(d[ir.SCOPE], [n, n, 0])
+            rec[1] = n
+            rec[2] += 1
         if not succ[n] and n not in ends and n != ir.INPUT and not d.get(ir.DISCARDED):
             # the torch backend cannot plan a dead end (except a plugin result mmsegmentation drops)
             diags.add("E016", f"the output of {n} is never used, which graphres does not support yet",

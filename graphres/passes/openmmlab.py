@@ -38,19 +38,41 @@ def describe_openmmlab(g: nx.DiGraph, style: str | None = None) -> None:
     stages = g.graph[ir.G_STAGES]
     nodes = g._node
     by_scope: dict[str, list[str]] = {}
-    plugin_nodes = []
+    plugins: list[tuple] = []  # (scope, plugin name, its arguments) of each plugin node
+    # a recorded block (its nodes their own twins) -> [its first node, last node, node count,
+    # its plugin nodes' (plugin, arguments)]: a block copied from it is passed over at once
+    recorded: dict[str, list] = {}
     order = ir.topological_order(g)
-    for n in order:
-        if n != ir.INPUT:
-            d = nodes[n]
-            scope = d[ir.SCOPE]
-            same = by_scope.get(scope)
-            if same is None:
-                by_scope[scope] = [n]
-            elif d.get(ir.TWIN) in (None, n):  # a copied block needs its first node only (below)
-                same.append(n)
+    i, end = -1, len(order)
+    while i + 1 < end:
+        i += 1
+        n = order[i]
+        if n == ir.INPUT:
+            continue
+        d = nodes[n]
+        scope = d[ir.SCOPE]
+        twin = d.get(ir.TWIN)
+        same = by_scope.get(scope)
+        if same is None:
+            by_scope[scope] = [n]
+            if twin is not None and twin != n:  # a copied block needs its first node only (below)
+                rec = recorded.get(nodes[twin][ir.SCOPE])
+                if rec is not None and ir.copied_block(nodes, order, i, rec[0], rec[1], rec[2]):
+                    plugins.extend((scope, name, args) for name, args in rec[3])
+                    i += rec[2] - 1
+                    continue
+        elif twin is None or twin == n:
+            same.append(n)
+        if d.get(ir.PLUGIN_ARGS) is not None:
+            plugins.append((scope, d[ir.PLUGIN], d[ir.PLUGIN_ARGS]))
+        if twin == n:
+            rec = recorded.get(scope)
+            if rec is None:
+                rec = recorded[scope] = [n, n, 0, []]
+            rec[1] = n
+            rec[2] += 1
             if d.get(ir.PLUGIN_ARGS) is not None:
-                plugin_nodes.append(d)
+                rec[3].append((d[ir.PLUGIN], d[ir.PLUGIN_ARGS]))
     blocks: dict[str, dict[str, Any]] = {}
     for st in stages:
         for b in range(st["blocks"]):
@@ -67,8 +89,8 @@ def describe_openmmlab(g: nx.DiGraph, style: str | None = None) -> None:
                 if source is not None and source != scope:  # a copy's nodes were not all listed
                     scope_nodes = [n for n in order if n != ir.INPUT and nodes[n][ir.SCOPE] == scope]
                 blocks[scope] = _block_attrs(g, scope, scope_nodes, params.get(scope, {}))
-    for d in plugin_nodes:  # mmcv's plugin modules carry their arguments: block.context_block.in_channels
-        blocks.setdefault(f"{d[ir.SCOPE]}.{d[ir.PLUGIN]}", dict(d[ir.PLUGIN_ARGS]))
+    for scope, name, args in plugins:  # mmcv's plugin modules carry their arguments: block.context_block.in_channels
+        blocks.setdefault(f"{scope}.{name}", dict(args))
     stem_nodes = by_scope.get(ir.STEM_SCOPE, [])
     stem_params = params.get(ir.STEM_SCOPE, {})
     first = [blocks.get(f"{st['name']}.0", {}) for st in stages]
