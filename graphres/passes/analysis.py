@@ -37,7 +37,9 @@ live activations during one forward, see :func:`peak_activation_bytes`), and per
 """
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from typing import Any
 
 import networkx as nx
@@ -386,7 +388,7 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
                         x = nodes[block[0]][ir.INPUTS][0]  # the block's input, its only operand from outside
                         last[x] = i + x_last
                         crossing.append((x, scope))
-                        shared.extend([block[j] for j in shared_at])
+                        shared.extend([(block[j], block[r] if r >= 0 else x) for j, r in shared_at])
                         sizes.extend(block_sizes)
                         scratch.extend(block_scratch)
                         i += k - 1
@@ -416,7 +418,7 @@ def _memory(g: nx.DiGraph, order: list[str], in_place: set[str], by_scope: dict[
                 copied[n] = ({k: meta[k] for k in ("dilation", "scratch", "in_place", "bytes")}, shares)
                 members.setdefault(scope, []).append((n, copied[n]))
         if shares:
-            shared.append(n)
+            shared.append((n, d[ir.INPUTS][0]))
         # lifetimes (peak_activation_bytes)
         sizes.append(meta["bytes"])
         scratch.append(meta["scratch"])
@@ -447,8 +449,9 @@ def _lifetime_plan(nodes: dict, members: list) -> tuple:
     """What a copy of a recorded block takes from it in :func:`_memory`, for ``members``, the
     block's (node, (memory figures, shares its operand's storage)) in order: each node's figures;
     the position in the block of each node's last reader (its own when none; a reader in a later
-    block moves it on, as node by node); the positions of the nodes that share storage; that of
-    the block input's last reader; and each node's bytes and scratch bytes."""
+    block moves it on, as node by node); the positions of the nodes that share storage, each with
+    its operand's (-1: the block's input); that of the block input's last reader; and each node's
+    bytes and scratch bytes."""
     index = {n: k for k, (n, _) in enumerate(members)}
     rel_last = list(range(len(members)))
     x_last = 0
@@ -460,7 +463,8 @@ def _lifetime_plan(nodes: dict, members: list) -> tuple:
             else:
                 rel_last[r] = k  # readers come in order: the last one seen is the last
     return ([figures for _, (figures, _) in members], rel_last,
-            [k for k, (_, (_, shares)) in enumerate(members) if shares], x_last,
+            [(k, index.get(nodes[n][ir.INPUTS][0], -1)) for k, (n, (_, shares)) in enumerate(members) if shares],
+            x_last,
             [figures["bytes"] for _, (figures, _) in members], [figures["scratch"] for _, (figures, _) in members])
 
 
@@ -502,7 +506,8 @@ class _Lifetimes:
         self.scope_end: dict[str, int] = {}
         self.stage_end: dict[int, int] = {}
         self.crossing: list[tuple[str, str]] = []  # (operand, reader's scope) for operands made in another block
-        self.shared: list[str] = []  # in-place nodes and views, in order: they share their operand's storage
+        # (in-place node or view, its operand), in order: the node shares its operand's storage
+        self.shared: list[tuple[str, str]] = []
         self.sizes: list[int] = []  # each node's bytes (meta), in order
         self.scratch: list[int] = []  # and its scratch bytes
 
@@ -517,12 +522,12 @@ class _Lifetimes:
         self.scope_end[scope] = i
         self.stage_end[d[ir.STAGE]] = i
         if shares:
-            self.shared.append(n)
+            self.shared.append((n, d[ir.INPUTS][0]))
         self.sizes.append(d[ir.META]["bytes"])
         self.scratch.append(d[ir.META].get("scratch", 0))
 
     def peak(self, g: nx.DiGraph, order: list[str]) -> int:
-        nodes, last, scope_end, stage_end = g._node, self.last, self.scope_end, self.stage_end
+        last, scope_end, stage_end = self.last, self.scope_end, self.stage_end
         end = len(order)
         # the caller holds a block's input until the block returns
         for s, sc in self.crossing:
@@ -539,23 +544,19 @@ class _Lifetimes:
         # lives as long as either
         owner: dict[str, str] = {}
         free_at = last
-        for n in self.shared:
-            src = nodes[n][ir.INPUTS][0]
+        for n, src in self.shared:
             o = owner[n] = owner.get(src, src)
             if free_at[o] < last[n]:
                 free_at[o] = last[n]
-        live = peak = 0
         releases = [0] * (end + 1)  # step -> bytes freed after it
-        scratch = self.scratch
-        for i, size in enumerate(self.sizes):
+        for n, size in zip(order, self.sizes):
             if size:
-                live += size
-                releases[free_at[order[i]]] += size
-            held = live + scratch[i]  # scratch is held only while the op runs
-            if held > peak:
-                peak = held
-            live -= releases[i]
-        return peak
+                releases[free_at[n]] += size
+        # live bytes after step i (made up to it, less freed up to it): a running sum, in C
+        after = itertools.accumulate(map(operator.sub, self.sizes, releases))
+        # held while step i runs: what was live before it, its output and its scratch bytes
+        #   = after[i] + releases[i] + scratch[i]
+        return max(map(operator.add, after, map(operator.add, releases, self.scratch)), default=0)
 
 
 def _summaries(g: nx.DiGraph, groups: dict[int, list]) -> None:
