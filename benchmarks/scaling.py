@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", default="", help="a name for this run (before / after)")
     ap.add_argument("--block", default="basic", choices=["basic", "bottleneck"],
                     help="the repeated block type (bottleneck: 10 layers a block instead of 7)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "scaling", help="writes OUT.txt and OUT.json")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "scaling", help="writes OUT.txt and OUT.json (OUT_LABEL.* with --label)")
     ap.add_argument("--profile", type=int, metavar="N", help="also write cProfile output at N blocks")
     ap.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                     help="also time this checkout's graphres, interleaved with this one (before/after in one run)")
