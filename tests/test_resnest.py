@@ -78,7 +78,7 @@ def test_attention_conv_biases_keep_torchs_default_draw_as_timm(model):
         if b.numel() >= 256:  # enough values to tell a uniform draw by its spread
             assert 0.9 < float(b.std()) / (bound / math.sqrt(3)) < 1.1
         fan_out = conv.weight.shape[0] * conv.weight.shape[2] * conv.weight.shape[3]  # torch's fan_out
-        assert 0.9 < float(conv.weight.std()) / math.sqrt(2 / fan_out) < 1.1  # Kaiming, fan_out, relu
+        assert 0.9 < float(conv.weight.detach().std()) / math.sqrt(2 / fan_out) < 1.1  # Kaiming, fan_out, relu
 
 
 def test_keys_shapes_and_order_are_timms(model):
