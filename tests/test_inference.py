@@ -309,6 +309,24 @@ def test_compiled_build_calls_onednn_fused_kernel_and_equals_the_eager_build(wri
     assert not torch._dynamo.utils.counters["graph_break"]
 
 
+def test_compiled_kernel_layers_export_as_plain_convolutions(write_spec):
+    """A compiled build's layers (CompiledFusedConv2d) take the plain path under torch.export:
+    the exported program has aten convolutions and no graphres operator, and computes the same."""
+    from graphres.backends import inference
+    spec = write_spec(TINY)
+    compiled, model, net = eval_and_inference(spec)
+    for m in net.modules():
+        if inference._compiled_kernel_applies(m):
+            m.__class__ = inference.CompiledFusedConv2d
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    program = torch.export.export(net, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not [t for t in targets if "graphres" in t]
+    assert any("convolution" in t or "conv2d" in t for t in targets)
+    with torch.no_grad():
+        assert_close(outputs(net, x), tuple(program.module()(x)), rtol=1e-5)
+
+
 @pytest.mark.parametrize("groups,dilation,stride,residual,act", [(1, 1, 1, False, "relu"), (4, 2, 2, True, "relu"),
                                                                   (1, 1, 2, True, "silu"), (2, 1, 1, False, "none")])
 def test_fused_conv_operator_passes_torch_opcheck(groups, dilation, stride, residual, act):
