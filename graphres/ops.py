@@ -247,6 +247,8 @@ def _conv_torch(a: dict, in_ch: int, out_ch: int, settings: Mapping, inplace: bo
         return f"ConvWS2d({', '.join(args)}{'' if eps == 1e-5 else f', eps={eps!r}'})"
     if "fused_act" in a:  # the inference build's fused layer (passes/fold.py decided)
         args += [f"act={a['fused_act']!r}", f"residual={a['fused_residual']}"]
+        if a.get("reuse_residual"):
+            args.append("reuse_residual=True")
         return f"FusedConv2d({', '.join(args)})"
     return f"nn.Conv2d({', '.join(args)})"
 

@@ -327,6 +327,121 @@ def test_compiled_kernel_layers_export_as_plain_convolutions(write_spec):
         assert_close(outputs(net, x), tuple(program.module()(x)), rtol=1e-5)
 
 
+# a stage output (out_indices 0) that the next stage's first block (no downsample) takes as its identity
+SHARED_OUTPUT = """
+graphres: 1
+name: shared_output
+input: {channels: 3, size: [32, 32]}
+norm: {type: BN}
+stem: {type: conv7x7, channels: 8}
+stages:
+  - {block: basic, blocks: 2, planes: 8, stride: 1}
+  - {block: basic, blocks: 2, planes: 8, stride: 1}
+out_indices: [0, 1]
+"""
+
+
+def test_reuse_residual_marks_the_residuals_last_reader_only():
+    """The inference pass lets a conv write over its residual only where it is the residual's last
+    reader: every conv3 of resnet50 (the identity is dead after the sum; the first block's
+    residual is its downsample), but not the block that reads a returned stage output."""
+    from graphres.passes.fold import _last_use
+    h = fold_for_inference(graphres.compile_spec("resnet50").graph)
+    marked = sorted(h.nodes[n][ir.MODULE] for n in h.nodes if h.nodes[n][ir.ATTRS].get("reuse_residual"))
+    fused = sorted(h.nodes[n][ir.MODULE] for n in h.nodes if h.nodes[n][ir.ATTRS].get("fused_residual"))
+    assert marked == fused and len(marked) == 16 and marked[0] == "layer1.0.conv3"
+    net = graphres.build("resnet50", inference=True)
+    assert "FusedConv2d(64, 256, kernel_size=(1, 1), stride=(1, 1), act='relu', residual=True, reuse_residual=True)" \
+        == repr(net.layer1[1].conv3)
+    assert not net.layer1[0].conv1.reuse_residual
+    assert not _last_use(h, ir.INPUT, "conv1")  # the caller's image is never written over
+
+
+def test_reuse_residual_spares_a_returned_stage_output(write_spec):
+    spec = write_spec(SHARED_OUTPUT)
+    h = fold_for_inference(graphres.compile_spec(spec).graph)
+    reuse = {h.nodes[n][ir.MODULE]: bool(h.nodes[n][ir.ATTRS].get("reuse_residual"))
+             for n in h.nodes if h.nodes[n][ir.ATTRS].get("fused_residual")}
+    # layer2.0 adds layer1's output, which forward() also returns; everything else is dead after its sum
+    assert reuse == {"layer1.0.conv2": True, "layer1.1.conv2": True, "layer2.0.conv2": False,
+                     "layer2.1.conv2": True}
+
+
+def test_compiled_build_writes_over_dead_residuals_and_returns_what_eager_does(write_spec):
+    """A compiled build runs each reuse_residual layer as graphres::fused_conv2d_into_residual in
+    the residual's own buffer (inductor drops the clone the layer asks for): a forward allocates
+    three block outputs fewer than with the flag off, and the returned stage outputs and the
+    caller's image are what the eager inference build gives, bit for bit, with no graph break.
+    With a forward hook that keeps a block's output, that output is copied first and the hook's
+    tensor stays the block's output."""
+    spec = write_spec(SHARED_OUTPUT)
+    compiled, model, eager = eval_and_inference(spec)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    net = build_inference(compiled.graph, model, compile=True)
+
+    def run(batch):
+        """Outputs checked; (graphres operators called, bytes allocated) in one forward."""
+        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)).contiguous(
+            memory_format=torch.channels_last)
+        before = x.clone()
+        with torch.inference_mode():
+            for _ in range(2):  # compiles for this batch size, mode and hook state, if it must
+                outputs(net, x)
+            with torch.profiler.profile(profile_memory=True) as prof:
+                got = outputs(net, x)
+            for a, b in zip(got, outputs(eager, x)):
+                assert torch.equal(a, b)
+        assert torch.equal(x, before)
+        events = prof.events()
+        names = [e.name for e in events if e.name.startswith("graphres::")]
+        return names, sum(e.self_cpu_memory_usage for e in events if e.self_cpu_memory_usage > 0)
+
+    # layer1.0, layer1.1 and layer2.1 write over their residual (layer2.0's, layer1's output, is returned)
+    reusing = {"graphres::fused_conv2d_into_residual": 3, "graphres::fused_conv2d": 6}
+    names, reused = run(2)
+    assert {k: names.count(k) for k in reusing} == reusing
+    kept = {}
+    for m in (eager, net):
+        m.layer1[0].register_forward_hook(lambda mod, args, out, m=m: kept.__setitem__(m, out))
+    torch._dynamo.reset()  # hooks added after a compile are not seen until it recompiles
+    names, _ = run(2)
+    assert {k: names.count(k) for k in reusing} == reusing
+    assert torch.equal(kept[net], kept[eager])  # layer1.1 wrote over a copy: the hook's tensor is intact
+    for m in (eager, net):
+        m.layer1[0]._forward_hooks.clear()
+    for m in net.modules():
+        if getattr(m, "reuse_residual", False):
+            m.reuse_residual = False
+    torch._dynamo.reset()
+    names, allocated = run(2)
+    assert names.count("graphres::fused_conv2d") == 9 and "graphres::fused_conv2d_into_residual" not in names
+    assert allocated - reused == 3 * 2 * 8 * 8 * 8 * 4  # three (2, 8, 8, 8) float32 block outputs
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+
+@pytest.mark.parametrize("layout,act", [("channels_last", "relu"), ("channels_last", "gelu"),
+                                        ("contiguous", "none"), ("channels_last", "silu")])
+def test_fused_conv_into_residual_operator_passes_torch_opcheck(layout, act):
+    """graphres::fused_conv2d_into_residual: schema (it mutates the residual alone), fake
+    implementation and real one agree; the residual ends as act(conv(x) + residual)."""
+    from graphres.backends.inference import fused_conv2d_into_residual
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 8, 9, 11, generator=g)
+    w = torch.randn(16, 8, 3, 3, generator=g) * 0.1
+    b = torch.randn(16, generator=g)
+    r = torch.randn(2, 16, 9, 11, generator=g)
+    if layout == "channels_last":
+        r = r.contiguous(memory_format=torch.channels_last)
+    y = nn.functional.conv2d(x, w, b, 1, 1) + r
+    y = {"relu": torch.relu, "silu": nn.functional.silu, "gelu": nn.functional.gelu, "none": lambda t: t}[act](y)
+    args = (x, w, b, r.clone(), [1, 1], [1, 1], [1, 1], 1, act)
+    torch.library.opcheck(fused_conv2d_into_residual, args, test_utils=("test_schema", "test_faketensor"))
+    mine = r.clone()
+    assert fused_conv2d_into_residual(x, w, b, mine, [1, 1], [1, 1], [1, 1], 1, act) is None
+    assert float((mine - y).abs().max() / y.abs().max()) <= 1e-6
+
+
 @pytest.mark.parametrize("groups,dilation,stride,residual,act", [(1, 1, 1, False, "relu"), (4, 2, 2, True, "relu"),
                                                                   (1, 1, 2, True, "silu"), (2, 1, 1, False, "none")])
 def test_fused_conv_operator_passes_torch_opcheck(groups, dilation, stride, residual, act):

@@ -172,19 +172,52 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 
 @fused_conv2d.register_fake
 def _(x, weight, bias, residual, stride, padding, dilation, groups, act):
+    return x.new_empty(_output_size(x, weight, stride, padding, dilation)).contiguous(
+        memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("graphres::fused_conv2d_into_residual", mutates_args=("residual",))
+def fused_conv2d_into_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                               residual: torch.Tensor, stride: List[int], padding: List[int], dilation: List[int],
+                               groups: int, act: str) -> None:
+    """:func:`fused_conv2d` with the result written over ``residual`` (which has the output's
+    shape), by oneDNN's in-place sum when ``residual`` is channels_last, else by a copy.
+
+    A compiled build's layer that the inference pass found to be its residual's last reader
+    (``reuse_residual``) calls it on a clone of the residual. Inductor removes the clone when
+    nothing reads the residual afterwards, so a run of identity blocks keeps one buffer instead of
+    allocating each block's output (and its pages); where something still holds the residual (a
+    forward hook that keeps a block's output), the clone stays and the result is the same."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    packed = _packed_weight(weight, padding, stride, dilation, groups, list(x.shape))
+    if residual.is_contiguous(memory_format=torch.channels_last):
+        FusedConv2d.onednn_call(x, residual, packed, bias, stride, padding, dilation, groups, act, into_residual=True)
+    else:
+        residual.copy_(FusedConv2d.onednn_call(x, residual, packed, bias, stride, padding, dilation, groups, act))
+
+
+@fused_conv2d_into_residual.register_fake
+def _(x, weight, bias, residual, stride, padding, dilation, groups, act):
+    return None
+
+
+def _output_size(x: torch.Tensor, weight: torch.Tensor, stride: List[int], padding: List[int],
+                 dilation: List[int]) -> tuple:
+    """The (N, C, H, W) of a convolution's output."""
     n, _, h, w = x.shape
     k_h, k_w = weight.shape[2:]
-    out_h = (h + 2 * padding[0] - dilation[0] * (k_h - 1) - 1) // stride[0] + 1
-    out_w = (w + 2 * padding[1] - dilation[1] * (k_w - 1) - 1) // stride[1] + 1
-    return x.new_empty((n, weight.shape[0], out_h, out_w)).contiguous(memory_format=torch.channels_last)
+    return (n, weight.shape[0], (h + 2 * padding[0] - dilation[0] * (k_h - 1) - 1) // stride[0] + 1,
+            (w + 2 * padding[1] - dilation[1] * (k_w - 1) - 1) // stride[1] + 1)
 
 
 class CompiledFusedConv2d(FusedConv2d):
     """FusedConv2d in a compiled inference build: inside torch.compile (not torch.export), a call
-    on a float32 CPU tensor that needs no gradient is one ``graphres::fused_conv2d``; anything else
-    is FusedConv2d's. What does not depend on the input (oneDNN present, the weight's dtype and
-    device, zero padding) was checked when the layer was given this class (:func:`compile_inference`);
-    the rest is plain attribute and tensor-property reads that dynamo traces without a break."""
+    on a float32 CPU tensor that needs no gradient is one ``graphres::fused_conv2d``, or, for a
+    layer that is its residual's last reader (``reuse_residual``), one
+    ``graphres::fused_conv2d_into_residual``; anything else is FusedConv2d's. What does not
+    depend on the input (oneDNN present, the weight's dtype and device, zero padding) was checked
+    when the layer was given this class (:func:`compile_inference`); the rest is plain attribute
+    and tensor-property reads that dynamo traces without a break."""
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and self.prepack \
@@ -192,8 +225,18 @@ class CompiledFusedConv2d(FusedConv2d):
                 and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32 \
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                                       or (residual is not None and residual.requires_grad))):
-            return fused_conv2d(x, self.weight, self.bias, residual, list(self.stride), list(self.padding),
-                                list(self.dilation), self.groups, self.act)
+            stride, padding, dilation = list(self.stride), list(self.padding), list(self.dilation)
+            if self.reuse_residual and residual is not None and residual.dtype == torch.float32 \
+                    and residual.device.type == "cpu" \
+                    and tuple(residual.shape) == _output_size(x, self.weight, stride, padding, dilation):
+                # on a copy, as far as Python sees: the residual is left as it was (a hook may hold
+                # it), and inductor drops the copy when nothing reads the residual afterwards
+                out = residual.clone(memory_format=torch.channels_last)
+                fused_conv2d_into_residual(x, self.weight, self.bias, out, stride, padding, dilation, self.groups,
+                                           self.act)
+                return out
+            return fused_conv2d(x, self.weight, self.bias, residual, stride, padding, dilation, self.groups,
+                                self.act)
         return super().forward(x, residual)
 
 

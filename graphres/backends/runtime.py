@@ -64,7 +64,9 @@ class FusedConv2d(nn.Conv2d):
     """The inference build's convolution: ``act(conv(x) + residual)`` in one layer, the norm after
     it already folded into its weight and bias. ``act`` is ``"none"``, ``"relu"``, ``"silu"``,
     ``"hardswish"`` or ``"gelu"``; ``residual`` says whether ``forward`` takes the residual
-    operand. The state dict is an ``nn.Conv2d``'s.
+    operand; ``reuse_residual`` that nothing reads the residual after this layer (the inference
+    pass decided it): a compiled build computes the output in the residual's buffer (eager
+    calls allocate the output, as torch's layers do). The state dict is an ``nn.Conv2d``'s.
 
     On the CPU, for float32 tensors that need no gradient, it runs on oneDNN's fused kernel
     (``torch.ops.mkldnn._convolution_pointwise``) with the weight reordered once into oneDNN's
@@ -76,17 +78,19 @@ class FusedConv2d(nn.Conv2d):
 
     __jit_ignored_attributes__ = ["_packed"]
 
-    def __init__(self, *args, act: str = "none", residual: bool = False, **kwargs):
+    def __init__(self, *args, act: str = "none", residual: bool = False, reuse_residual: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if act not in ("none", "relu", "silu", "hardswish", "gelu"):
             raise ValueError(f"FusedConv2d: unknown act {act!r}")
         self.act = act
         self.residual = residual
+        self.reuse_residual = reuse_residual
         self.prepack = True
         self._packed = None
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", act={self.act!r}" + (", residual=True" if self.residual else "")
+        return super().extra_repr() + f", act={self.act!r}" + (", residual=True" if self.residual else "") \
+            + (", reuse_residual=True" if self.reuse_residual else "")
 
     def __getstate__(self):  # the oneDNN weight is a cache: not pickled, not deep-copied
         state = self.__dict__.copy()
@@ -153,24 +157,29 @@ class FusedConv2d(nn.Conv2d):
     @torch.jit.unused
     def onednn_call(x: torch.Tensor, residual: Optional[torch.Tensor], packed: torch.Tensor,
                     bias: Optional[torch.Tensor], stride: List[int], padding: List[int], dilation: List[int],
-                    groups: int, act: str) -> torch.Tensor:
+                    groups: int, act: str, into_residual: bool = False) -> torch.Tensor:
         """``act(conv(x) + residual)`` by oneDNN's fused kernel, ``packed`` the weight in its
-        blocked layout for this thread count and batch."""
+        blocked layout for this thread count and batch. With ``into_residual`` the result is
+        written over ``residual`` (channels_last, the output's shape) and returned."""
         fused = {"none": None, "relu": "relu", "silu": "swish", "hardswish": "hardswish", "gelu": "gelu"}[act]
         algorithm = "none" if fused == "gelu" else ""  # exact (erf) GELU, as nn.GELU()
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(
                 x, packed, bias, padding, stride, dilation, groups, fused or "none", [], algorithm)
         post = fused if fused == "relu" else None  # oneDNN's sum takes ReLU alone after it
-        y = torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, packed, bias, padding, stride, dilation, groups, "add", None, post, [], None)
+        if into_residual:  # the sum is written over the residual (oneDNN's in-place sum)
+            y = torch.ops.mkldnn._convolution_pointwise_.binary(
+                residual, x, packed, bias, padding, stride, dilation, groups, "add", None, post, [], None)
+        else:
+            y = torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual, packed, bias, padding, stride, dilation, groups, "add", None, post, [], None)
         if post is not None or act == "none":
             return y
         if act == "silu":
             return nn.functional.silu(y, inplace=True)
         if act == "hardswish":
             return nn.functional.hardswish(y, inplace=True)
-        return nn.functional.gelu(y)
+        return y.copy_(nn.functional.gelu(y)) if into_residual else nn.functional.gelu(y)
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):

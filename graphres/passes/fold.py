@@ -86,8 +86,9 @@ def _fuse(h: nx.DiGraph) -> None:
     alone feeds, then the activation that alone reads the result (the op table says which ops:
     ``fused_sum``, ``fused_act``): ``relu(bn3(conv3(y)) + identity)`` becomes one layer,
     ``conv3(y, identity)``. The conv's attributes record it (``fused_act``: the activation or
-    ``"none"``; ``fused_residual``); the sum and activation nodes are removed and their readers
-    read the conv."""
+    ``"none"``; ``fused_residual``; ``reuse_residual`` when the conv is the residual's last
+    reader, :func:`_last_use`); the sum and activation nodes are removed and their readers read
+    the conv."""
     for n in list(ir.topological_order(h)):
         if n not in h or h.nodes[n][ir.OP] not in OPS:
             continue
@@ -103,12 +104,33 @@ def _fuse(h: nx.DiGraph) -> None:
                 h.add_edge(other, n, **{ir.PORT: len(d[ir.INPUTS]) - 1})
                 _bypass(h, reader, n)
                 fused["fused_residual"] = True
+                if _last_use(h, other, n):
+                    fused["reuse_residual"] = True
                 reader = _only_reader(h, n)
         act = _op(h, reader).fused_act(h.nodes[reader][ir.ATTRS]) if reader is not None else None
         if act is not None:
             fused["fused_act"] = act
             _bypass(h, reader, n)
         d[ir.ATTRS] = {**d[ir.ATTRS], **fused}
+
+
+def _last_use(h: nx.DiGraph, src: str, n: str) -> bool:
+    """Whether ``n`` is the last node to read ``src``'s storage, so that ``n``'s output may be
+    written over it: ``src`` is neither the input image (the caller's) nor an output, shares no
+    storage (not a view, not in place), and every other reader comes before ``n`` and keeps
+    nothing of it (no view, no in-place reader)."""
+    if src == ir.INPUT or any(o.get("node") == src for o in h.graph[ir.G_OUTPUTS]):
+        return False
+    s = h.nodes[src]
+    if s[ir.META].get("in_place") or _op(h, src).view:
+        return False
+    at = h.nodes[n][ir.ORDER]
+    for r in h.successors(src):
+        if r != n:
+            d = h.nodes[r]
+            if d[ir.ORDER] > at or d[ir.META].get("in_place") or _op(h, r).view:
+                return False
+    return True
 
 
 def _op(h: nx.DiGraph, n: str):
