@@ -120,10 +120,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write OUT.txt and OUT.json")
     args = ap.parse_args(argv)
 
-    lines = ["# graphres inference build vs torchvision (fp32, inference_mode, interleaved pairs, medians)",
-             f"torch {torch.__version__} | python {platform.python_version()} | {platform.machine()} | "
-             f"{torch.get_num_threads()} threads available | repeats {args.repeats}, warmup {args.warmup}, "
-             f"input {args.size}x{args.size}"]
+    header = ["# graphres inference build vs torchvision (fp32, inference_mode, interleaved pairs, medians)",
+              f"torch {torch.__version__} | python {platform.python_version()} | {platform.machine()} | "
+              f"{torch.get_num_threads()} threads available | repeats {args.repeats}, warmup {args.warmup}, "
+              f"input {args.size}x{args.size}"]
+    lines: list[str] = []
     rows = []
     status = 0
 
@@ -131,8 +132,8 @@ def main(argv=None) -> int:
         print(text, flush=True)
         lines.append(text)
 
-    say(lines[0])
-    say(lines[1])
+    for text in header:
+        say(text)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             start = time.perf_counter()

@@ -186,7 +186,7 @@ def fused_conv2d_into_residual(x: torch.Tensor, weight: torch.Tensor, bias: Opti
     A compiled build's layer that the inference pass found to be its residual's last reader
     (``reuse_residual``) calls it on a clone of the residual. Inductor removes the clone when
     nothing reads the residual afterwards, so a run of identity blocks keeps one buffer instead of
-    allocating each block's output (and its pages); where something still holds the residual (a
+    allocating each block's output; where something still holds the residual (a
     forward hook that keeps a block's output), the clone stays and the result is the same."""
     x = x.contiguous(memory_format=torch.channels_last)
     packed = _packed_weight(weight, padding, stride, dilation, groups, list(x.shape))

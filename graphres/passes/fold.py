@@ -11,6 +11,10 @@ eval-only network; the training graph is left as it is. The decisions it writes:
 - with ``conv: {type: ConvWS}``, every conv's weight standardisation is a function of the weights
   alone, so the standardised weight is computed once: the copy's convs are plain ``Conv2d``.
 
+Then :func:`_fuse` fuses residual sums and activations into the convs; a conv that takes the
+residual sum and is the residual's last reader (:func:`_last_use`) is marked ``reuse_residual``,
+so that a compiled build may compute its output in the residual's buffer.
+
 Each conv node of the copy carries ``meta['fold']``: ``{"norm": <module path of the folded norm>
 or None, "standardize_eps": <ConvWS eps> or None, "bias": <whether the conv had a bias>}``.
 The torch backend (``graphres.backends.inference``) reads these and does the arithmetic on real
