@@ -10,7 +10,7 @@ from torch import nn
 import graphres
 from graphres import ir
 from graphres.backends.inference import build_inference
-from graphres.backends.runtime import GraphresInference, InferenceBuildError
+from graphres.backends.runtime import FusedConv2d, GraphresInference, InferenceBuildError
 from graphres.passes.fold import G_FOLDED, fold_for_inference
 
 from conftest import SPECS, run_cli
@@ -297,7 +297,8 @@ def test_compiled_build_calls_onednn_fused_kernel_and_equals_the_eager_build(wri
     torch._dynamo.utils.counters.clear()
     net = build_inference(compiled.graph, model, compile=True)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    assert convs and all(type(m) is inference.CompiledFusedConv2d for m in convs)
+    assert convs and all(type(m) is FusedConv2d for m in convs)
+    assert FusedConv2d.compiled_call is inference._compiled_call
     with torch.inference_mode():
         for batch in (1, 3):
             x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
@@ -310,14 +311,12 @@ def test_compiled_build_calls_onednn_fused_kernel_and_equals_the_eager_build(wri
 
 
 def test_compiled_kernel_layers_export_as_plain_convolutions(write_spec):
-    """A compiled build's layers (CompiledFusedConv2d) take the plain path under torch.export:
-    the exported program has aten convolutions and no graphres operator, and computes the same."""
+    """The layers take the plain path under torch.export (torch.compile's operators aside): the
+    exported program has aten convolutions and no graphres operator, and computes the same."""
     from graphres.backends import inference
     spec = write_spec(TINY)
     compiled, model, net = eval_and_inference(spec)
-    for m in net.modules():
-        if inference._compiled_kernel_applies(m):
-            m.__class__ = inference.CompiledFusedConv2d
+    assert FusedConv2d.compiled_call is inference._compiled_call
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     program = torch.export.export(net, (x,))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
@@ -418,6 +417,25 @@ def test_compiled_build_writes_over_dead_residuals_and_returns_what_eager_does(w
     assert names.count("graphres::fused_conv2d") == 9 and "graphres::fused_conv2d_into_residual" not in names
     assert allocated - reused == 3 * 2 * 8 * 8 * 8 * 4  # three (2, 8, 8, 8) float32 block outputs
     assert not torch._dynamo.utils.counters["graph_break"]
+
+
+def test_a_torch_compile_of_your_own_takes_onednn_operators_too(write_spec):
+    """torch.compile(net) on the eager inference build (no freezing, fullgraph) runs the same
+    operators as compile=True and gives the eager build's outputs bit for bit."""
+    spec = write_spec(SHARED_OUTPUT)
+    compiled, model, eager = eval_and_inference(spec)
+    torch._dynamo.reset()
+    mine = torch.compile(copy.deepcopy(eager), fullgraph=True)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    with torch.inference_mode():
+        mine(x)
+        with torch.profiler.profile() as prof:
+            got = outputs(mine, x)
+        for a, b in zip(got, outputs(eager, x)):
+            assert torch.equal(a, b)
+    names = [e.name for e in prof.events()]
+    assert names.count("graphres::fused_conv2d_into_residual") == 3
+    assert names.count("graphres::fused_conv2d") == 6
 
 
 @pytest.mark.parametrize("layout,act", [("channels_last", "relu"), ("channels_last", "gelu"),

@@ -128,12 +128,13 @@ def build_inference(g: nx.DiGraph, model: nn.Module, memory_format: Any = None, 
 
 # -- the fused convolution inside torch.compile ----------------------------------------------------
 #
-# Under torch.compile, FusedConv2d takes its plain path (conv2d, +, activation) and inductor fuses
-# by itself: the same oneDNN convolutions as a compiled torchvision, no faster. A compiled inference
-# build instead calls oneDNN's fused kernel through this operator, opaque to inductor (it compiles
-# everything around it), with the weight kept in oneDNN's blocked layout per thread count and
-# batch, as the eager FusedConv2d does: faster than inductor's own weight prepacking on this CPU
-# (docs/inference.md).
+# On its plain path (conv2d, +, activation) under torch.compile, inductor fuses FusedConv2d by
+# itself: the same oneDNN convolutions as a compiled torchvision, no faster. So inside
+# torch.compile (compile=True, or a torch.compile of the user's own) a FusedConv2d calls oneDNN's
+# fused kernel through these operators (FusedConv2d.compiled_call, set below), opaque to inductor
+# (it compiles everything around them), with the weight kept in oneDNN's blocked layout per thread
+# count and batch, as the eager FusedConv2d does: faster than inductor's own weight prepacking on
+# this CPU (docs/inference.md). torch.export still sees the plain path.
 
 _PACKED: dict[int, tuple] = {}  # id(weight) -> (weakref to it, {(threads, batch, ...): packed weight})
 
@@ -210,40 +211,25 @@ def _output_size(x: torch.Tensor, weight: torch.Tensor, stride: List[int], paddi
             (w + 2 * padding[1] - dilation[1] * (k_w - 1) - 1) // stride[1] + 1)
 
 
-class CompiledFusedConv2d(FusedConv2d):
-    """FusedConv2d in a compiled inference build: inside torch.compile (not torch.export), a call
-    on a float32 CPU tensor that needs no gradient is one ``graphres::fused_conv2d``, or, for a
-    layer that is its residual's last reader (``reuse_residual``), one
-    ``graphres::fused_conv2d_into_residual``; anything else is FusedConv2d's. What does not
-    depend on the input (oneDNN present, the weight's dtype and device, zero padding) was checked
-    when the layer was given this class (:func:`compile_inference`); the rest is plain attribute
-    and tensor-property reads that dynamo traces without a break."""
-
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and self.prepack \
-                and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 \
-                and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32 \
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
-                                                      or (residual is not None and residual.requires_grad))):
-            stride, padding, dilation = list(self.stride), list(self.padding), list(self.dilation)
-            if self.reuse_residual and residual is not None and residual.dtype == torch.float32 \
-                    and residual.device.type == "cpu" \
-                    and tuple(residual.shape) == _output_size(x, self.weight, stride, padding, dilation):
-                # on a copy, as far as Python sees: the residual is left as it was (a hook may hold
-                # it), and inductor drops the copy when nothing reads the residual afterwards
-                out = residual.clone(memory_format=torch.channels_last)
-                fused_conv2d_into_residual(x, self.weight, self.bias, out, stride, padding, dilation, self.groups,
-                                           self.act)
-                return out
-            return fused_conv2d(x, self.weight, self.bias, residual, stride, padding, dilation, self.groups,
-                                self.act)
-        return super().forward(x, residual)
+def _compiled_call(m: FusedConv2d, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """FusedConv2d's call inside torch.compile (``FusedConv2d.compiled_call``, for a float32 CPU
+    call that needs no gradient): one ``graphres::fused_conv2d``, or, for a layer that is its
+    residual's last reader (``reuse_residual``), one ``graphres::fused_conv2d_into_residual``.
+    Plain attribute and tensor-property reads, which dynamo traces without a break."""
+    stride, padding, dilation = list(m.stride), list(m.padding), list(m.dilation)
+    if m.reuse_residual and residual is not None and residual.dtype == torch.float32 \
+            and residual.device.type == "cpu" \
+            and tuple(residual.shape) == _output_size(x, m.weight, stride, padding, dilation):
+        # on a copy, as far as Python sees: the residual is left as it was (a hook may hold it),
+        # and inductor drops the copy when nothing reads the residual afterwards
+        out = residual.clone(memory_format=torch.channels_last)
+        fused_conv2d_into_residual(x, m.weight, m.bias, out, stride, padding, dilation, m.groups, m.act)
+        return out
+    return fused_conv2d(x, m.weight, m.bias, residual, stride, padding, dilation, m.groups, m.act)
 
 
-def _compiled_kernel_applies(m: FusedConv2d) -> bool:
-    """Whether ``m`` can take oneDNN's kernel in a compiled build (what does not change per call)."""
-    return (type(m) is FusedConv2d and m.prepack and m.padding_mode == "zeros" and not isinstance(m.padding, str)
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+if torch.backends.mkldnn.is_available():
+    FusedConv2d.compiled_call = _compiled_call
 
 
 def compile_inference(net: GraphresInference, g: nx.DiGraph, cache_dir: str | os.PathLike | None = None) -> float:
@@ -254,9 +240,6 @@ def compile_inference(net: GraphresInference, g: nx.DiGraph, cache_dir: str | os
     kept as ``net.compile_seconds`` (and logged on the ``graphres.inference`` logger)."""
     if cache_dir is not None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.fspath(cache_dir)
-    for m in net.modules():
-        if _compiled_kernel_applies(m):  # oneDNN's kernel stays (see fused_conv2d)
-            m.__class__ = CompiledFusedConv2d
     net.compile(backend="inductor", options={"freezing": True, "fx_graph_cache": True})
     param = next(net.parameters())
     example = torch.randn(1, g.graph[ir.G_INPUT_CHANNELS], *g.graph[ir.G_INPUT_SIZE], device=param.device,

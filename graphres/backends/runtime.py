@@ -72,11 +72,18 @@ class FusedConv2d(nn.Conv2d):
     (``torch.ops.mkldnn._convolution_pointwise``) with the weight reordered once into oneDNN's
     blocked layout and kept (one per thread count and batch size, the last four made; re-made when
     the weight changes), the
-    sum and the activation done inside the kernel; its outputs are channels_last. Elsewhere (CUDA,
-    other dtypes, autograd, TorchScript, torch.compile and torch.export, which fuse by
+    sum and the activation done inside the kernel; its outputs are channels_last. Inside
+    torch.compile the same calls take :attr:`compiled_call` (graphres' custom operators for that
+    kernel). Elsewhere (CUDA, other dtypes, autograd, TorchScript and torch.export, which fuse by
     themselves, or ``prepack = False``) it is ``conv2d``, ``+`` and the activation."""
 
-    __jit_ignored_attributes__ = ["_packed"]
+    __jit_ignored_attributes__ = ["_packed", "compiled_call"]
+
+    # the layer's call inside torch.compile (not torch.export), for the calls that oneDNN's kernel
+    # takes (:meth:`_kernel_applies`): set by graphres.backends.inference where oneDNN is present
+    # (oneDNN's kernel as custom operators, opaque to inductor); None (a standalone .py file): the
+    # plain path, which the compiler fuses by itself
+    compiled_call = None
 
     def __init__(self, *args, act: str = "none", residual: bool = False, reuse_residual: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -101,6 +108,8 @@ class FusedConv2d(nn.Conv2d):
         if not torch.jit.is_scripting():
             if self._onednn(x, residual):
                 return self._onednn_forward(x, residual)
+            if self._compiled(x, residual):
+                return FusedConv2d.compiled_call(self, x, residual)
         y = self._conv_forward(x, self.weight, self.bias)
         if residual is not None:
             y = y + residual
@@ -122,14 +131,26 @@ class FusedConv2d(nn.Conv2d):
         return not torch.compiler.is_compiling() and self._onednn_applies(x, residual)
 
     @torch.jit.unused
+    def _compiled(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+        return FusedConv2d.compiled_call is not None and torch.compiler.is_compiling() \
+            and not torch.compiler.is_exporting() and self._kernel_applies(x, residual)
+
+    @torch.jit.unused
     def _onednn_applies(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
         """Whether oneDNN's fused kernel can run this call: float32 on the CPU, no gradient."""
+        return self._kernel_applies(x, residual) and torch.backends.mkldnn.is_available() \
+            and torch.backends.mkldnn.enabled
+
+    @torch.jit.unused
+    def _kernel_applies(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+        """What oneDNN's fused kernel needs of the call, oneDNN's own flags aside (torch.compile
+        cannot read them: :attr:`compiled_call` is set only where oneDNN is present)."""
         if not self.prepack or not isinstance(x, torch.Tensor):
             return False
         w = self.weight
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-                and x.dim() == 4 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and w.device.type == "cpu"
+                and w.dtype == torch.float32 and x.dim() == 4 and self.padding_mode == "zeros"
+                and not isinstance(self.padding, str)
                 and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
                                                       or (residual is not None and residual.requires_grad))))
 
