@@ -1,5 +1,6 @@
 """The inference build: graphres.build(spec, inference=True), the fold pass, compile --inference."""
 import copy
+import json
 import subprocess
 import sys
 
@@ -284,6 +285,42 @@ def test_compiled_build_runs_and_matches(write_spec, tmp_path):
         memory_format=torch.channels_last)
     assert_close(outputs(model, x), outputs(net, x), rtol=1e-4)
     assert (tmp_path / "inductor").is_dir()
+
+
+WARM_START = """
+import json, sys
+import torch
+import graphres
+torch.manual_seed(int(sys.argv[3]))
+eager = graphres.build(sys.argv[1], inference=True)
+torch.manual_seed(int(sys.argv[3]))
+net = graphres.build(sys.argv[1], inference=True, compile=True, cache_dir=sys.argv[2])
+x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+with torch.no_grad():
+    equal = all(torch.equal(a, b) for a, b in zip(net(x), eager(x)))
+c = torch._dynamo.utils.counters["inductor"]
+print(json.dumps({"hit": c["fxgraph_cache_hit"], "miss": c["fxgraph_cache_miss"], "equal": equal}))
+"""
+
+
+def test_cache_dir_gives_a_new_process_a_warm_start(write_spec, tmp_path):
+    """cache_dir is a warm start across processes: a second process that builds the spec with
+    the same folder compiles no inductor graph (each comes from the FX graph cache), and this
+    holds for new weights (a new checkpoint of the same spec): the frozen weights are not in the
+    cache key, and the warm build computes exactly what its eager inference build does.
+    benchmarks/compile_cache.py times it."""
+    spec = write_spec(TINY)
+    cache = tmp_path / "inductor"
+
+    def run(seed):
+        r = subprocess.run([sys.executable, "-c", WARM_START, str(spec), str(cache), str(seed)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    cold = run(0)
+    assert cold["hit"] == 0 and cold["miss"] >= 1 and cold["equal"]
+    assert run(1) == {"hit": cold["miss"], "miss": 0, "equal": True}
 
 
 def test_compiled_build_calls_onednn_fused_kernel_and_equals_the_eager_build(write_spec):
