@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     header = ["# graphres inference build vs torchvision (fp32, inference_mode, interleaved pairs, medians)",
               f"torch {torch.__version__} | python {platform.python_version()} | {platform.machine()} | "
               f"{torch.get_num_threads()} threads available | repeats {args.repeats}, warmup {args.warmup}, "
-              f"input {args.size}x{args.size}"]
+              f"input {args.size}x{args.size} | malloc: {os.environ.get('LD_PRELOAD') or 'glibc (default)'}"]
     lines: list[str] = []
     rows = []
     status = 0
@@ -186,7 +186,9 @@ def main(argv=None) -> int:
         f"options={INDUCTOR_OPTIONS}); graphres: build(..., inference=True[, compile=True]).")
     if args.out:
         Path(args.out + ".txt").write_text("\n".join(lines) + "\n")
-        Path(args.out + ".json").write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=1) + "\n")
+        Path(args.out + ".json").write_text(json.dumps({"torch": torch.__version__,
+                                                     "malloc": os.environ.get("LD_PRELOAD") or "glibc",
+                                                     "rows": rows}, indent=1) + "\n")
         print(f"wrote {args.out}.txt and {args.out}.json")
     return status
 
