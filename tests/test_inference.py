@@ -320,6 +320,7 @@ def test_cache_dir_gives_a_new_process_a_warm_start(write_spec, tmp_path):
 
     cold = run(0)
     assert cold["hit"] == 0 and cold["miss"] >= 1 and cold["equal"]
+    assert [p for p in (cache / "fxgraph").rglob("*") if p.is_file()]  # the graphs are in cache_dir
     assert run(1) == {"hit": cold["miss"], "miss": 0, "equal": True}
 
 
